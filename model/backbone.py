@@ -1,0 +1,217 @@
+"""Dilated ResNet backbones (output stride 8) and strict loading of ImageNet weights.
+
+    backbone = ResNetBackbone(18, pretrained=True)          # torchvision weights via the hub cache
+    backbone = ResNetBackbone(50, pretrained="r50.pth")     # a local torchvision-layout state dict
+    feats = backbone(images)  # {"layer3": N x 256 x H/8 x W/8, "layer4": N x 512 x H/8 x W/8} for R18
+
+Offline machines: put the torchvision file (e.g. ``resnet18-f37072fd.pth``) into
+``$TORCH_HOME/hub/checkpoints/`` (``torch.hub.get_dir()``); the error message names file, URL and folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Union
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from util.errors import SegKDError
+
+_BUILDERS = {
+    18: (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
+    34: (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
+    50: (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
+    101: (torchvision.models.resnet101, torchvision.models.ResNet101_Weights),
+}
+
+# Top-level module names of a torchvision ResNet state dict -> attribute of ResNetBackbone holding it.
+# Identity on purpose: the backbone keeps torchvision's layout so its state dict is interchangeable.
+# ``fc`` (the ImageNet classifier) is dropped before mapping; any other prefix is reported as unexpected.
+TORCHVISION_KEY_MAP: dict[str, str] = {
+    "conv1": "conv1",
+    "bn1": "bn1",
+    "layer1": "layer1",
+    "layer2": "layer2",
+    "layer3": "layer3",
+    "layer4": "layer4",
+}
+_CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
+_LAYOUT_HINT = (
+    "expected torchvision-layout ResNet weights (conv1, bn1, layer1..layer4) of the depth in model.layers; "
+    "semseg's deep-stem checkpoints (conv1/conv2/conv3 stem) are not supported"
+)
+
+StateSource = Union[str, Mapping[str, Tensor]]
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without avgpool/fc, dilated to output stride 8 (layer3 x2, layer4 x4).
+
+    Args:
+        layers: depth, one of 18, 34, 50, 101.
+        pretrained: False/None (random init), True (torchvision ImageNet weights chosen by ``weights``)
+            or a path to a torchvision-layout state dict.
+        weights: name of a member of torchvision's ``ResNet<layers>_Weights`` enum.
+
+    Attributes:
+        channels: ``{"layer3": C3, "layer4": C4}``: 256/512 for ResNet-18/34, 1024/2048 for 50/101.
+    """
+
+    def __init__(self, layers: int, pretrained: bool | str | None = False, weights: str = "IMAGENET1K_V1"):
+        super().__init__()
+        if layers not in _BUILDERS:
+            raise SegKDError(f"model.layers must be one of {sorted(_BUILDERS)}, got {layers!r}")
+        builder, _ = _BUILDERS[layers]
+        bottleneck = layers >= 50
+        # Bottleneck supports dilation natively: the first block of each dilated layer keeps the previous
+        # dilation (torchvision's convention), the rest get 2 in layer3 and 4 in layer4.
+        kwargs = {"replace_stride_with_dilation": [False, True, True]} if bottleneck else {}
+        resnet = builder(weights=None, **kwargs)
+        if not bottleneck:
+            _dilate_basic_layer(resnet.layer3, 2)
+            _dilate_basic_layer(resnet.layer4, 4)
+        for name in TORCHVISION_KEY_MAP.values():
+            setattr(self, name, getattr(resnet, name))
+        self.relu = resnet.relu
+        self.maxpool = resnet.maxpool
+        expansion = 4 if bottleneck else 1
+        self.channels: dict[str, int] = {"layer3": 256 * expansion, "layer4": 512 * expansion}
+        if pretrained is True:
+            load_backbone_weights(self, imagenet_state_dict(layers, weights), f"ImageNet ResNet-{layers}")
+        elif isinstance(pretrained, str):
+            if not pretrained:
+                raise SegKDError("model.pretrained: empty path (use false for random init)")
+            load_backbone_weights(self, pretrained)
+        elif pretrained not in (False, None):
+            raise SegKDError(f"model.pretrained must be false, true or a path, got {pretrained!r}")
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """x: N x 3 x H x W -> {"layer3": N x C3 x h x w, "layer4": N x C4 x h x w}, h = H/8 rounded up
+        through the stem (473 -> 60, 65 -> 9, 32 -> 4)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        c3 = self.layer3(x)
+        c4 = self.layer4(c3)
+        return {"layer3": c3, "layer4": c4}
+
+
+def _dilate_basic_layer(layer: nn.Sequential, dilation: int) -> None:
+    """Remove the stride of a BasicBlock layer and dilate its 3x3 convs, in place.
+
+    torchvision's BasicBlock refuses ``dilation > 1`` in its constructor, so ResNet-18/34 cannot use
+    ``replace_stride_with_dilation``; the built convs are patched instead. Every block, the first included,
+    gets the full dilation (semseg's convention); padding = dilation keeps the spatial size.
+    """
+    for block in layer:
+        for conv in (block.conv1, block.conv2):
+            conv.stride = (1, 1)
+            conv.dilation = (dilation, dilation)
+            conv.padding = (dilation, dilation)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+
+
+def imagenet_state_dict(layers: int, weights: str = "IMAGENET1K_V1") -> dict[str, Tensor]:
+    """torchvision's ImageNet state dict for ResNet-``layers``, from the hub cache or downloaded into it.
+
+    The cache file is ``<torch.hub.get_dir()>/checkpoints/<basename of the enum's url>``, so ``TORCH_HOME``
+    is respected. Offline with no cached file: SegKDError naming the file, the URL and the folder.
+    """
+    if layers not in _BUILDERS:
+        raise SegKDError(f"model.layers must be one of {sorted(_BUILDERS)}, got {layers!r}")
+    enum = _BUILDERS[layers][1]
+    if weights not in enum.__members__:
+        valid = ", ".join(enum.__members__)
+        raise SegKDError(f"model.weights: {weights!r} is not a ResNet-{layers} weight set; valid: {valid}")
+    url = enum[weights].url
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    file_name = os.path.basename(url)
+    path = os.path.join(folder, file_name)
+    if os.path.isfile(path):
+        return _read_file(path)
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, progress=True, check_hash=True, map_location="cpu", weights_only=True
+        )
+    except Exception as e:  # offline, proxy, bad hash...: all fixed the same way by the user
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise SegKDError(
+            f"cannot download {url} ({reason}); download {file_name} by hand and put it in {folder} "
+            "(or set TORCH_HOME)"
+        ) from e
+
+
+def _read_file(path: str) -> dict[str, Tensor]:
+    """Load a state dict file (tensors only, ``weights_only=True``) onto the CPU."""
+    if not os.path.isfile(path):
+        raise SegKDError(f"{path}: backbone weights file not found (model.pretrained)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors all mean "not a readable state dict"
+        raise SegKDError(f"{path}: cannot read backbone weights ({type(e).__name__})") from e
+
+
+def clean_state_dict(obj: Mapping, origin: str) -> dict[str, Tensor]:
+    """Unwrap ``{"state_dict": sd}`` / ``{"model": sd}``, strip a leading ``module.`` and drop ``fc.*``."""
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping):
+        raise SegKDError(f"{origin}: expected a state dict, got {type(obj).__name__}")
+    out: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, Tensor):
+            raise SegKDError(f"{origin}: entry {key!r} is not a tensor; expected a state dict")
+        key = key[len("module.") :] if key.startswith("module.") else key
+        if key not in _CLASSIFIER_KEYS:
+            out[key] = value
+    return out
+
+
+def _map_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename keys through :data:`TORCHVISION_KEY_MAP`; keys with an unknown prefix pass unchanged."""
+    out = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        out[f"{TORCHVISION_KEY_MAP[head]}.{rest}" if head in TORCHVISION_KEY_MAP and rest else key] = value
+    return out
+
+
+def _short_list(keys: list[str], limit: int = 10) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_backbone_weights(module: nn.Module, source: StateSource, origin: str | None = None) -> None:
+    """Load torchvision-layout ResNet weights into ``module`` strictly (all keys, all shapes).
+
+    ``source`` is a state dict or a path to one (raw, or wrapped in a ``state_dict``/``model`` entry;
+    a leading ``module.`` from DDP/semseg is stripped; ``fc.weight``/``fc.bias`` are dropped). Keys are
+    mapped by :data:`TORCHVISION_KEY_MAP` (``conv1``, ``bn1``, ``layer1``..``layer4`` -> the attributes of
+    the same name). Missing keys (except BatchNorm ``num_batches_tracked``, absent from old torchvision
+    files), unexpected keys or shape mismatches raise SegKDError listing them; ``module`` is left untouched.
+    """
+    if isinstance(source, str):
+        origin = origin or source
+        source = _read_file(source)
+    origin = origin or "backbone weights"
+    state = _map_keys(clean_state_dict(source, origin))
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"missing keys: {_short_list(missing)}"] if missing else []
+        parts += [f"unexpected keys: {_short_list(unexpected)}"] if unexpected else []
+        raise SegKDError(f"{origin}: {'; '.join(parts)}; {_LAYOUT_HINT}")
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if v.shape != expected[k].shape
+    ]
+    if wrong:
+        raise SegKDError(f"{origin}: shape mismatch (file vs model): {_short_list(wrong, 5)}")
+    module.load_state_dict(state, strict=True)

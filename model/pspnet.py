@@ -1,0 +1,117 @@
+"""PSPNet (Zhao et al., CVPR 2017) on an injected backbone, returning logits at 1/8 resolution.
+
+    model = build_pspnet(layers=18, classes=21, pretrained=True)
+    logits = model(images)  # {"out": N x 21 x h x w, "aux": N x 21 x h x w}, h = H/8 (473 -> 60)
+    backbone_params, head_params = model.param_groups()  # for the 1x / 10x learning rates
+
+The model never computes a loss and never upsamples its output: losses and evaluation resize the logits
+to whatever resolution they need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.backbone import ResNetBackbone
+from util.errors import SegKDError
+
+
+class PPM(nn.Module):
+    """Pyramid pooling: average-pool to each bin size, reduce, upsample back, concatenate with the input.
+
+    Each branch reduces to ``in_channels // len(bins)`` channels (semseg's choice), so the default four
+    bins give ``out_channels = 2 * in_channels``.
+    """
+
+    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6)):
+        super().__init__()
+        reduced = in_channels // len(bins)
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(b),
+                nn.Conv2d(in_channels, reduced, kernel_size=1, bias=False),
+                nn.BatchNorm2d(reduced),
+                nn.ReLU(inplace=True),
+            )
+            for b in bins
+        )
+        self.out_channels = in_channels + reduced * len(bins)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: N x C x h x w -> N x out_channels x h x w."""
+        size = x.shape[-2:]
+        # align_corners=True as in semseg, so pretrained semseg-style heads see the same features.
+        pooled = [F.interpolate(b(x), size=size, mode="bilinear", align_corners=True) for b in self.branches]
+        return torch.cat([x, *pooled], dim=1)
+
+
+def _head(in_channels: int, mid_channels: int, classes: int, dropout: float) -> nn.Sequential:
+    """conv3x3 -> BN -> ReLU -> Dropout2d -> conv1x1 to ``classes`` logits."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(mid_channels),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(p=dropout),
+        nn.Conv2d(mid_channels, classes, kernel_size=1),
+    )
+
+
+class PSPNet(nn.Module):
+    """PSPNet: backbone -> PPM on layer4 -> ``head``; ``aux_head`` on layer3.
+
+    Args:
+        backbone: a module with a ``channels`` dict (``layer3``/``layer4``) whose forward returns
+            ``{"layer3": N x C3 x h x w, "layer4": N x C4 x h x w}``.
+        classes: number of classes K (>= 2).
+        bins: PPM pooling sizes.
+        dropout: Dropout2d probability in both heads.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, classes: int, bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1
+    ):
+        super().__init__()
+        _check_args(classes, dropout)
+        channels = getattr(backbone, "channels", None)
+        if not isinstance(channels, dict) or not {"layer3", "layer4"} <= channels.keys():
+            raise TypeError("PSPNet backbone needs a `channels` dict with 'layer3' and 'layer4' entries")
+        self.backbone = backbone
+        self.ppm = PPM(channels["layer4"], bins)
+        self.head = _head(self.ppm.out_channels, 512, classes, dropout)
+        self.aux_head = _head(channels["layer3"], 256, classes, dropout)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """x: N x 3 x H x W -> {"out": N x K x h x w, "aux": N x K x h x w} logits at the feature resolution
+        (h = H/8 through the stem), NOT upsampled. ``aux`` is returned in eval mode too: a distilled
+        student uses the teacher's aux logits."""
+        feats = self.backbone(x)
+        return {"out": self.head(self.ppm(feats["layer4"])), "aux": self.aux_head(feats["layer3"])}
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone parameters, new-layer parameters: ppm, head, aux_head), for the 1x / 10x lr."""
+        backbone = list(self.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        return backbone, [p for p in self.parameters() if id(p) not in ids]
+
+
+def _check_args(classes: int, dropout: float) -> None:
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+        raise SegKDError(f"data.classes must be an integer >= 2, got {classes!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise SegKDError(f"model.dropout must be in [0, 1), got {dropout!r}")
+
+
+def build_pspnet(
+    layers: int,
+    classes: int,
+    pretrained: bool | str | None = False,
+    weights: str = "IMAGENET1K_V1",
+    dropout: float = 0.1,
+) -> PSPNet:
+    """PSPNet on a dilated ResNet-``layers``; ``pretrained`` as in :class:`model.backbone.ResNetBackbone`."""
+    _check_args(classes, dropout)  # before a possibly slow weight load
+    return PSPNet(ResNetBackbone(layers, pretrained, weights), classes, dropout=dropout)
