@@ -1,0 +1,80 @@
+"""Strict config loading: defaults + experiment + dotted overrides, errors that name the key."""
+
+import pytest
+
+from util.config import flat_dict, load_config
+from util.errors import SegKDError
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_experiment_and_overrides_merge(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 3\nmodel:\n  layers: 50\n")
+    cfg = load_config(path, ["train.epochs=7", "test.scales=[0.5, 1]", "distill.feat_loss=kl"])
+    assert cfg.train.epochs == 7
+    assert cfg.model.layers == 50
+    assert cfg.test.scales == [0.5, 1.0] and all(isinstance(s, float) for s in cfg.test.scales)
+    assert cfg.distill.feat_loss == "kl"
+    assert cfg.train.base_lr == 0.01  # untouched default
+
+
+def test_null_defaults_can_be_overridden(tmp_path):
+    cfg = load_config(None, ["teacher.checkpoint=a/b.pth", "train.iters=5", "output.dir=runs/x"])
+    assert cfg.teacher.checkpoint == "a/b.pth" and cfg.train.iters == 5 and cfg.output.dir == "runs/x"
+    assert load_config(None, ["model.pretrained=weights/r18.pth"]).model.pretrained == "weights/r18.pth"
+    assert load_config(None, ["model.pretrained=true"]).model.pretrained is True
+
+
+def test_int_accepted_for_float_and_converted():
+    cfg = load_config(None, ["train.base_lr=1", "distill.temperature=4"])
+    assert cfg.train.base_lr == 1.0 and isinstance(cfg.train.base_lr, float)
+
+
+@pytest.mark.parametrize("override, culprit", [
+    ("train.epoch=2", "did you mean train.epochs"),
+    ("train.epochs=2.5", "train.epochs must be int"),
+    ("train.epochs=true", "train.epochs must be int"),
+    ("train.amp=1", "train.amp must be bool"),
+    ("distill.feat_loss=mse", "distill.feat_loss must be one of"),
+    ("train.crop_size=null", "train.crop_size cannot be null"),
+    ("nosection.key=1", "unknown config key 'nosection.key'"),
+    ("train.epochs", "must look like section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, culprit):
+    with pytest.raises(SegKDError, match=culprit):
+        load_config(None, [override])
+
+
+def test_bad_files_name_the_file(tmp_path):
+    with pytest.raises(SegKDError, match="missing.yaml: config file not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = write(tmp_path, "train:\n  epochs: [1\n", "bad.yaml")
+    with pytest.raises(SegKDError, match="bad.yaml"):
+        load_config(bad)
+    unknown = write(tmp_path, "train:\n  epocs: 2\n", "unknown.yaml")
+    with pytest.raises(SegKDError, match=r"unknown.yaml: unknown config key 'train.epocs' \(did you mean train.epochs"):
+        load_config(unknown)
+    flat = write(tmp_path, "epochs: 2\n", "flat.yaml")
+    with pytest.raises(SegKDError, match="flat.yaml: top-level key 'epochs' must be a section"):
+        load_config(flat)
+
+
+def test_sections_are_not_flattened():
+    cfg = load_config(None, ["test.crop_size=97"])
+    assert cfg.test.crop_size == 97 and cfg.train.crop_size == 473
+
+
+def test_every_shipped_config_loads():
+    import glob
+
+    paths = sorted(glob.glob("config/*/*.yaml"))
+    assert len(paths) >= 10
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.output.dir is not None, path
+        assert (cfg.teacher.checkpoint is not None) == ("kd" in path), path
+        assert flat_dict(cfg)["data.classes"] >= 2
