@@ -1,0 +1,121 @@
+"""Evaluate a trained PSPNet: mIoU, mAcc, allAcc and per-class scores with semseg's test protocol.
+
+    python test.py --config config/synthetic/pspnet18_kd.yaml                       # output.dir/model/final.pth
+    python test.py --config config/voc2012/pspnet50_teacher.yaml test.checkpoint=runs/t/model/final.pth
+    python test.py --config ... test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] test.flip=true   # multi-scale + flip
+    torchrun --nproc_per_node=8 test.py --config ...                                 # images sharded over GPUs
+
+Writes to ``test.out_dir`` (default ``output.dir/eval/<ss|ms>[_flip]``): ``gray/<id>.png`` (class indices),
+``color/<id>.png`` (VOC palette) and ``metrics.json``, and prints a per-class table. Only the student's
+checkpoint is needed: no teacher, no ImageNet weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from data.dataset import read_list
+from data.palette import load_names
+from model.build import model_from_checkpoint
+from util.config import REPO_ROOT, Config, parse_cli
+from util.distributed import DistInfo, barrier, cleanup, init_distributed
+from util.errors import SegKDError
+from util.evaluate import evaluate, protocol, protocol_name
+from util.flops import count_params, gflops
+
+
+def resolve_paths(cfg: Config) -> tuple[str, str]:
+    """(checkpoint, output folder) from test.checkpoint / test.out_dir or their output.dir defaults."""
+    ckpt = cfg.test.checkpoint
+    if ckpt is None:
+        if cfg.output.dir is None:
+            raise SegKDError("neither test.checkpoint nor output.dir is set: nothing to evaluate")
+        ckpt = os.path.join(cfg.output.dir, "model", "final.pth")
+    if not os.path.isfile(ckpt):
+        raise SegKDError(f"{ckpt}: checkpoint not found (set test.checkpoint or output.dir)")
+    out_dir = cfg.test.out_dir
+    if out_dir is None:
+        run_dir = cfg.output.dir or os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+        out_dir = os.path.join(run_dir, "eval", protocol_name(cfg))
+    return ckpt, out_dir
+
+
+def class_names(cfg: Config) -> list[str]:
+    names = None
+    if cfg.data.names is not None:
+        path = cfg.data.names if os.path.isabs(cfg.data.names) else os.path.join(REPO_ROOT, cfg.data.names)
+        if os.path.isfile(path):
+            names = load_names(path)
+    if names is None or len(names) != cfg.data.classes:
+        names = [f"class_{i}" for i in range(cfg.data.classes)]
+    return names
+
+
+def format_table(result: dict, names: list[str]) -> str:
+    rows = [f"{'class':<16} {'IoU':>8} {'Acc':>8}"]
+    for name, iou, acc in zip(names, result["iou"], result["acc"]):
+        rows.append(f"{name:<16} {iou * 100:8.2f} {acc * 100:8.2f}")
+    rows.append(f"{'mean':<16} {result['mIoU'] * 100:8.2f} {result['mAcc'] * 100:8.2f}   allAcc "
+                f"{result['allAcc'] * 100:.2f}")
+    return "\n".join(rows)
+
+
+def run(cfg: Config, info: DistInfo) -> dict:
+    if cfg.data.root is None:
+        raise SegKDError("data.root is not set: give the dataset folder, e.g. data.root=datasets/voc2012")
+    ckpt_path, out_dir = resolve_paths(cfg)
+    metrics_path = os.path.join(out_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        raise SegKDError(f"{metrics_path}: already exists; remove it or set test.out_dir (nothing was overwritten)")
+    model, ckpt = model_from_checkpoint(ckpt_path, cfg.data.classes)
+    model = model.to(info.device).eval()
+    list_file = cfg.test.list or cfg.data.val_list
+    save_dir = out_dir if cfg.test.save_predictions else None
+    cm = evaluate(model, cfg, info, list_file, save_dir)
+    result = cm.compute()
+    names = class_names(cfg)
+    metrics = {
+        "mIoU": result["mIoU"], "mAcc": result["mAcc"], "allAcc": result["allAcc"],
+        "per_class": {n: {"iou": i, "acc": a} for n, i, a in zip(names, result["iou"], result["acc"])},
+        "checkpoint": os.path.abspath(ckpt_path), "iteration": ckpt.get("iteration"),
+        "mode": ckpt.get("mode"), "layers": ckpt["layers"], "classes": ckpt["classes"],
+        "list": list_file, "images": len(read_list(cfg.data.root, list_file)),
+        "protocol": protocol(cfg), "params": count_params(model),
+        "gflops": gflops(ckpt["layers"], cfg.data.classes, cfg.train.crop_size),
+        "gflops_crop_size": cfg.train.crop_size,
+        "config": ckpt.get("config"),
+    }
+    if info.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = metrics_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2, allow_nan=True)
+        os.replace(tmp, metrics_path)
+        print(format_table(result, names))
+        print(f"mIoU {metrics['mIoU'] * 100:.2f}  mAcc {metrics['mAcc'] * 100:.2f}  allAcc "
+              f"{metrics['allAcc'] * 100:.2f}  -> {metrics_path}", flush=True)
+    barrier()
+    return metrics
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        cfg, _ = parse_cli(sys.argv[1:] if argv is None else argv, "Evaluate a PSPNet checkpoint.")
+        info = init_distributed(cfg.train.device)
+        with torch.inference_mode():
+            run(cfg, info)
+        return 0
+    except SegKDError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Train a PSPNet: a supervised teacher, a supervised student, or a student distilled from a teacher.
+
+    python train.py --config config/synthetic/pspnet50_teacher.yaml
+    python train.py --config config/synthetic/pspnet18_kd.yaml teacher.checkpoint=runs/t/model/final.pth
+    torchrun --nproc_per_node=8 train.py --config config/voc2012/pspnet18_kd_aux_kl.yaml
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --config ...
+    python train.py --config ... train.resume=auto        # continue from output.dir/model/last.pth
+
+A config with ``teacher.checkpoint`` distils; one without trains supervised. ``train.batch_size`` is the
+global batch, split across processes. SIGTERM/SIGINT finish the current step, write model/last.pth and
+exit; ``train.resume=auto`` continues. See README.md for the run directory's contents.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from data.dataset import SegDataset
+from data.loader import build_train_loader, seed_everything
+from data.transforms import build_train_transform
+from model.build import build_model, checkpoint_meta, load_teacher
+from model.distiller import Distiller
+from util.checkpoint import load_checkpoint, load_state_strict
+from util.config import Config, parse_cli
+from util.distributed import DistInfo, barrier, cleanup, init_distributed, unwrap
+from util.errors import SegKDError
+from util.rundir import RunLog, check_run_dir
+from util.trainer import Trainer, validate_config
+
+
+def build_data(cfg: Config, info: DistInfo):
+    d, t = cfg.data, cfg.train
+    transform = build_train_transform(t.crop_size, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
+                                      d.ignore_label)
+    dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform)
+    per_rank = t.batch_size // info.world_size
+    if len(dataset) // info.world_size < per_rank:
+        raise SegKDError(f"{d.train_list}: {len(dataset)} samples cannot fill one batch of train.batch_size="
+                         f"{t.batch_size} over {info.world_size} process(es)")
+    return build_train_loader(dataset, per_rank, t.workers, t.seed, info.rank, info.world_size,
+                              pin_memory=info.device.type == "cuda")
+
+
+def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
+    student = build_model(cfg).to(info.device)
+    teacher = load_teacher(cfg).to(info.device) if cfg.teacher.checkpoint else None
+    if cfg.train.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
+    if info.distributed:
+        if info.device.type == "cuda" and cfg.train.sync_bn:
+            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # the teacher is not converted
+        ids = [info.local_rank] if info.device.type == "cuda" else None
+        student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
+    return Distiller.from_config(student, teacher, cfg)
+
+
+def build_optimizer(student: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
+    """SGD, backbone at base_lr and the new layers (PPM, heads) at base_lr * head_lr_mult."""
+    t = cfg.train
+    backbone, heads = unwrap(student).param_groups()
+    return torch.optim.SGD(
+        [{"params": backbone, "lr": t.base_lr, "initial_lr": t.base_lr},
+         {"params": heads, "lr": t.base_lr * t.head_lr_mult, "initial_lr": t.base_lr * t.head_lr_mult}],
+        lr=t.base_lr, momentum=t.momentum, weight_decay=t.weight_decay,
+    )
+
+
+def resume_path(cfg: Config) -> Optional[str]:
+    if cfg.train.resume is None:
+        return None
+    if cfg.train.resume == "auto":
+        path = os.path.join(cfg.output.dir, "model", "last.pth")
+        return path if os.path.exists(path) else None
+    return cfg.train.resume
+
+
+def run(cfg: Config, info: DistInfo) -> int:
+    validate_config(cfg, info)
+    check_run_dir(cfg)
+    loader, sampler = build_data(cfg, info)
+    seed_everything(cfg.train.seed)  # identical initial weights on every rank and every run
+    distiller = build_distiller(cfg, info)
+    seed_everything(cfg.train.seed + info.rank)  # dropout differs across ranks, reproducibly
+    optimizer = build_optimizer(distiller.student, cfg)
+    mode = "distill" if distiller.teacher is not None else "supervised"
+    resume = resume_path(cfg)
+    state = load_checkpoint(resume) if resume else None
+    if state is not None:
+        if state.get("format") != "segkd" or "optimizer" not in state:
+            raise SegKDError(f"{resume}: not a segkd last.pth (no optimizer state) - cannot resume from it")
+        load_state_strict(unwrap(distiller.student), state["model"], resume)
+    log = RunLog(cfg.output.dir, cfg) if info.is_main else None
+    barrier()
+    meta = checkpoint_meta(cfg.model, cfg, mode)
+    trainer = Trainer(cfg, info, distiller, optimizer, loader, sampler, log, meta)
+    if state is not None:
+        trainer.restore(state, resume)
+    try:
+        return trainer.fit()
+    finally:
+        if log is not None:
+            log.close()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    info = None
+    try:
+        cfg, _ = parse_cli(sys.argv[1:] if argv is None else argv, "Train a PSPNet (supervised or distilled).")
+        info = init_distributed(cfg.train.device)
+        return run(cfg, info)
+    except SegKDError as e:
+        rank = f"[rank {info.rank}] " if info is not None and info.distributed else ""
+        print(f"error: {rank}{e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    start = time.time()
+    code = main()
+    if code == 0 and int(os.environ.get("RANK", "0")) == 0:
+        print(f"done in {math.ceil(time.time() - start)} s", flush=True)
+    sys.exit(code)

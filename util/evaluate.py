@@ -1,0 +1,75 @@
+"""Evaluate a model over a list file: each process takes every world_size-th image, confusion matrices are
+summed across processes. Used by ``test.py`` and by periodic validation in ``train.py``."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import cv2
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from data.dataset import check_label, read_image, read_label, read_list
+from data.palette import colorize
+from util.config import Config
+from util.distributed import DistInfo
+from util.errors import SegKDError
+from util.inference import predict
+from util.metrics import ConfusionMatrix
+
+
+def protocol(cfg: Config) -> dict:
+    """The evaluation settings, recorded in metrics.json next to the numbers."""
+    t = cfg.test
+    return {"scales": list(t.scales), "flip": t.flip, "base_size": t.base_size, "crop_size": t.crop_size,
+            "stride_rate": t.stride_rate}
+
+
+def protocol_name(cfg: Config) -> str:
+    """``ss`` (single scale) or ``ms`` (several), with ``_flip``: the default eval folder name."""
+    name = "ss" if len(cfg.test.scales) == 1 and cfg.test.scales[0] == 1.0 else "ms"
+    return name + ("_flip" if cfg.test.flip else "")
+
+
+def evaluate(
+    model: nn.Module, cfg: Config, info: DistInfo, list_file: str, save_dir: Optional[str] = None,
+    progress: bool = True,
+) -> ConfusionMatrix:
+    """Predict every image of ``list_file`` (relative to data.root) and return the reduced confusion matrix.
+
+    With ``save_dir``, each process writes its images' predictions to ``save_dir/gray/<id>.png`` (class
+    index) and ``save_dir/color/<id>.png`` (VOC palette).
+    """
+    samples = read_list(cfg.data.root, list_file)
+    t = cfg.test
+    if t.crop_size < 32 or t.base_size < 32:
+        raise SegKDError(f"test.crop_size={t.crop_size} / test.base_size={t.base_size}: must be at least 32")
+    if save_dir is not None:
+        for sub in ("gray", "color"):
+            os.makedirs(os.path.join(save_dir, sub), exist_ok=True)
+    cm = ConfusionMatrix(cfg.data.classes, cfg.data.ignore_label)
+    model.eval()
+    mine = samples[info.rank::info.world_size]
+    for image_path, label_path in tqdm(mine, disable=not (progress and info.is_main), desc="eval", leave=False):
+        image = read_image(image_path)
+        label = read_label(label_path)
+        check_label(label, cfg.data.classes, cfg.data.ignore_label, label_path)
+        if image.shape[:2] != label.shape:
+            raise SegKDError(f"{image_path}: image size {image.shape[:2]} != label size {label.shape} ({label_path})")
+        pred = predict(model, image, cfg.data.classes, t.base_size, t.crop_size, t.scales, t.flip, t.stride_rate,
+                       info.device)
+        cm.update(_tensor(pred), _tensor(label))
+        if save_dir is not None:
+            name = os.path.splitext(os.path.basename(image_path))[0]
+            cv2.imwrite(os.path.join(save_dir, "gray", name + ".png"), pred.astype(np.uint8))
+            colorize(pred.astype(np.uint8)).save(os.path.join(save_dir, "color", name + ".png"))
+    cm.reduce()
+    return cm
+
+
+def _tensor(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a).astype(np.int64))

@@ -1,0 +1,93 @@
+"""The evaluation protocol of hszhao/semseg's ``tool/test.py``, each part configurable.
+
+For one image H×W and each scale s: resize so the long side is ``round(base_size * s)``; pad to at least
+the crop with the mean colour; slide a ``crop_size`` window with stride ``ceil(crop * stride_rate)``; each
+window's logits are upsampled to the crop and turned into softmax probabilities, averaged with those of
+the flipped window when ``flip``; overlapping windows are averaged; the padding is cut and the
+probabilities are resized back to H×W. Probabilities are averaged over scales and the argmax is the label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from model.losses import resize_logits
+
+
+def _normalize(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """H×W×3 uint8/float RGB -> 1×3×H×W normalised tensor on ``device``."""
+    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().to(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
+    return ((t - mean) / std)[None]
+
+
+@torch.inference_mode()
+def window_probs(model: nn.Module, windows: torch.Tensor, flip: bool, batch: int = 8) -> torch.Tensor:
+    """Softmax probabilities B×K×h×w of B×3×h×w windows at window resolution (flip-averaged if asked)."""
+    outs = []
+    for chunk in windows.split(batch):
+        logits = resize_logits(model(chunk)["out"], tuple(chunk.shape[-2:]))
+        probs = F.softmax(logits.float(), dim=1)
+        if flip:
+            flipped = resize_logits(model(chunk.flip(3))["out"], tuple(chunk.shape[-2:]))
+            probs = (probs + F.softmax(flipped.float(), dim=1).flip(3)) / 2
+        outs.append(probs)
+    return torch.cat(outs)
+
+
+def sliding_probs(
+    model: nn.Module, image: np.ndarray, classes: int, crop: int, stride_rate: float, flip: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    """K×H×W probabilities for one (already scaled) H×W×3 image, by sliding window."""
+    h, w = image.shape[:2]
+    pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+    top, left = pad_h // 2, pad_w // 2
+    if pad_h or pad_w:
+        mean = [float(m) for m in IMAGENET_MEAN]
+        image = cv2.copyMakeBorder(image, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=mean)
+    ph, pw = image.shape[:2]
+    stride = int(math.ceil(crop * stride_rate))
+    grid_h = int(math.ceil(float(ph - crop) / stride) + 1)
+    grid_w = int(math.ceil(float(pw - crop) / stride) + 1)
+    tensor = _normalize(image, device)
+    boxes = []
+    for gy in range(grid_h):
+        for gx in range(grid_w):
+            y0 = min(gy * stride, ph - crop)
+            x0 = min(gx * stride, pw - crop)
+            boxes.append((y0, x0))
+    windows = torch.cat([tensor[:, :, y:y + crop, x:x + crop] for y, x in boxes])
+    probs = window_probs(model, windows, flip)
+    total = torch.zeros(classes, ph, pw, device=device)
+    count = torch.zeros(1, ph, pw, device=device)
+    for (y, x), p in zip(boxes, probs):
+        total[:, y:y + crop, x:x + crop] += p
+        count[:, y:y + crop, x:x + crop] += 1
+    total /= count
+    return total[:, top:top + h, left:left + w]
+
+
+def predict(
+    model: nn.Module, image: np.ndarray, classes: int, base_size: int, crop: int,
+    scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
+) -> np.ndarray:
+    """H×W int64 class map for an H×W×3 RGB image, averaged over ``scales`` (and flips)."""
+    h, w = image.shape[:2]
+    total = torch.zeros(classes, h, w, device=device)
+    for scale in scales:
+        long_size = int(round(base_size * scale))
+        nh, nw = (long_size, int(round(long_size * w / h))) if h > w else (int(round(long_size * h / w)), long_size)
+        scaled = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        probs = sliding_probs(model, scaled, classes, crop, stride_rate, flip, device)
+        total += F.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return (total / len(scales)).argmax(0).cpu().numpy()
