@@ -1,0 +1,233 @@
+"""Check a prepared dataset before training on it: every file there, readable, and labelled sensibly.
+
+    python -m data.check --config config/voc2012/pspnet50_teacher.yaml
+    python -m data.check --config config/voc2012/pspnet50_teacher.yaml data.root=/data/voc --max-problems 5
+
+For the train and val lists of the config it reports sample counts, the label modes (P palette / L index;
+RGB colour labels are an error), the label value histogram, image size statistics and one line per
+problem naming ``list:line`` and the file: missing or unreadable (e.g. truncated) files, duplicate
+entries, label values outside ``0..classes-1`` that are not ``ignore_label``, image/label size
+mismatches. Exit status 0 when clean, 1 when there are problems, 2 on a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+from util.config import load_config
+from util.errors import SegKDError
+
+# Modes whose pixel values are class indices (P: through a palette). Anything else is not a label map.
+INDEX_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+@dataclass
+class SplitReport:
+    """What one list holds. ``sizes`` counts (H, W) of readable images; ``label_values`` pixels per value."""
+
+    name: str
+    list_file: str
+    samples: int = 0
+    label_modes: Counter = field(default_factory=Counter)
+    label_values: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    splits: list[SplitReport]
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for split in self.splits for p in split.problems]
+
+
+@dataclass
+class _Sample:
+    size: Optional[tuple[int, int]] = None  # (H, W) of the image
+    mode: Optional[str] = None
+    values: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+
+def _load(path: str, what: str, where: str, out: _Sample, inspect: Callable[[Image.Image], Any]) -> Any:
+    """``inspect`` of the fully decoded image (``load`` catches truncated files), or None and a problem."""
+    if not os.path.isfile(path):
+        out.problems.append(f"{where}: missing {what} {path}")
+        return None
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return inspect(image)
+    except (OSError, SyntaxError, ValueError) as e:
+        out.problems.append(f"{where}: unreadable {what} {path} ({e})")
+        return None
+
+
+def _check_label(image: Image.Image, path: str, where: str, classes: int, ignore: int,
+                 out: _Sample) -> tuple[int, int]:
+    """Record the label's mode, value counts and bad values; return its (W, H)."""
+    out.mode = image.mode
+    if image.mode not in INDEX_MODES:
+        out.problems.append(f"{where}: label {path} is mode {image.mode} (colour?), not a P/L index PNG")
+        return image.size
+    label = np.asarray(image)  # P mode gives the palette indices, not the colours
+    if label.dtype == np.uint8:
+        counts = np.bincount(label.ravel(), minlength=256)
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    else:
+        values, counts = np.unique(label, return_counts=True)
+    out.values.update(dict(zip(values.tolist(), counts.tolist())))
+    bad = [int(v) for v in values if not (0 <= v < classes or v == ignore)]
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        out.problems.append(f"{where}: label {path} has values outside 0..{classes - 1} "
+                            f"that are not ignore_label {ignore}: [{shown}]")
+    return image.size
+
+
+def _check_sample(root: str, entry: tuple[int, str, str, str], classes: int, ignore: int) -> _Sample:
+    _, where, image_rel, label_rel = entry
+    out = _Sample()
+    image_path, label_path = os.path.join(root, image_rel), os.path.join(root, label_rel)
+    image_wh = _load(image_path, "image", where, out, lambda im: im.size)
+    label_wh = _load(label_path, "label", where, out,
+                     lambda im: _check_label(im, label_path, where, classes, ignore, out))
+    if image_wh is not None:
+        out.size = (image_wh[1], image_wh[0])
+    if image_wh is not None and label_wh is not None and image_wh != label_wh:
+        out.problems.append(f"{where}: image {image_path} is {image_wh[1]}x{image_wh[0]} (HxW) "
+                            f"but label {label_path} is {label_wh[1]}x{label_wh[0]}")
+    return out
+
+
+def _read_entries(list_path: str, problems: list[tuple[int, str]]) -> list[tuple[int, str, str, str]]:
+    """``(line, list:line, image, label)`` per sample; malformed and duplicate lines go to ``problems``."""
+    entries, seen = [], {}
+    with open(list_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            fields, where = line.split(), f"{list_path}:{lineno}"
+            if not fields:
+                continue
+            if len(fields) != 2:
+                bad = f"expected 'image_path label_path', got {len(fields)} field(s)"
+            elif any(os.path.isabs(p) for p in fields):
+                bad = f"paths must be relative to the dataset root: {line.strip()!r}"
+            elif fields[0] in seen:
+                bad = f"duplicate entry {fields[0]} (first on line {seen[fields[0]]})"
+            else:
+                seen[fields[0]] = lineno
+                entries.append((lineno, where, fields[0], fields[1]))
+                continue
+            problems.append((lineno, f"{where}: {bad}"))
+    return entries
+
+
+def _resolve_list(root: str, list_file: str) -> str:
+    # Same rule as data.dataset: absolute as given, else under the root, else relative to the cwd.
+    if os.path.isabs(list_file):
+        return list_file
+    under_root = os.path.join(root, list_file)
+    return under_root if os.path.isfile(under_root) or not os.path.isfile(list_file) else list_file
+
+
+def check_split(root: str, name: str, list_file: str, classes: int, ignore_label: int,
+                workers: int = 8) -> SplitReport:
+    """Check every sample of one list; results and problems come in list order whatever ``workers`` is."""
+    list_path = _resolve_list(root, list_file)
+    report = SplitReport(name, list_path)
+    if not os.path.isfile(list_path):
+        report.problems.append(f"{list_path}: list file not found")
+        return report
+    problems: list[tuple[int, str]] = []
+    entries = _read_entries(list_path, problems)
+    report.samples = len(entries)
+    if not entries:
+        problems.append((0, f"{list_path}: no samples"))
+    # PIL releases the GIL while decoding, so threads scale without pickling images between processes.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        samples = pool.map(lambda e: _check_sample(root, e, classes, ignore_label), entries)
+        for entry, sample in zip(entries, samples):
+            problems.extend((entry[0], p) for p in sample.problems)
+            report.label_values.update(sample.values)
+            if sample.mode is not None:
+                report.label_modes[sample.mode] += 1
+            if sample.size is not None:
+                report.sizes[sample.size] += 1
+    report.problems = [p for _, p in sorted(problems, key=lambda item: item[0])]  # stable: file order
+    return report
+
+
+def check_dataset(root: str, lists: dict[str, str], classes: int, ignore_label: int,
+                  workers: int = 8) -> Report:
+    """Check each ``{split: list file}`` (relative to ``root`` or absolute) of the dataset at ``root``."""
+    if not os.path.isdir(root):
+        raise SegKDError(f"{root}: dataset root (data.root) not found")
+    splits = [check_split(root, name, path, classes, ignore_label, workers) for name, path in lists.items()]
+    return Report(splits)
+
+
+def _size_stats(sizes: Counter) -> list[str]:
+    if not sizes:
+        return ["no readable images"]
+    n = sum(sizes.values())
+    lines = []
+    for axis, label in ((0, "H"), (1, "W")):
+        values = [s[axis] for s in sizes.elements()]
+        lines.append(f"{label} min/mean/max {min(values)}/{sum(values) / n:.1f}/{max(values)}")
+    common = ", ".join(f"{h}x{w}: {c}" for (h, w), c in sizes.most_common(5))
+    return lines + [f"most common HxW: {common}"]
+
+
+def format_report(report: Report, max_problems: int = 50) -> str:
+    """The summary table, per-split statistics and the first ``max_problems`` problems."""
+    rows = [f"{'split':<10} {'samples':>8} {'problems':>9}  {'label modes':<24} list"]
+    for s in report.splits:
+        modes = " ".join(f"{m}:{c}" for m, c in sorted(s.label_modes.items())) or "-"
+        rows.append(f"{s.name:<10} {s.samples:>8} {len(s.problems):>9}  {modes:<24} {s.list_file}")
+    for s in report.splits:
+        rows.append(f"{s.name}: images " + "; ".join(_size_stats(s.sizes)))
+        total = sum(s.label_values.values()) or 1
+        values = ", ".join(f"{v}: {c} ({100 * c / total:.2f}%)" for v, c in sorted(s.label_values.items()))
+        rows.append(f"{s.name}: label pixels per value: {values or '-'}")
+    problems = report.problems
+    if problems:
+        rows.append(f"problems (showing {min(len(problems), max_problems)} of {len(problems)}):")
+        rows.extend(problems[:max_problems])
+    rows.append(f"FAILED: {len(problems)} problem(s)" if problems else "OK: no problems")
+    return "\n".join(rows)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Check the dataset of a segkd config.")
+    parser.add_argument("--config", required=True, help="experiment YAML (over config/defaults.yaml)")
+    parser.add_argument("--max-problems", type=int, default=50, help="how many problem lines to print")
+    parser.add_argument("--workers", type=int, default=8, help="threads reading images")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/voc2012")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        data = load_config(args.config, args.overrides).data
+        if data.root is None:
+            raise SegKDError(f"{args.config}: data.root is not set (add data.root=PATH)")
+        lists = {"train": data.train_list, "val": data.val_list}
+        report = check_dataset(data.root, lists, data.classes, data.ignore_label, args.workers)
+    except SegKDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report, args.max_problems))
+    return 1 if report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
