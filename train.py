@@ -48,14 +48,20 @@ def build_data(cfg: Config, info: DistInfo):
 
 
 def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
+    """Student (SyncBN on several GPUs, compiled if asked, DDP) and the frozen teacher (none of those)."""
     student = build_model(cfg).to(info.device)
     teacher = load_teacher(cfg).to(info.device) if cfg.teacher.checkpoint else None
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
+    if info.distributed and info.device.type == "cuda" and cfg.train.sync_bn:
+        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    if cfg.train.compile:
+        torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly instead
+        student.compile()  # in place: the state dict keeps its keys
+        if teacher is not None:
+            teacher.compile()
     if info.distributed:
-        if info.device.type == "cuda" and cfg.train.sync_bn:
-            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # the teacher is not converted
         ids = [info.local_rank] if info.device.type == "cuda" else None
         student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
     return Distiller.from_config(student, teacher, cfg)
@@ -114,6 +120,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg, _ = parse_cli(sys.argv[1:] if argv is None else argv, "Train a PSPNet (supervised or distilled).")
         info = init_distributed(cfg.train.device)
+        torch.backends.cudnn.benchmark = info.device.type == "cuda"  # fixed crop size: autotune once
         return run(cfg, info)
     except SegKDError as e:
         rank = f"[rank {info.rank}] " if info is not None and info.distributed else ""

@@ -1,0 +1,90 @@
+"""The speed switches change no result beyond a stated tolerance, and the benchmark tool runs on CPU."""
+
+import json
+
+import pytest
+import torch
+
+from data.dataset import SegDataset
+from data.loader import build_train_loader
+from data.transforms import build_train_transform
+from model.distiller import Distiller
+from model.pspnet import build_pspnet
+from tests.conftest import TINY_CLASSES, run_cli
+
+
+def pair():
+    torch.manual_seed(0)
+    return build_pspnet(18, 5), build_pspnet(50, 5)
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, 65, 65, generator=g), torch.randint(0, 5, (2, 65, 65), generator=g)
+
+
+def test_bf16_autocast_losses_agree_with_fp32():
+    # bf16 keeps 8 mantissa bits: per-term losses agree to a few percent (stated tolerance: 5% relative)
+    student, teacher = pair()
+    d = Distiller(student, teacher, feat_loss="kl").eval()
+    images, target = batch()
+    with torch.no_grad():
+        _, fp32 = d(images, target)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, bf16 = d(images, target)
+    for name in fp32:
+        assert bf16[name].dtype == torch.float32  # losses are computed in fp32 even under autocast
+        assert bf16[name].item() == pytest.approx(fp32[name].item(), rel=5e-2, abs=1e-3), name
+
+
+def test_channels_last_changes_no_output():
+    model, _ = pair()
+    model.eval()
+    images, _ = batch()
+    with torch.no_grad():
+        plain = model(images)
+        cl = model.to(memory_format=torch.channels_last)(images.contiguous(memory_format=torch.channels_last))
+    for k in plain:
+        torch.testing.assert_close(cl[k], plain[k], rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_fast_path_equals_plain_forward():
+    student, teacher = pair()
+    d = Distiller(student, teacher)
+    images, _ = batch()
+    fast = d.teacher_logits(images)
+    with torch.no_grad():
+        plain = teacher.eval()(images)
+    for k in plain:
+        assert torch.equal(fast[k], plain[k])
+        assert not fast[k].is_inference()  # usable in the student's autograd graph
+
+
+def loader_batches(root, workers):
+    ds = SegDataset(root, "list/train_aug.txt", TINY_CLASSES, 255, build_train_transform(65))
+    loader, sampler = build_train_loader(ds, 2, workers, seed=3, rank=0, world_size=1, pin_memory=False)
+    sampler.set_epoch(1)
+    return [b for _, b in zip(range(3), loader)]
+
+
+def test_data_pipeline_same_samples_for_any_worker_count(tiny_data):
+    a, b = loader_batches(tiny_data, 0), loader_batches(tiny_data, 2)
+    for (ia, la), (ib, lb) in zip(a, b):
+        assert torch.equal(ia, ib) and torch.equal(la, lb)
+
+
+def test_benchmark_runs_on_cpu(tiny_data, tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("-m", "util.benchmark", "--config", "config/synthetic/pspnet18_kd.yaml", "--crop", "65",
+                "--batch", "2", "--steps", "1", "--warmup", "1", "--workers", "0,1", "--loader-batches", "3",
+                "--peak-tflops", "1.0", f"data.root={tiny_data}", f"data.classes={TINY_CLASSES}", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert [m["mode"] for m in result["models"]] == ["teacher_train", "student_train", "distill", "eval"]
+    by_mode = {m["mode"]: m for m in result["models"]}
+    assert all(m["images_per_s"] > 0 and m["tflops"] > 0 for m in result["models"])
+    # a distillation step is a teacher forward plus a student step: more FLOPs than the student step alone
+    assert by_mode["distill"]["gflop_per_image"] > by_mode["student_train"]["gflop_per_image"]
+    assert by_mode["teacher_train"]["gflop_per_image"] > by_mode["distill"]["gflop_per_image"]
+    assert [r["workers"] for r in result["loader"]] == [0, 1]
+    assert "| distill |" in r.stdout
