@@ -26,7 +26,7 @@ from data.loader import build_train_loader, seed_everything
 from data.transforms import build_train_transform
 from model.build import build_model, checkpoint_meta, load_teacher
 from model.distiller import Distiller
-from util.checkpoint import load_checkpoint, load_state_strict
+from util.checkpoint import load_checkpoint
 from util.config import Config, parse_cli
 from util.distributed import DistInfo, barrier, cleanup, init_distributed, unwrap
 from util.errors import SegKDError
@@ -98,10 +98,6 @@ def run(cfg: Config, info: DistInfo) -> int:
     mode = "distill" if distiller.teacher is not None else "supervised"
     resume = resume_path(cfg)
     state = load_checkpoint(resume) if resume else None
-    if state is not None:
-        if state.get("format") != "segkd" or "optimizer" not in state:
-            raise SegKDError(f"{resume}: not a segkd last.pth (no optimizer state) - cannot resume from it")
-        load_state_strict(unwrap(distiller.student), state["model"], resume)
     log = RunLog(cfg.output.dir, cfg) if info.is_main else None
     barrier()
     meta = checkpoint_meta(cfg.model, cfg, mode)

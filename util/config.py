@@ -101,6 +101,13 @@ def _type_ok(value: Any, expected: tuple[type, ...]) -> bool:
     return isinstance(value, expected)
 
 
+def _as_float(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
     if key not in defaults:
         close = difflib.get_close_matches(key, list(defaults), n=1)
@@ -108,6 +115,8 @@ def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
         raise SegKDError(f"{source}: unknown config key '{key}'{hint}")
     default = defaults[key]
     expected = NULL_TYPES.get(key) or (type(default),)
+    if expected == (float,) and isinstance(value, str):
+        value = _as_float(value)  # YAML 1.1 reads 1e6 (no dot) as a string
     if not _type_ok(value, expected):
         names = " or ".join(t.__name__ for t in expected)
         raise SegKDError(f"{source}: {key} must be {names}, got {value!r} ({type(value).__name__})")

@@ -1,6 +1,8 @@
 """The run directory: resolved config, git commit, human log, metrics.jsonl and tensorboard scalars.
 
-Only rank 0 creates a :class:`RunLog`; other ranks get ``None`` and write nothing.
+Only rank 0 creates a :class:`RunLog`; other ranks get ``None`` and write nothing. A RunLog creates the
+folder with its first message, not when constructed, so a run that fails its checks (bad data, a
+checkpoint that does not fit) writes nothing.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ def git_commit() -> str:
 
 
 def check_run_dir(cfg: Config) -> None:
-    """Refuse an ``output.dir`` that already holds a run, unless resuming that same experiment."""
+    """Refuse an ``output.dir`` that already holds a run, unless resuming that same experiment, and one
+    that holds files of something else (never scatter a run among them)."""
     run_dir = cfg.output.dir
     saved = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(saved):
-        if cfg.train.resume == "auto" and os.path.isdir(run_dir) and os.listdir(run_dir):
-            raise SegKDError(f"{run_dir}: train.resume=auto but this folder holds no segkd run (no config.yaml)")
+        other = _foreign_entries(run_dir)
+        if other:
+            why = "train.resume=auto but this folder" if cfg.train.resume == "auto" else "output.dir"
+            raise SegKDError(f"{run_dir}: {why} holds no segkd run (no config.yaml) but other files "
+                             f"({', '.join(other[:3])}); choose a new or empty folder")
         return
     if cfg.train.resume is None:
         raise SegKDError(f"{run_dir}: output.dir already holds a run; resume it with train.resume=auto "
@@ -51,35 +57,85 @@ def check_run_dir(cfg: Config) -> None:
                          f"{f', +{len(diff) - 1} more keys' if len(diff) > 1 else ''}); refusing to resume into it")
 
 
+def _foreign_entries(run_dir: str) -> list[str]:
+    """Entries of an existing folder other than hidden files and an empty ``model/`` (left by a run killed
+    before it wrote its config)."""
+    if not os.path.isdir(run_dir):
+        if os.path.exists(run_dir):
+            raise SegKDError(f"{run_dir}: output.dir is a file, not a folder")
+        return []
+    other = []
+    for name in sorted(os.listdir(run_dir)):
+        path = os.path.join(run_dir, name)
+        if name.startswith(".") or (name == "model" and os.path.isdir(path) and not os.listdir(path)):
+            continue
+        other.append(name)
+    return other
+
+
+def _drop_partial_line(path: str) -> None:
+    """A SIGKILL during a write can leave half a line at the end of a log; cut it so that the lines
+    appended after a resume stay one JSON object each."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class RunLog:
-    """Human log (stdout + ``train.log``), ``metrics.jsonl`` and tensorboardX scalars under ``tb/``."""
+    """Human log (stdout + ``train.log``), ``metrics.jsonl`` and tensorboardX scalars under ``tb/``.
+
+    Set :attr:`purge_step` before the first scalar when resuming: TensorBoard then hides the steps at and
+    after it that an interrupted run had logged, and which the resumed run logs again.
+    """
 
     def __init__(self, run_dir: str, cfg: Config, log_name: str = "train.log"):
+        self.run_dir, self.cfg, self.log_name = run_dir, cfg, log_name
+        self.purge_step: Optional[int] = None
+        self._log: Optional[Any] = None
+        self._jsonl: Optional[Any] = None
+        self._tb: Optional[Any] = None
+
+    def _open(self) -> None:
+        if self._log is not None:
+            return
+        run_dir = self.run_dir
         os.makedirs(os.path.join(run_dir, "model"), exist_ok=True)
-        self.run_dir = run_dir
         if not os.path.exists(os.path.join(run_dir, "config.yaml")):
-            save_config(cfg, os.path.join(run_dir, "config.yaml"))
+            save_config(self.cfg, os.path.join(run_dir, "config.yaml"))
         with open(os.path.join(run_dir, "git_commit.txt"), "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {git_commit()} {' '.join(sys.argv)}\n")
-        self._log = open(os.path.join(run_dir, log_name), "a", encoding="utf-8")
+        for name in (self.log_name, "metrics.jsonl"):
+            _drop_partial_line(os.path.join(run_dir, name))
+        self._log = open(os.path.join(run_dir, self.log_name), "a", encoding="utf-8")
         self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
-        self._tb: Optional[Any] = None
 
     @property
     def tb(self):
         if self._tb is None:  # lazy: tensorboardX import and event file only when scalars are written
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(self.run_dir, "tb"))
+            self._tb = SummaryWriter(os.path.join(self.run_dir, "tb"), purge_step=self.purge_step)
         return self._tb
 
     def info(self, message: str) -> None:
+        self._open()
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
         print(line, flush=True)
         self._log.write(line + "\n")
         self._log.flush()
 
+    def error(self, message: str) -> None:
+        """Record why a started run stopped in ``train.log`` (the entry point prints it on stderr). Before
+        the first message nothing is written: a run that never started leaves no folder."""
+        if self._log is not None:
+            self._log.write(f"[{time.strftime('%H:%M:%S')}] error: {message}\n")
+            self._log.flush()
+
     def scalars(self, step: int, values: dict[str, float], kind: str = "train") -> None:
+        self._open()
         for name, value in values.items():
             self.tb.add_scalar(f"{kind}/{name}", value, step)
         self._jsonl.write(json.dumps({"kind": kind, "iteration": step, **values}) + "\n")
@@ -88,5 +144,6 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-        self._log.close()
-        self._jsonl.close()
+        if self._log is not None:
+            self._log.close()
+            self._jsonl.close()

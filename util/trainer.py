@@ -1,28 +1,39 @@
-"""The training loop: poly-lr SGD, AMP, per-step loss reduction, checkpoints, preemption and NaN stops."""
+"""The training loop: poly-lr SGD, AMP, per-step loss reduction, checkpoints, preemption and NaN stops.
+
+Faults (docs/RELIABILITY.md): SIGTERM/SIGINT finish the step, write ``model/last.pth`` and exit 128+signal
+on every rank; checkpoints are atomic, so a SIGKILL loses at most ``train.checkpoint_every`` iterations;
+a non-finite loss stops before the update; a bad first batch fails before the run directory exists.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
 from data.loader import rng_state, set_rng_state
+from model.build import describe_checkpoint
 from model.distiller import Distiller
-from util.checkpoint import save_checkpoint
+from util.checkpoint import load_state_strict, save_checkpoint
 from util.config import Config
 from util.distributed import DistInfo, all_reduce_mean, broadcast_flag, unwrap
 from util.errors import SegKDError
+from util.preemption import StopRequest, shield_workers, worker_error_line
 from util.rundir import RunLog
 
-# Exit statuses: 0 finished, 2 bad input (SegKDError), 3 stopped by train.stop_after, 128+signal when preempted.
+# Exit statuses: 0 finished, 2 bad input, non-finite loss or failed checkpoint write (SegKDError), 3 stopped
+# by train.stop_after, 128+signal when preempted (130 SIGINT, 143 SIGTERM).
 STOPPED = 3
+RESUME_KEYS = ("model", "optimizer", "scaler", "scheduler", "iteration", "rng")
 
 
 def validate_config(cfg: Config, info: DistInfo) -> None:
@@ -53,22 +64,10 @@ def validate_config(cfg: Config, info: DistInfo) -> None:
         raise SegKDError("train.amp_dtype=float16 needs CUDA; use bfloat16 on the CPU")
 
 
-class StopRequest:
-    """Remembers a SIGTERM/SIGINT so the loop can finish its step and checkpoint before exiting."""
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def restore(self) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-
 class Trainer:
+    """Owns the loop over ``total_iters`` steps of ``loader`` and the checkpoints in ``output.dir/model``.
+    ``log`` is None on ranks other than 0."""
+
     def __init__(self, cfg: Config, info: DistInfo, distiller: Distiller, optimizer: torch.optim.Optimizer,
                  loader, sampler, log: Optional[RunLog], meta: dict[str, Any]):
         self.cfg, self.info, self.distiller, self.optimizer = cfg, info, distiller, optimizer
@@ -82,6 +81,10 @@ class Trainer:
         use_scaler = t.amp and t.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
         self.model_dir = os.path.join(cfg.output.dir, "model")
+        self.resumed_from: Optional[str] = None
+        self.saved_at: Optional[int] = None  # iteration of the last.pth this run wrote
+        self._checked = False  # preflight() done
+        self._tic, self._done_since = 0.0, 0
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
@@ -96,23 +99,70 @@ class Trainer:
                 "rng": rngs, "config": self.cfg.to_dict()}
 
     def save(self, name: str) -> None:
+        """Write ``model/<name>`` on rank 0 (collective). If the write fails, every rank stops."""
+        if name == "last.pth" and self.saved_at == self.iteration:
+            return  # already written at this iteration (a checkpoint_every multiple at an epoch end)
+        path = os.path.join(self.model_dir, name)
         state = self.state()  # collective: every rank takes part
+        error = None
         if self.info.is_main:
-            save_checkpoint(state, os.path.join(self.model_dir, name))
+            try:
+                save_checkpoint(state, path)
+            except SegKDError as e:
+                error = e
+        if broadcast_flag(error is not None, self.info.device):
+            raise error or SegKDError(f"{path}: rank 0 could not write the checkpoint; stopping")
+        if name == "last.pth":
+            self.saved_at = self.iteration
 
     def restore(self, state: dict[str, Any], path: str) -> None:
+        """Continue from a ``last.pth`` of this same run: weights, optimizer, scaler, iteration, RNGs. Any
+        mismatch is a SegKDError raised before anything is written."""
+        missing = [k for k in RESUME_KEYS if k not in state]
+        if state.get("format") != "segkd" or missing:
+            raise SegKDError(f"{path}: not a segkd last.pth (missing {', '.join(missing) or 'format'}) - "
+                             "cannot resume from it")
+        if any(state.get(k) != self.meta[k] for k in ("mode", "layers", "classes")):
+            raise SegKDError(f"{path}: train.resume is {describe_checkpoint(state)} but this run trains "
+                             f"{describe_checkpoint(self.meta)}; give this run's model/last.pth")
         if state["scheduler"]["total_iters"] != self.total_iters:
             raise SegKDError(f"{path}: was trained for {state['scheduler']['total_iters']} iterations, this run "
                              f"has {self.total_iters} (batch size or data changed?)")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        load_state_strict(unwrap(self.distiller.student), state["model"], path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise SegKDError(f"{path}: optimizer state does not fit this run ({e})") from None
         self.iteration = state["iteration"]
         rngs = state["rng"]
         set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
-        if self.log:
-            self.log.info(f"resumed from {path} at iteration {self.iteration}/{self.total_iters}")
+        self.resumed_from = path
+        if os.path.abspath(path) == os.path.abspath(os.path.join(self.model_dir, "last.pth")):
+            self.saved_at = self.iteration  # this run's last.pth already holds this iteration
 
     # ---------------------------------------------------------------- loop
+    def preflight(self) -> None:
+        """Load this rank's first batch in the main process, so a bad image or label fails here, before the
+        run directory exists, as one line naming the file. RNG-neutral: the run is unchanged by it.
+        All ranks agree, so none of them starts writing while another has failed."""
+        if self._checked or self.iteration >= self.total_iters:
+            return
+        epoch = self.iteration // self.iters_per_epoch
+        self.sampler.set_epoch(epoch, (self.iteration - epoch * self.iters_per_epoch) * self.loader.batch_size)
+        keys = list(itertools.islice(iter(self.sampler), self.loader.batch_size))
+        saved, error = rng_state(), None
+        try:
+            for key in keys:
+                self.loader.dataset[key]
+        except SegKDError as e:
+            error = e
+        finally:
+            set_rng_state(saved)
+        if broadcast_flag(error is not None, self.info.device):
+            raise error or SegKDError("another process found bad input in its first batch (see its error)")
+        self._checked = True
+
     def set_lr(self) -> float:
         factor = (1 - self.iteration / self.total_iters) ** self.cfg.train.power
         for group in self.optimizer.param_groups:
@@ -133,8 +183,10 @@ class Trainer:
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:  # before the update: the weights and the last checkpoint stay good
             term = next((k for k in bad if k != "loss"), "loss")
-            raise SegKDError(f"iteration {self.iteration + 1}: loss term '{term}' is {values[term]}; stopping. "
-                             f"The last good checkpoint is {os.path.join(self.model_dir, 'last.pth')} (if written)")
+            kept = (f"the last good checkpoint, {os.path.join(self.model_dir, 'last.pth')} (iteration "
+                    f"{self.saved_at}), is kept" if self.saved_at is not None else "no checkpoint was written yet")
+            raise SegKDError(f"iteration {self.iteration + 1}: loss term '{term}' is {values[term]}; stopping, "
+                             f"{kept}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
@@ -143,36 +195,26 @@ class Trainer:
         return {**values, "lr": lr}
 
     def fit(self) -> int:
+        """Train to ``total_iters``. Returns the exit status (0, :data:`STOPPED` or 128+signal)."""
         t = self.cfg.train
+        self.preflight()
+        self.announce()
         stop = StopRequest()
-        start_epoch = self.iteration // self.iters_per_epoch
-        if self.log:
-            self.log.info(f"{self.meta['mode']} PSPNet-R{self.meta['layers']}: {self.total_iters} iterations, "
-                          f"{self.epochs} epochs of {self.iters_per_epoch}, {self.info.world_size} process(es) "
-                          f"on {self.info.device.type}")
-        tic, done_since = time.time(), 0
+        shield_workers(self.loader)  # before iter() starts the (persistent) workers
         try:
-            for epoch in range(start_epoch, self.epochs):
-                skip = (self.iteration - epoch * self.iters_per_epoch) * self.loader.batch_size
-                self.sampler.set_epoch(epoch, skip)
-                self.distiller.train()
-                for images, target in self.loader:
-                    values = self.step(images, target)
-                    done_since += 1
-                    if self.log and (self.iteration % t.log_every == 0 or self.iteration == self.total_iters):
-                        rate = done_since * t.batch_size / (time.time() - tic)
-                        self.report(epoch, values, rate)
-                        tic, done_since = time.time(), 0
-                    preempted = broadcast_flag(stop.signum is not None, self.info.device)
-                    if preempted or self.iteration == t.stop_after:
-                        return self.interrupt(stop.signum)
-                    if self.iteration % t.checkpoint_every == 0:
-                        self.save("last.pth")
-                    if self.iteration >= self.total_iters:
-                        break
+            for epoch in range(self.iteration // self.iters_per_epoch, self.epochs):
+                if self.iteration >= self.total_iters:
+                    break  # resumed at the very end of a partial last epoch
+                code = self.run_epoch(epoch, stop)
+                if code is not None:
+                    return code
                 self.save("last.pth")
                 if t.val_every and (epoch + 1) % t.val_every == 0:
                     self.validate()
+        except SegKDError as e:
+            if self.log:
+                self.log.error(str(e))
+            raise
         finally:
             stop.restore()
         self.check_replicas()
@@ -180,6 +222,60 @@ class Trainer:
         if self.log:
             self.log.info(f"finished: {os.path.join(self.model_dir, 'final.pth')}")
         return 0
+
+    def announce(self) -> None:
+        """The run's first log line: it creates the run directory (RunLog is lazy)."""
+        if not self.log:
+            return
+        self.log.info(f"{self.meta['mode']} PSPNet-R{self.meta['layers']}: {self.total_iters} iterations, "
+                      f"{self.epochs} epochs of {self.iters_per_epoch}, {self.info.world_size} process(es) "
+                      f"on {self.info.device.type}")
+        if self.resumed_from:
+            self.log.purge_step = self.iteration + 1  # TensorBoard hides what the interrupted run logged later
+            self.log.scalars(self.iteration, {}, kind="resume")  # metrics.jsonl: later rows supersede
+            self.log.info(f"resumed from {self.resumed_from} at iteration {self.iteration}/{self.total_iters}")
+
+    def run_epoch(self, epoch: int, stop: StopRequest) -> Optional[int]:
+        """One epoch from the current iteration; an exit status when stopped early, else None."""
+        t = self.cfg.train
+        self.sampler.set_epoch(epoch, (self.iteration - epoch * self.iters_per_epoch) * self.loader.batch_size)
+        self.distiller.train()
+        self._tic, self._done_since = time.time(), 0
+        for images, target in self.batches():
+            values = self.step(images, target)
+            self._done_since += 1
+            if self.log and (self.iteration % t.log_every == 0 or self.iteration == self.total_iters):
+                self.report(epoch, values, self._done_since * t.batch_size / (time.time() - self._tic))
+                self._tic, self._done_since = time.time(), 0
+            signum = self.agreed_signal(stop.signum)
+            if signum or self.iteration == t.stop_after:
+                return self.interrupt(signum)
+            if self.iteration % t.checkpoint_every == 0:
+                self.save("last.pth")
+            if self.iteration >= self.total_iters:
+                break
+        return None
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The loader's batches; a bad sample (also in a worker) is one line naming its file."""
+        it = iter(self.loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except SegKDError as e:
+                raise SegKDError(f"{worker_error_line(e)} (python -m data.check finds every such file; fix "
+                                 "it, then resume with train.resume=auto)") from None
+            yield batch
+
+    def agreed_signal(self, signum: Optional[int]) -> int:
+        """The stop signal any rank received (0 if none), identical on every rank: they stop together."""
+        if not self.info.distributed:
+            return signum or 0
+        flag = torch.tensor([signum or 0], device=self.info.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
 
     def check_replicas(self) -> None:
         """DDP keeps the replicas' parameters identical; verify it (a desync would silently corrupt the
@@ -196,7 +292,7 @@ class Trainer:
         if self.log:
             self.log.info(f"student parameters identical on all {self.info.world_size} processes")
 
-    def interrupt(self, signum: Optional[int]) -> int:
+    def interrupt(self, signum: int) -> int:
         self.save("last.pth")
         if self.log:
             why = f"signal {signal.Signals(signum).name}" if signum else f"train.stop_after={self.cfg.train.stop_after}"
