@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The results table on the generated dataset: teacher, R18 baseline, + logit KD, + aux KL, + aux SmoothL1.
+#
+#   scripts/synthetic/table.sh                      # full scale (the configs as written): a GPU job
+#   SCALE=demo scripts/synthetic/table.sh           # what `make demo` runs: ~15 min on 2 CPU cores
+#   SEEDS="1 2" EXTRA="train.epochs=10" NPROC=4 scripts/synthetic/table.sh
+#
+# Generates DATA (with GEN_ARGS) when it has no list/val.txt, trains the teacher once, each student row for
+# each seed, evaluates every run and writes $RUNS/synthetic/table.{md,csv}. Rerunning skips finished runs and
+# resumes interrupted ones. Environment variables and presets: docs/TABLES.md and scripts/table.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../table.sh"
+
+segkd_synthetic_preset
+segkd_setup "${PRESET_DATA}"
+GEN_ARGS=${GEN_ARGS:-$PRESET_GEN}
+case " $GEN_ARGS " in *" --workers"*) ;; *) GEN_ARGS="$GEN_ARGS --workers $(nproc 2>/dev/null || echo 1)" ;; esac
+
+if [ ! -f "$DATA/list/val.txt" ]; then
+    echo "[data] generating $DATA: python -m data.synthetic --out $DATA $GEN_ARGS"
+    # shellcheck disable=SC2086  # GEN_ARGS is a list of flags
+    "$PYTHON" -m data.synthetic --out "$DATA" $GEN_ARGS || segkd_die "generating $DATA failed (see above)"
+else
+    echo "[data] using $DATA: $(tr -d ' \n' < "$DATA/synthetic.json" 2>/dev/null || echo 'no synthetic.json')"
+fi
+segkd_data_args
+segkd_table synthetic

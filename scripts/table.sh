@@ -1,0 +1,162 @@
+# shellcheck shell=bash
+# Shared by scripts/voc2012/table.sh, scripts/synthetic/table.sh and scripts/sweep.sh, which source it:
+# environment, one train+test run with skip/resume, the table loop and the synthetic scale presets.
+# See docs/TABLES.md for the environment variables and the skip/resume rules.
+
+SEGKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STUDENT_ROWS="pspnet18_baseline pspnet18_kd pspnet18_kd_aux_kl pspnet18_kd_aux_smoothl1"
+
+# The scripts cd to the repo root (configs and `-m data.synthetic` resolve there): user paths must not move.
+segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+
+segkd_die() { echo "error: $*" >&2; exit 1; }
+
+# Scale presets of the synthetic table, as defaults under the user's variables (see docs/TABLES.md).
+#   full: the configs as written (321 crop, 30 epochs, batch 16): a GPU table.
+#   demo: `make demo`, about 15 min on 2 CPU cores in total; measured in docs/TABLES.md.
+#   tiny: seconds per run, for tests/test_table_script.py; the numbers mean nothing.
+segkd_synthetic_preset() {
+    PRESET_EXTRA="" PRESET_TEACHER_EXTRA="" PRESET_STUDENT_EXTRA="" PRESET_TEST_EXTRA=""
+    case "${SCALE:-full}" in
+        full)
+            PRESET_GEN="--train 1464 --val 300 --classes 21 --seed 0" PRESET_SEEDS="1 2 3"
+            PRESET_DATA=datasets/synthetic PRESET_RUNS=runs ;;
+        demo)
+            PRESET_GEN="--train 300 --val 50 --classes 21 --seed 0" PRESET_SEEDS="1 2"
+            PRESET_DATA=datasets/synthetic_demo PRESET_RUNS=runs/demo
+            # Objects must fill a small crop: scale the ~500 px images by 0.25-0.5 to ~125-250 px and test at
+            # 160 px (about the middle of that range), so train and test see objects at the same size.
+            PRESET_EXTRA="train.batch_size=8 train.crop_size=129 train.workers=2 train.log_every=10
+                data.scale_min=0.25 data.scale_max=0.5 test.base_size=160 test.crop_size=129"
+            PRESET_TEACHER_EXTRA="train.iters=120" PRESET_STUDENT_EXTRA="train.iters=40" ;;
+        tiny)
+            PRESET_GEN="--train 8 --val 4 --classes 4 --seed 0 --workers 1" PRESET_SEEDS="1"
+            PRESET_DATA=datasets/synthetic_tiny PRESET_RUNS=runs/tiny
+            PRESET_EXTRA="train.iters=2 train.batch_size=2 train.crop_size=65 train.workers=0 train.log_every=1
+                test.base_size=80 test.crop_size=65" ;;
+        *) segkd_die "SCALE=$SCALE: expected full, demo or tiny" ;;
+    esac
+}
+
+# PYTHON, RUNS, DATA (absolute), NPROC, the override arrays; then cd to the repo root.
+# Uses PRESET_* when set (the synthetic presets), else plain defaults.
+segkd_setup() {
+    PYTHON=${PYTHON:-python}
+    case "$PYTHON" in */*) PYTHON=$(segkd_abspath "$PYTHON") ;; esac
+    RUNS=$(segkd_abspath "${RUNS:-$SEGKD_ROOT/${PRESET_RUNS:-runs}}")
+    DATA=$(segkd_abspath "${DATA:-$SEGKD_ROOT/${PRESET_DATA:-$1}}")
+    SEEDS=${SEEDS:-${PRESET_SEEDS:-1 2 3}}
+    TEACHER_SEED=${TEACHER_SEED:-1}
+    ROWS=${ROWS:-$STUDENT_ROWS}
+    if [ -z "${NPROC:-}" ]; then
+        NPROC=0
+        if command -v nvidia-smi >/dev/null 2>&1; then NPROC=$(nvidia-smi -L 2>/dev/null | wc -l); fi
+    fi
+    # Word-split the override strings: one key=value per word, no spaces inside a value.
+    # (read -d '' takes newlines too and returns 1 at the end of its input.)
+    read -r -d '' -a EXTRA_ARGS <<< "${PRESET_EXTRA:-} ${EXTRA:-}" || true
+    read -r -d '' -a TEACHER_ARGS <<< "${PRESET_TEACHER_EXTRA:-} ${TEACHER_EXTRA:-}" || true
+    read -r -d '' -a STUDENT_ARGS <<< "${PRESET_STUDENT_EXTRA:-} ${STUDENT_EXTRA:-}" || true
+    read -r -d '' -a TEST_ARGS <<< "${PRESET_TEST_EXTRA:-} ${TEST_EXTRA:-}" || true
+    cd "$SEGKD_ROOT"
+}
+
+# data.root (and data.classes, read from a generated set's synthetic.json) for every run.
+segkd_data_args() {
+    DATA_ARGS=("data.root=$DATA")
+    if [ -f "$DATA/synthetic.json" ]; then
+        DATA_ARGS+=("data.classes=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["classes"])' \
+            "$DATA/synthetic.json")")
+    fi
+}
+
+# CONFIG OVERRIDES... -> "<eval folder> <1 if teacher.checkpoint is set, else 0>"; a bad override fails here, early.
+segkd_probe() {
+    "$PYTHON" - "$@" <<'EOF'
+import sys
+from util.config import load_config
+from util.errors import SegKDError
+from util.evaluate import protocol_name
+try:
+    cfg = load_config(sys.argv[1], sys.argv[2:])
+except SegKDError as e:
+    sys.exit(f"error: {e}")
+print(protocol_name(cfg), int(cfg.teacher.checkpoint is not None))
+EOF
+}
+
+# SCRIPT ARGS...: plain python on CPU (NPROC=0), else torchrun with NPROC processes.
+segkd_launch() {
+    if [ "$NPROC" -gt 0 ]; then
+        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$@"
+    else
+        "$PYTHON" "$@"
+    fi
+}
+
+# NAME KIND LOG SCRIPT ARGS...: run one step, its stdout and stderr appended to LOG; stop the script on failure.
+segkd_step() {
+    local name=$1 kind=$2 log=$3 start=$SECONDS rc=0
+    shift 3
+    mkdir -p "$(dirname "$log")"
+    echo "# $(date '+%F %T') $*" >> "$log"
+    segkd_launch "$@" >> "$log" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "error: $kind of $name failed (exit $rc); log: $log" >&2
+        tail -n 15 "$log" | sed 's/^/    /' >&2
+        echo "finished runs are kept; rerun the same command to continue from $name" >&2
+        exit 1
+    fi
+    echo "  $kind done in $((SECONDS - start)) s (log: $log)"
+}
+
+# NAME CONFIG RUN_DIR LOG OVERRIDES...: train (or resume) then test one run, skipping what is already done.
+#   eval/$EVAL/metrics.json exists -> skip; model/final.pth exists -> test only;
+#   config.yaml exists (an interrupted run) -> train.resume=auto; otherwise a fresh run.
+# Logs go to LOG.train.log and LOG.test.log, outside RUN_DIR: train.py wants a new run dir empty.
+segkd_run() {
+    local name=$1 config=$2 dir=$3 log=$4
+    shift 4
+    local metrics="$dir/eval/$EVAL/metrics.json"
+    if [ -f "$metrics" ]; then
+        echo "[skip] $name: $metrics exists"
+        return 0
+    fi
+    if [ -f "$dir/model/final.pth" ]; then
+        echo "[test] $name: $dir/model/final.pth exists, evaluating it"
+    else
+        local resume=()
+        if [ -f "$dir/config.yaml" ]; then resume=(train.resume=auto); fi
+        echo "[train] $name -> $dir${resume[*]:+ (resuming)}"
+        segkd_step "$name" training "$log.train.log" train.py --config "$config" "$@" "output.dir=$dir" \
+            ${resume[@]+"${resume[@]}"}
+    fi
+    segkd_step "$name" evaluation "$log.test.log" test.py --config "$config" "$@" \
+        ${TEST_ARGS[@]+"${TEST_ARGS[@]}"} "output.dir=$dir" "test.out_dir=$dir/eval/$EVAL"
+}
+
+# DATASET: the teacher once, then each student row for each seed, then the table in $RUNS/DATASET.
+segkd_table() {
+    local ds=$1 cfgdir=config/$1 root=$RUNS/$1 seed row
+    local teacher_dir=$root/pspnet50_teacher
+    local common=(${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
+    for row in $ROWS; do
+        case " $STUDENT_ROWS " in *" $row "*) ;; *) segkd_die "ROWS: $row is not one of: $STUDENT_ROWS" ;; esac
+    done
+    EVAL=$(segkd_probe "$cfgdir/pspnet50_teacher.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1
+    EVAL=${EVAL% *}
+    echo "table $ds: runs in $root, seeds $SEEDS (teacher seed $TEACHER_SEED), eval/$EVAL, NPROC=$NPROC"
+    segkd_run pspnet50_teacher "$cfgdir/pspnet50_teacher.yaml" "$teacher_dir" "$root/logs/pspnet50_teacher" \
+        "${common[@]}" ${TEACHER_ARGS[@]+"${TEACHER_ARGS[@]}"} "train.seed=$TEACHER_SEED"
+    for seed in $SEEDS; do
+        for row in $ROWS; do
+            local kd=()
+            if [ "$row" != pspnet18_baseline ]; then kd=("teacher.checkpoint=$teacher_dir/model/final.pth"); fi
+            segkd_run "$row seed$seed" "$cfgdir/$row.yaml" "$root/$row/seed$seed" "$root/logs/${row}_seed$seed" \
+                "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"} ${kd[@]+"${kd[@]}"} "train.seed=$seed"
+        done
+    done
+    "$PYTHON" scripts/make_table.py "$root" --seeds "$SEEDS" --eval "$EVAL" --config-dir "$cfgdir" \
+        --out-md "$root/table.md" --out-csv "$root/table.csv"
+    echo "wrote $root/table.md and $root/table.csv ($SECONDS s since the script started)"
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The results table on PASCAL VOC 2012 val: teacher, R18 baseline, + logit KD, + aux KL, + aux SmoothL1.
+#
+#   NPROC=8 scripts/voc2012/table.sh                # after scripts/voc2012/prepare.sh (docs/VOC.md)
+#   SEEDS="1" DATA=/data/voc2012 RUNS=/scratch/runs TEST_EXTRA="test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] \
+#       test.flip=true" scripts/voc2012/table.sh
+#
+# Trains the teacher once, each student row for each seed, evaluates every run and writes
+# $RUNS/voc2012/table.{md,csv}. Rerunning skips finished runs and resumes interrupted ones.
+# Environment variables: docs/TABLES.md and scripts/table.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../table.sh"
+
+segkd_setup datasets/voc2012
+[ -f "$DATA/list/val.txt" ] || segkd_die "$DATA/list/val.txt: not found; prepare VOC first with" \
+    "scripts/voc2012/prepare.sh $DATA (docs/VOC.md) or set DATA"
+segkd_data_args
+segkd_table voc2012

@@ -1,0 +1,173 @@
+"""scripts/make_table.py on fabricated metrics.json files: means, sample stds, missing runs, group-by, CSV."""
+
+import csv
+import importlib.util
+import json
+import os
+import statistics
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("make_table", os.path.join(REPO, "scripts", "make_table.py"))
+make_table = importlib.util.module_from_spec(_spec)
+sys.modules["make_table"] = make_table  # dataclasses look their module up there
+_spec.loader.exec_module(make_table)
+
+# row dir -> (mode, layers, feat_loss, {seed: (mIoU, mAcc, allAcc)}); aux KL has no runs at all.
+PAPER = {
+    "pspnet50_teacher": ("supervised", 50, "none", {1: (0.712, 0.80, 0.93)}),
+    "pspnet18_baseline": ("supervised", 18, "none", {1: (0.501, 0.61, 0.88), 2: (0.523, 0.64, 0.885),
+                                                     3: (0.488, 0.60, 0.871)}),
+    "pspnet18_kd": ("distill", 18, "none", {1: (0.551, 0.66, 0.89), 2: (0.569, 0.67, 0.9)}),
+    "pspnet18_kd_aux_smoothl1": ("distill", 18, "smoothl1", {1: (0.56, 0.7, 0.9), 2: (0.58, 0.71, 0.91),
+                                                             3: (0.57, 0.69, 0.905), 4: (0.9, 0.9, 0.9)}),
+}
+
+
+def write_run(run_dir, scores, seed, mode="distill", layers=18, feat="none", temperature=1.0, eval_name="ss"):
+    """A run directory as train.py + test.py leave it: config.yaml and eval/<eval_name>/metrics.json."""
+    out = os.path.join(run_dir, "eval", eval_name)
+    os.makedirs(out, exist_ok=True)
+    config = {"train": {"seed": seed, "crop_size": 129},
+              "distill": {"feat_loss": feat, "temperature": temperature}}
+    metrics = {"mIoU": scores[0], "mAcc": scores[1], "allAcc": scores[2], "mode": mode, "layers": layers,
+               "params": 16_750_000 if layers == 18 else 48_940_000, "gflops": 2.5 if layers == 18 else 7.5,
+               "gflops_crop_size": 129, "protocol": {"scales": [1.0], "flip": False}, "config": config}
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        f.write(f"train:\n  seed: {seed}\n")
+
+
+@pytest.fixture
+def paper_runs(tmp_path):
+    root = tmp_path / "runs" / "synthetic"
+    for row, (mode, layers, feat, seeds) in PAPER.items():
+        for seed, scores in seeds.items():
+            run_dir = root / row if row == "pspnet50_teacher" else root / row / f"seed{seed}"
+            write_run(str(run_dir), scores, seed, mode, layers, feat)
+    return root
+
+
+def run_main(args, capsys):
+    code = make_table.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return {rec["row"]: rec for rec in csv.DictReader(f)}
+
+
+def expected(row, index, seeds):
+    values = [PAPER[row][3][s][index] * 100 for s in seeds]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def test_paper_table_means_stds_and_missing(paper_runs, tmp_path, capsys):
+    md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    code, out, _ = run_main([paper_runs, "--seeds", "1 2 3", "--config-dir", os.path.join(REPO, "config", "synthetic"),
+                             "--out-md", md, "--out-csv", out_csv], capsys)
+    assert code == 0
+    assert out == md.read_text()
+    rows = read_csv(out_csv)
+    assert list(rows) == [name for name, _, _ in make_table.PAPER_ROWS]
+    for row, seeds in (("pspnet18_baseline", [1, 2, 3]), ("pspnet18_kd", [1, 2]),
+                       ("pspnet18_kd_aux_smoothl1", [1, 2, 3])):
+        for index, score in enumerate(("mIoU", "mAcc", "allAcc")):
+            mean, std = expected(row, index, seeds)
+            assert float(rows[row][score]) == pytest.approx(mean, abs=1e-9)
+            assert float(rows[row][score + "_std"]) == pytest.approx(std, abs=1e-9)
+        assert int(rows[row]["n"]) == len(seeds)
+        mean, std = expected(row, 0, seeds)
+        assert f"| {mean:.2f} ± {std:.2f} |" in out  # the markdown shows the CSV's numbers, rounded
+    # the teacher: one run, no std, no seeds expected of it
+    assert rows["pspnet50_teacher"]["n"] == "1" and rows["pspnet50_teacher"]["mIoU_std"] == ""
+    assert float(rows["pspnet50_teacher"]["mIoU"]) == pytest.approx(71.2)
+    assert "| Teacher PSPNet-R50 | 71.20 | 80.00 | 93.00 | 1 | 48.94 | 7.50 @ 129 |" in out
+    assert rows["pspnet50_teacher"]["notes"] == ""
+    # missing runs are marked; extra seeds are left out and said so
+    assert rows["pspnet18_kd"]["notes"] == "missing: seed 3"
+    assert rows["pspnet18_kd_aux_kl"]["n"] == "0" and rows["pspnet18_kd_aux_kl"]["mIoU"] == ""
+    assert "missing: seeds 1, 2, 3" in rows["pspnet18_kd_aux_kl"]["notes"]
+    assert "| R18 + logit KD + aux KL | — | — | — | 0 |" in out
+    assert rows["pspnet18_kd_aux_smoothl1"]["notes"] == "ignored: seed 4"
+    assert rows["pspnet18_kd_aux_smoothl1"]["seeds"] == "1 2 3"
+    # links are relative to the markdown file
+    assert "[pspnet18_kd.yaml](" in out and "(runs/synthetic/pspnet18_kd/seed1/config.yaml)" in out
+    assert rows["pspnet18_kd"]["resolved_config"] == "runs/synthetic/pspnet18_kd/seed1/config.yaml"
+    assert os.path.samefile(tmp_path / rows["pspnet18_kd"]["config"], os.path.join(REPO, "config", "synthetic",
+                                                                                  "pspnet18_kd.yaml"))
+    assert float(rows["pspnet18_baseline"]["params_M"]) == pytest.approx(16.75)
+
+
+def test_without_seeds_every_run_counts(paper_runs, tmp_path, capsys):
+    code, _, _ = run_main([paper_runs, "--out-csv", tmp_path / "t.csv"], capsys)
+    assert code == 0
+    rows = read_csv(tmp_path / "t.csv")
+    mean, std = expected("pspnet18_kd_aux_smoothl1", 0, [1, 2, 3, 4])
+    assert float(rows["pspnet18_kd_aux_smoothl1"]["mIoU"]) == pytest.approx(mean)
+    assert float(rows["pspnet18_kd_aux_smoothl1"]["mIoU_std"]) == pytest.approx(std)
+    assert rows["pspnet18_kd"]["notes"] == "" and rows["pspnet18_kd_aux_kl"]["notes"] == "missing: no runs"
+
+
+def test_group_by_a_config_key(tmp_path, capsys):
+    root = tmp_path / "sweep" / "pspnet18_kd"
+    values = {4.0: [0.40, 0.44], 1.0: [0.50, 0.53], 2.0: [0.61, 0.60]}
+    dirs = []
+    for temperature, mious in values.items():
+        dirs.append(root / f"distill.temperature={temperature:g}")
+        for seed, miou in enumerate(mious, start=1):
+            write_run(str(dirs[-1] / f"seed{seed}"), (miou, 0.5, 0.8), seed, temperature=temperature)
+    code, out, _ = run_main([*dirs, "--group-by", "distill.temperature", "--seeds", "1,2", "--out-csv",
+                             tmp_path / "s.csv"], capsys)
+    assert code == 0
+    rows = read_csv(tmp_path / "s.csv")
+    assert list(rows) == ["distill.temperature=4.0", "distill.temperature=1.0", "distill.temperature=2.0"]
+    for temperature, mious in values.items():
+        rec = rows[f"distill.temperature={temperature}"]
+        assert float(rec["mIoU"]) == pytest.approx(statistics.mean(mious) * 100)
+        assert float(rec["mIoU_std"]) == pytest.approx(statistics.stdev([m * 100 for m in mious]))
+    assert "Teacher" not in out  # a sweep lists its values only
+    code, _, err = run_main([*dirs, "--group-by", "distill.nope"], capsys)
+    assert code == 2 and "distill.nope" in err and "metrics.json" in err
+
+
+def test_unknown_runs_grouped_by_dir_name(tmp_path, capsys):
+    write_run(str(tmp_path / "a" / "lr_high"), (0.3, 0.4, 0.7), 1)
+    write_run(str(tmp_path / "b" / "r34" / "seed1"), (0.5, 0.6, 0.8), 1, mode="supervised", layers=34)
+    write_run(str(tmp_path / "b" / "r34" / "seed2"), (0.7, 0.6, 0.8), 2, mode="supervised", layers=34)
+    code, out, _ = run_main([tmp_path / "a" / "lr_high", tmp_path / "b", "--out-csv", tmp_path / "u.csv"], capsys)
+    assert code == 0
+    rows = read_csv(tmp_path / "u.csv")
+    assert list(rows) == ["lr_high", "r34"]
+    assert rows["r34"]["label"] == "r34 (supervised R34)" and rows["r34"]["n"] == "2"
+    assert float(rows["r34"]["mIoU_std"]) == pytest.approx(statistics.stdev([50.0, 70.0]))
+    assert "Teacher" not in out and "lr_high (distill R18, feat_loss none)" in out
+
+
+def test_bad_inputs_name_the_file(paper_runs, tmp_path, capsys):
+    # a run filed under a paper row that its checkpoint contradicts
+    write_run(str(paper_runs / "pspnet18_kd" / "seed3"), (0.5, 0.5, 0.5), 3, feat="kl")
+    code, _, err = run_main([paper_runs], capsys)
+    assert code == 2 and "pspnet18_kd/seed3/eval/ss/metrics.json" in err and "feat_loss kl" in err
+    # two runs of one row with one seed
+    write_run(str(tmp_path / "x" / "row" / "seed1"), (0.5, 0.5, 0.5), 1)
+    write_run(str(tmp_path / "y" / "row" / "seed1"), (0.6, 0.5, 0.5), 1)
+    code, _, err = run_main([tmp_path / "x", tmp_path / "y"], capsys)
+    assert code == 2 and "train.seed=1" in err and "row" in err
+    code, _, err = run_main([tmp_path / "nowhere"], capsys)
+    assert code == 2 and "nowhere" in err
+    code, _, err = run_main([tmp_path / "x", "--eval", "ms_flip"], capsys)
+    assert code == 2 and "eval/ms_flip/metrics.json" in err
+    code, _, err = run_main([tmp_path / "x", "--seeds", "one two"], capsys)
+    assert code == 2 and "--seeds" in err
+
+
+def test_same_path_twice_counts_once(paper_runs, tmp_path, capsys):
+    code, _, _ = run_main([paper_runs, paper_runs / "pspnet18_kd", "--out-csv", tmp_path / "t.csv"], capsys)
+    assert code == 0 and read_csv(tmp_path / "t.csv")["pspnet18_kd"]["n"] == "2"

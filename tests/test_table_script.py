@@ -1,0 +1,99 @@
+"""scripts/synthetic/table.sh at SCALE=tiny end to end: five rows, reruns skip, a failed run stops the script
+without losing finished runs, and the next call resumes it."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = os.path.join(REPO, "scripts", "synthetic", "table.sh")
+ROWS = ["pspnet50_teacher", "pspnet18_baseline", "pspnet18_kd", "pspnet18_kd_aux_kl", "pspnet18_kd_aux_smoothl1"]
+
+
+def run_table(tmp_path, **env):
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "SCALE": "tiny", "PYTHON": sys.executable, "NPROC": "0",
+                "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "2", **env}
+    # from another directory: the script must find its repo and keep the user's relative paths meaningful
+    return subprocess.run(["bash", SCRIPT], cwd=str(tmp_path), capture_output=True, text=True, env=full_env,
+                          timeout=600)
+
+
+def run_dir(tmp_path, row, seed=1):
+    base = tmp_path / "runs" / "synthetic" / row
+    return base if row == "pspnet50_teacher" else base / f"seed{seed}"
+
+
+def metrics(tmp_path, row, seed=1):
+    return run_dir(tmp_path, row, seed) / "eval" / "ss" / "metrics.json"
+
+
+def final_mtimes(tmp_path):
+    return {row: os.path.getmtime(run_dir(tmp_path, row) / "model" / "final.pth") for row in ROWS}
+
+
+@pytest.mark.slow
+def test_tiny_table_skip_fail_resume(tmp_path):
+    r = run_table(tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    table = tmp_path / "runs" / "synthetic" / "table.md"
+    text = table.read_text()
+    for label in ("Teacher PSPNet-R50", "Student PSPNet-R18 baseline", "R18 + logit KD |", "+ aux KL |",
+                  "+ aux SmoothL1 |"):
+        assert label in text
+    assert text in r.stdout  # printed as well
+    with open(tmp_path / "runs" / "synthetic" / "table.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert [rec["row"] for rec in records] == ROWS and all(rec["n"] == "1" for rec in records)
+    assert all(metrics(tmp_path, row).is_file() for row in ROWS)
+    assert (tmp_path / "runs" / "synthetic" / "logs" / "pspnet18_kd_seed1.train.log").is_file()
+    mtimes = final_mtimes(tmp_path)
+
+    # rerun: nothing is trained; a run whose metrics.json went missing is only evaluated again
+    os.remove(metrics(tmp_path, "pspnet18_kd"))
+    r = run_table(tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[train]" not in r.stdout and r.stdout.count("[skip]") == 4
+    assert "[test] pspnet18_kd seed1" in r.stdout
+    assert table.read_text() == text and final_mtimes(tmp_path) == mtimes
+
+    # a run that stops early (as if preempted) ends the script, naming the run and its log
+    log = tmp_path / "runs" / "synthetic" / "logs" / "pspnet18_baseline_seed2.train.log"
+    r = run_table(tmp_path, SEEDS="1 2", ROWS="pspnet18_baseline", STUDENT_EXTRA="train.stop_after=1")
+    assert r.returncode != 0
+    assert "pspnet18_baseline seed2" in r.stderr and str(log) in r.stderr
+    assert log.is_file() and (run_dir(tmp_path, "pspnet18_baseline", 2) / "model" / "last.pth").is_file()
+    assert not metrics(tmp_path, "pspnet18_baseline", 2).exists()
+    assert all(metrics(tmp_path, row).is_file() for row in ROWS) and final_mtimes(tmp_path) == mtimes
+
+    # the same command without the stop resumes that run, tests it, and tabulates seeds 1 and 2
+    r = run_table(tmp_path, SEEDS="1 2", ROWS="pspnet18_baseline")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[train] pspnet18_baseline seed2" in r.stdout and "(resuming)" in r.stdout
+    assert metrics(tmp_path, "pspnet18_baseline", 2).is_file()
+    text = table.read_text()
+    assert "| Student PSPNet-R18 baseline |" in text and "missing: seed 2" in text
+    with open(tmp_path / "runs" / "synthetic" / "table.csv", newline="") as f:
+        records = {rec["row"]: rec for rec in csv.DictReader(f)}
+    assert records["pspnet18_baseline"]["n"] == "2" and records["pspnet18_baseline"]["mIoU_std"] != ""
+    assert records["pspnet18_kd"]["notes"] == "missing: seed 2"
+
+
+def test_bad_arguments_fail_before_any_run(tmp_path):
+    r = run_table(tmp_path, SCALE="huge")
+    assert r.returncode != 0 and "SCALE=huge" in r.stderr
+    r = run_table(tmp_path, ROWS="pspnet50_teacher")
+    assert r.returncode != 0 and "ROWS: pspnet50_teacher" in r.stderr
+    r = run_table(tmp_path, EXTRA="train.itres=3")
+    assert r.returncode != 0 and "train.itres" in r.stderr
+    assert not (tmp_path / "runs" / "synthetic").exists()  # the bad override was caught before training
+    sweep = os.path.join(REPO, "scripts", "sweep.sh")
+    r = subprocess.run(["bash", sweep, "config/synthetic/pspnet18_kd.yaml", "distill.temperature"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "usage" in r.stderr
+    r = subprocess.run(["bash", sweep, "config/synthetic/pspnet18_kd.yaml", "model.pretrained", "a/b.pth"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode != 0 and "model.pretrained=a/b.pth" in r.stderr
