@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test test-fast lint demo clean-demo
 
-# Create the virtual environment once and (re)install when requirements.txt changes.
-$(STAMP): requirements.txt
+# Create the virtual environment once and (re)install when the requirements change. requirements-dev.txt
+# is requirements.txt plus what the tests and `make lint` use (scipy, ruff).
+$(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -22,7 +23,6 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(PY) -m pip install --quiet ruff
 	$(PY) -m ruff check .
 
 # The synthetic table at a CPU scale (~15 min on 2 cores): dataset, teacher, four student rows, evaluation.
