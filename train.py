@@ -37,7 +37,7 @@ from util.trainer import Trainer, validate_config
 def build_data(cfg: Config, info: DistInfo):
     d, t = cfg.data, cfg.train
     transform = build_train_transform(t.crop_size, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
-                                      d.ignore_label)
+                                      d.ignore_label, uint8=t.uint8_batches)
     dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform)
     per_rank = t.batch_size // info.world_size
     if len(dataset) // info.world_size < per_rank:

@@ -181,14 +181,20 @@ class Crop:
 
 
 class ToTensor:
-    """HxWx3 image -> float32 3xHxW tensor (still 0..255); HxW label -> int64 HxW tensor."""
+    """HxWx3 image -> 3xHxW tensor (still 0..255; float32, or uint8 with ``uint8=True`` for an image that
+    is uint8 already); HxW label -> int64 HxW tensor."""
+
+    def __init__(self, uint8: bool = False) -> None:
+        self.dtype = np.uint8 if uint8 else np.float32
 
     def __call__(self, image: np.ndarray, label: np.ndarray):
         if image.ndim != 3 or label.ndim != 2:
             raise ValueError(f"ToTensor expects HxWxC image and HxW label, got {image.shape}, {label.shape}")
+        if self.dtype is np.uint8 and image.dtype != np.uint8:
+            raise ValueError(f"ToTensor(uint8=True) expects a uint8 image, got {image.dtype}")
         # numpy does the copies: small torch ops in a process with several intra-op threads can be
         # 30x slower (DataLoader workers use one thread, but workers=0 runs here in the main process).
-        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=self.dtype))
         label_t = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
         return image_t, label_t
 
@@ -208,22 +214,47 @@ class Normalize:
         return torch.from_numpy((image.numpy() - self.mean) * self.inv_std), label
 
 
+class DeviceNormalize:
+    """Normalise a batch where it is used: Bx3xHxW uint8 (or float) on any device -> float32, the same
+    values :class:`Normalize` gives in the loader (one subtraction and one multiplication in float32).
+
+    With ``train.uint8_batches`` the loader ships uint8 images (a quarter of the bytes through worker
+    shared memory, pinned memory and the host-to-device copy) and the trainer calls this on the device.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device not in self._cache:
+            self._cache[images.device] = (self.mean.to(images.device), self.inv_std.to(images.device))
+        mean, inv_std = self._cache[images.device]
+        return (images.float() - mean) * inv_std
+
+
 def build_train_transform(
     crop_size: Size,
     scale: Sequence[float] = (0.5, 2.0),
     rotate: Sequence[float] = (-10, 10),
     ignore_label: int = 255,
+    uint8: bool = False,
 ) -> Compose:
-    """semseg's training augmentation: scale, rotate, blur, flip, random crop, to tensor, normalise."""
-    return Compose([
+    """semseg's training augmentation: scale, rotate, blur, flip, random crop, to tensor, normalise.
+
+    ``uint8=True`` stops before normalising and returns uint8 image tensors (every step before is
+    uint8 in, uint8 out); :class:`DeviceNormalize` on the batch then gives the same floats.
+    """
+    steps = [
         RandScale(scale),
         RandRotate(rotate, padding=IMAGENET_MEAN, ignore_label=ignore_label),
         RandomGaussianBlur(),
         RandomHorizontalFlip(),
         Crop(crop_size, crop_type="rand", padding=IMAGENET_MEAN, ignore_label=ignore_label),
-        ToTensor(),
-        Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+        ToTensor(uint8=uint8),
+    ]
+    return Compose(steps if uint8 else [*steps, Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def build_val_transform(crop_size: Size, ignore_label: int = 255) -> Compose:

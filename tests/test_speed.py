@@ -7,7 +7,7 @@ import torch
 
 from data.dataset import SegDataset
 from data.loader import build_train_loader
-from data.transforms import build_train_transform
+from data.transforms import DeviceNormalize, build_train_transform
 from model.distiller import Distiller
 from model.pspnet import build_pspnet
 from tests.conftest import TINY_CLASSES, run_cli
@@ -60,8 +60,8 @@ def test_teacher_fast_path_equals_plain_forward():
         assert not fast[k].is_inference()  # usable in the student's autograd graph
 
 
-def loader_batches(root, workers):
-    ds = SegDataset(root, "list/train_aug.txt", TINY_CLASSES, 255, build_train_transform(65))
+def loader_batches(root, workers, uint8=False):
+    ds = SegDataset(root, "list/train_aug.txt", TINY_CLASSES, 255, build_train_transform(65, uint8=uint8))
     loader, sampler = build_train_loader(ds, 2, workers, seed=3, rank=0, world_size=1, pin_memory=False)
     sampler.set_epoch(1)
     return [b for _, b in zip(range(3), loader)]
@@ -71,6 +71,15 @@ def test_data_pipeline_same_samples_for_any_worker_count(tiny_data):
     a, b = loader_batches(tiny_data, 0), loader_batches(tiny_data, 2)
     for (ia, la), (ib, lb) in zip(a, b):
         assert torch.equal(ia, ib) and torch.equal(la, lb)
+
+
+def test_uint8_batches_normalised_on_device_are_the_same_floats(tiny_data):
+    # train.uint8_batches: the loader ships uint8 and the trainer normalises; the values must not change.
+    plain, small = loader_batches(tiny_data, 0), loader_batches(tiny_data, 0, uint8=True)
+    normalize = DeviceNormalize()
+    for (ia, la), (ib, lb) in zip(plain, small):
+        assert ia.dtype == torch.float32 and ib.dtype == torch.uint8
+        assert torch.equal(normalize(ib), ia) and torch.equal(la, lb)
 
 
 def test_benchmark_runs_on_cpu(tiny_data, tmp_path):

@@ -144,7 +144,7 @@ def bench_loader(cfg: Config, args) -> list[dict]:
 
     d = cfg.data
     transform = build_train_transform(args.crop, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
-                                      d.ignore_label)
+                                      d.ignore_label, uint8=cfg.train.uint8_batches)
     dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform)
     rows = []
     for workers in args.workers:

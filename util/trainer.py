@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from data.loader import rng_state, set_rng_state
+from data.transforms import DeviceNormalize
 from model.build import describe_checkpoint
 from model.distiller import Distiller
 from util.checkpoint import load_state_strict, save_checkpoint
@@ -80,6 +81,7 @@ class Trainer:
         self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[t.amp_dtype]
         use_scaler = t.amp and t.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
+        self.normalize = DeviceNormalize()  # for uint8 batches (train.uint8_batches)
         self.model_dir = os.path.join(cfg.output.dir, "model")
         self.resumed_from: Optional[str] = None
         self.saved_at: Optional[int] = None  # iteration of the last.pth this run wrote
@@ -173,6 +175,8 @@ class Trainer:
         dev, t = self.info.device, self.cfg.train
         images = images.to(dev, non_blocking=True)
         target = target.to(dev, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = self.normalize(images)
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         lr = self.set_lr()
