@@ -3,15 +3,20 @@
 Run::
 
     python -m data.synthetic --out data/synthetic --train 1464 --val 300 --classes 21 --seed 0 --workers 2
+    python -m data.synthetic --out datasets/synthetic_cpu --preset cpu    # the CPU tier: 96x96, 8 classes
 
 It writes ``JPEGImages/<id>.jpg`` (quality 90), ``SegmentationClassAug/<id>.png`` (palette PNGs of class
 indices with a 255 "void" band along object boundaries, like VOC), ``list/train_aug.txt`` and
 ``list/val.txt`` (``JPEGImages/<id>.jpg SegmentationClassAug/<id>.png``), ``ImageSets/Segmentation/
 {train,val}.txt`` (ids) and ``synthetic.json`` (the arguments). Output is a pure function of
-(train, val, classes, seed): every image has its own RNG seeded from (seed, split, index), so the
-worker count does not change a byte. An existing directory made with other arguments is an error.
+(preset, train, val, classes, seed): every image has its own RNG seeded from (seed, split, index), so
+the worker count does not change a byte. An existing directory made with other arguments is an error.
 
-Scene rules (designed so that colour tells nothing and texture, shape and context tell the class):
+Two tiers (``--preset``): ``voc`` (the default, described below: VOC-sized scenes for GPU tables) and
+``cpu`` (96x96 scenes with 8 classes that a CPU learns in minutes, for ``make demo``: rules in
+data/synthetic_cpu.py; it also writes ``names.txt``, one class name per line, for ``data.names``).
+
+Scene rules of the voc tier (designed so that colour tells nothing and texture, shape and context tell the class):
 
 * Images are 400-500 px on the long side with aspect 0.6-1.5. The background (class 0) is two regions
   split by a wavy horizon, each a smooth colour field, plus 0-3 background "distractor" patches.
@@ -42,18 +47,18 @@ from multiprocessing import Pool
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from data.palette import save_label_png
+from data.synthetic_cpu import CPU_NAMES, render_cpu
+from data.synthetic_scene import background, colours, shape_points, texture
 from util.errors import SegKDError
 
 FORMAT_VERSION = 1
+# Per tier: the scene function, the largest class count, and the defaults of --train, --val and --classes.
+PRESETS = {"voc": {"max_classes": 21, "train": 1464, "val": 300, "classes": 21},
+           "cpu": {"max_classes": len(CPU_NAMES), "train": 2000, "val": 300, "classes": len(CPU_NAMES)}}
 SPLITS = {"train": 0, "val": 1}
-# Shared colour palette (RGB): every class and the background draw their colours from it.
-PALETTE = np.array([
-    [200, 40, 40], [40, 160, 60], [50, 70, 200], [230, 200, 50], [240, 240, 235], [25, 25, 30],
-    [130, 130, 130], [150, 90, 40], [200, 100, 200], [60, 200, 210], [240, 140, 40], [100, 40, 120],
-    [170, 210, 120], [90, 120, 150],
-], dtype=np.float32)
 ANY = ("ellipse", "polygon", "blob")
 # One row per foreground class: (name, [(family, cycles across the object (lo, hi), extra)], shapes, parent)
 CLASSES = [
@@ -81,79 +86,6 @@ CLASSES = [
 CONTEXT_FAMILIES = [("blotch", (3.0, 5.0), 0), ("bricks", (4.0, 6.0), 0)]
 
 
-def _noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.ndarray:
-    """Smooth zero-mean unit-ish noise with blobs about ``cell`` px across (bicubic-upsampled grid)."""
-    h, w = shape
-    small = rng.standard_normal((int(h / cell) + 3, int(w / cell) + 3)).astype(np.float32)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-
-
-def _texture(rng: np.random.Generator, family: str, n: float, extra: float, u: np.ndarray, v: np.ndarray,
-             size: float) -> np.ndarray:
-    """A texture field in [0, 1] over rotated object coordinates u, v (px; shapes HxW), ``n`` cycles/size."""
-    p = size / n
-    phase = rng.uniform(0, 2 * math.pi)
-    if family == "stripes":
-        return 0.5 + 0.5 * np.sin(u * (2 * math.pi / p) + phase)
-    if family == "checker":
-        prod = np.sin(u * (2 * math.pi / p) + phase) * np.sin(v * (2 * math.pi / p))
-        return np.clip(0.5 + 3 * prod, 0, 1)
-    if family == "dots":
-        fu, fv = (u / p) % 1 - 0.5, (v / p) % 1 - 0.5
-        return np.clip((extra - np.sqrt(fu * fu + fv * fv)) * p / 1.5 + 0.5, 0, 1)
-    if family in ("noise", "blotch"):
-        z = _noise(rng, u.shape, p)
-        return np.clip(0.5 + (0.45 if family == "noise" else 4.0) * z, 0, 1)
-    if family == "rings":
-        return 0.5 + 0.5 * np.sin(np.sqrt(u * u + v * v) * (4 * math.pi / p) + phase)
-    if family == "zigzag":
-        tri = np.abs((v / p) % 1 - 0.5)
-        return 0.5 + 0.5 * np.sin((u + 0.8 * p * tri) * (2 * math.pi / p) + phase)
-    if family == "grid":
-        lu, lv = np.abs((u / p) % 1 - 0.5), np.abs((v / p) % 1 - 0.5)
-        return np.clip((np.maximum(lu, lv) - 0.42) * p / 1.5 + 0.5, 0, 1)
-    if family == "gradient":
-        return np.clip(0.5 + u / size, 0, 1)
-    if family == "bricks":
-        row = np.floor(v / p)  # bricks 2p wide and p high, alternate rows shifted by half a brick
-        fu, fv = (u / (2 * p) + 0.5 * (row % 2)) % 1, v / p - row
-        to_joint = np.minimum((0.5 - np.abs(fu - 0.5)) * 2 * p, (0.5 - np.abs(fv - 0.5)) * p)
-        return np.clip((0.08 * p - to_joint) / 1.5 + 0.5, 0, 1)
-    raise ValueError(f"unknown texture family {family!r}")
-
-
-def _colours(rng: np.random.Generator, amplitude: float) -> tuple[np.ndarray, np.ndarray]:
-    """Two jittered palette colours ``amplitude`` apart (RGB distance), from the shared palette."""
-    i = rng.integers(len(PALETTE))
-    far = np.flatnonzero(np.linalg.norm(PALETTE - PALETTE[i], axis=1) >= 180)
-    j = rng.choice(far)
-    c0 = np.clip(PALETTE[i] + rng.uniform(-20, 20, 3), 0, 255)
-    direction = (PALETTE[j] - PALETTE[i]) / np.linalg.norm(PALETTE[j] - PALETTE[i])
-    return c0.astype(np.float32), np.clip(c0 + direction * amplitude, 0, 255).astype(np.float32)
-
-
-def _shape_points(rng: np.random.Generator, kind: str, cx: float, cy: float, size: float) -> np.ndarray:
-    """Outline (Nx2 float, image coordinates) of an object about ``size`` px across."""
-    rot = rng.uniform(0, 2 * math.pi)
-    if kind == "ellipse":
-        angles = np.linspace(0, 2 * math.pi, 64, endpoint=False)
-        radii = np.ones_like(angles) * size / 2
-        aspect = rng.uniform(0.5, 1.0)
-    elif kind == "polygon":
-        k = rng.integers(3, 7)
-        angles = (np.arange(k) + rng.uniform(-0.25, 0.25, k)) * (2 * math.pi / k)
-        radii = size / 2 * rng.uniform(0.75, 1.1, k)
-        aspect = rng.uniform(0.6, 1.0)
-    else:  # blob: a radius that wobbles smoothly around the centre
-        angles = np.linspace(0, 2 * math.pi, 64, endpoint=False)
-        wobble = sum(rng.uniform(0, 0.25 / f) * np.sin(f * angles + rng.uniform(0, 6.3)) for f in (2, 3, 5))
-        radii = size / 2 * (1 + wobble)
-        aspect = rng.uniform(0.6, 1.0)
-    x, y = radii * np.cos(angles), radii * np.sin(angles) * aspect
-    cos, sin = math.cos(rot), math.sin(rot)
-    return np.stack([cx + x * cos - y * sin, cy + x * sin + y * cos], 1)
-
-
 def _paint(rng, image, label, cls, textures, contrast, pts, clip=None):
     """Fill outline ``pts`` with a texture mix; set label to ``cls`` where covered (None: leave label).
 
@@ -178,28 +110,15 @@ def _paint(rng, image, label, cls, textures, contrast, pts, clip=None):
     xs = (np.arange(x0, x1, dtype=np.float32) - centre[0])[None, :]
     ys = (np.arange(y0, y1, dtype=np.float32) - centre[1])[:, None]
     u, v = xs * math.cos(theta) + ys * math.sin(theta), ys * math.cos(theta) - xs * math.sin(theta)
-    t = sum(_texture(rng, fam, rng.uniform(*n), extra, u, v, size) for fam, n, extra in textures)
+    t = sum(texture(rng, fam, rng.uniform(*n), extra, u, v, size) for fam, n, extra in textures)
     t = 0.5 + (t / len(textures) - 0.5) * contrast
-    c0, c1 = _colours(rng, rng.uniform(90, 180))
+    c0, c1 = colours(rng, rng.uniform(90, 180))
     a = (alpha.astype(np.float32) / 255)[..., None]
     region = image[y0:y1, x0:x1]
     region += a * (c0 + t[..., None] * (c1 - c0) - region)
     if cls is not None:
         label[y0:y1, x0:x1][alpha >= 128] = cls
     return x0, y0, alpha
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Two smooth colour fields split by a wavy horizon (HxWx3 float32)."""
-    xs = np.arange(w, dtype=np.float32)
-    horizon = h * rng.uniform(0.25, 0.75) + h * 0.06 * np.sin(xs / w * rng.uniform(2, 9) + rng.uniform(0, 6))
-    below = (np.arange(h, dtype=np.float32)[:, None] > horizon[None, :])[..., None]
-    fields = []
-    for _ in range(2):
-        c0, c1 = _colours(rng, rng.uniform(20, 60))
-        t = np.clip(0.5 + 0.3 * _noise(rng, (h, w), rng.uniform(60, 160)), 0, 1)[..., None]
-        fields.append(c0 + t * (c1 - c0))
-    return np.where(below, fields[1], fields[0]).astype(np.float32)
 
 
 def _random_object(rng, h, w, lo=0.18, hi=1.0):
@@ -215,7 +134,7 @@ def _distractors(rng, image, label, classes):
             textures, contrast = [CONTEXT_FAMILIES[rng.integers(2)]], rng.uniform(0.6, 1.0)
         else:
             textures, contrast = CLASSES[rng.integers(classes - 1)][1], rng.uniform(0.12, 0.3)
-        _paint(rng, image, label, None, textures, contrast, _shape_points(rng, "blob", cx, cy, size))
+        _paint(rng, image, label, None, textures, contrast, shape_points(rng, "blob", cx, cy, size))
 
 
 def _objects(rng, image, label, classes):
@@ -229,11 +148,11 @@ def _objects(rng, image, label, classes):
         host_shape = CLASSES[host_cls - 1][2][rng.integers(len(CLASSES[host_cls - 1][2]))]
         if parent:
             size = max(size, 0.35 * min(h, w))
-        pts = _shape_points(rng, host_shape, cx, cy, size)
+        pts = shape_points(rng, host_shape, cx, cy, size)
         painted = _paint(rng, image, label, host_cls, CLASSES[host_cls - 1][1], rng.uniform(0.55, 1.0), pts)
         if parent and painted is not None:
             inner_size = size * rng.uniform(0.3, 0.5)
-            inner = _shape_points(rng, shapes[rng.integers(len(shapes))], cx, cy, inner_size)
+            inner = shape_points(rng, shapes[rng.integers(len(shapes))], cx, cy, inner_size)
             _paint(rng, image, label, cls, CLASSES[cls - 1][1], rng.uniform(0.6, 1.0), inner, clip=painted)
 
 
@@ -242,7 +161,7 @@ def render(seed: int, split: str, index: int, classes: int) -> tuple[np.ndarray,
     rng = np.random.default_rng([seed, SPLITS[split], index])
     long_side, aspect = rng.integers(400, 501), rng.uniform(0.6, 1.5)
     h, w = (round(long_side / aspect), long_side) if aspect >= 1 else (long_side, round(long_side * aspect))
-    image = _background(rng, h, w)
+    image = background(rng, h, w)
     label = np.zeros((h, w), np.uint8)
     _distractors(rng, image, label, classes)
     _objects(rng, image, label, classes)
@@ -262,25 +181,37 @@ def _sample_id(split: str, index: int) -> str:
     return f"{split}_{index:06d}"
 
 
-def _write_sample(task: tuple[str, int, str, int, int]) -> None:
-    out, seed, split, index, classes = task
-    image, label = render(seed, split, index, classes)
+def _write_sample(task: tuple[str, int, str, int, int, str]) -> None:
+    out, seed, split, index, classes, preset = task
     name = _sample_id(split, index)
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise RuntimeError(f"JPEG encoding failed for {name}")
-    with open(os.path.join(out, "JPEGImages", name + ".jpg"), "wb") as f:
-        f.write(jpeg.tobytes())
+    path = os.path.join(out, "JPEGImages", name + ".jpg")
+    if preset == "cpu":
+        # Quality 95 without chroma subsampling: at 96 px, 4:2:0 would wash out a 6 px texture whose two
+        # colours differ mostly in hue (measured: its pixel std fell from 21 to 7, the noise level).
+        image, label = render_cpu(seed, SPLITS[split], index, classes)
+        Image.fromarray(image).save(path, "JPEG", quality=95, subsampling=0)
+    else:
+        image, label = render(seed, split, index, classes)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for {name}")
+        with open(path, "wb") as f:
+            f.write(jpeg.tobytes())
     save_label_png(os.path.join(out, "SegmentationClassAug", name + ".png"), label)
 
 
-def _check_args(out: str, train: int, val: int, classes: int, seed: int, workers: int) -> dict:
-    if not 2 <= classes <= len(CLASSES) + 1:
-        raise SegKDError(f"--classes: expected 2..{len(CLASSES) + 1}, got {classes}")
+def _check_args(out: str, train: int, val: int, classes: int, seed: int, workers: int, preset: str) -> dict:
+    if preset not in PRESETS:
+        raise SegKDError(f"--preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+    top = PRESETS[preset]["max_classes"]
+    if not 2 <= classes <= top:
+        raise SegKDError(f"--classes: expected 2..{top} for --preset {preset}, got {classes}")
     for flag, value in (("--train", train), ("--val", val), ("--workers", workers)):
         if value < 1:
             raise SegKDError(f"{flag}: expected a positive count, got {value}")
     args = {"format": FORMAT_VERSION, "train": train, "val": val, "classes": classes, "seed": seed}
+    if preset != "voc":  # a voc-tier record keeps the form it had before the tiers existed
+        args["preset"] = preset
     record = os.path.join(out, "synthetic.json")
     if os.path.isfile(record):
         with open(record, encoding="utf-8") as f:
@@ -303,16 +234,19 @@ def _write_lists(out: str, ids: dict[str, list[str]]) -> None:
 
 
 def generate(out: str, train: int = 1464, val: int = 300, classes: int = 21, seed: int = 0,
-             workers: int = os.cpu_count() or 1) -> None:
+             workers: int = os.cpu_count() or 1, preset: str = "voc") -> None:
     """Write the synthetic set to ``out`` (see the module docstring); same arguments, same bytes."""
-    args = _check_args(out, train, val, classes, seed, workers)
+    args = _check_args(out, train, val, classes, seed, workers, preset)
     for sub in ("JPEGImages", "SegmentationClassAug", "list", os.path.join("ImageSets", "Segmentation")):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     # The record goes first so an interrupted run can be resumed with the same arguments.
     with open(os.path.join(out, "synthetic.json"), "w", encoding="utf-8") as f:
         json.dump(args, f, indent=2)
     counts = {"train": train, "val": val}
-    tasks = [(out, seed, split, i, classes) for split in SPLITS for i in range(counts[split])]
+    if preset == "cpu":
+        with open(os.path.join(out, "names.txt"), "w", encoding="utf-8") as f:
+            f.writelines(name + "\n" for name in CPU_NAMES[:classes])
+    tasks = [(out, seed, split, i, classes, preset) for split in SPLITS for i in range(counts[split])]
     if workers == 1:
         for task in tasks:
             _write_sample(task)
@@ -326,15 +260,21 @@ def generate(out: str, train: int = 1464, val: int = 300, classes: int = 21, see
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (VOC layout)")
-    parser.add_argument("--train", type=int, default=1464, help="training images (VOC train: 1464)")
-    parser.add_argument("--val", type=int, default=300, help="validation images")
-    parser.add_argument("--classes", type=int, default=21, help="classes including background, 2..21")
+    parser.add_argument("--preset", default="voc", help="voc (VOC-sized scenes, default) or cpu (96x96, 8 classes)")
+    parser.add_argument("--train", type=int, help="training images (voc: 1464 as VOC train, cpu: 2000)")
+    parser.add_argument("--val", type=int, help="validation images (default 300)")
+    parser.add_argument("--classes", type=int, help="classes including background (voc: 2..21, cpu: 2..8; default all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        generate(args.out, args.train, args.val, args.classes, args.seed, args.workers)
+        if args.preset not in PRESETS:
+            raise SegKDError(f"--preset: expected one of {', '.join(PRESETS)}, got {args.preset!r}")
+        for key in ("train", "val", "classes"):
+            if getattr(args, key) is None:
+                setattr(args, key, PRESETS[args.preset][key])
+        generate(args.out, args.train, args.val, args.classes, args.seed, args.workers, args.preset)
     except SegKDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
