@@ -26,6 +26,7 @@ from data.loader import build_train_loader, seed_everything
 from data.transforms import build_train_transform
 from model.build import build_model, checkpoint_meta, load_teacher
 from model.distiller import Distiller
+from model.teacher_cache import TeacherCache, file_digest
 from util.checkpoint import load_checkpoint
 from util.config import Config, parse_cli
 from util.distributed import DistInfo, barrier, cleanup, init_distributed, unwrap
@@ -64,18 +65,22 @@ def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
     if info.distributed:
         ids = [info.local_rank] if info.device.type == "cuda" else None
         student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
-    return Distiller.from_config(student, teacher, cfg)
+    cache = None
+    if teacher is not None and cfg.distill.teacher_cache is not None:
+        cache = TeacherCache(cfg.distill.teacher_cache, file_digest(cfg.teacher.checkpoint))
+    return Distiller.from_config(student, teacher, cfg, cache)
 
 
-def build_optimizer(student: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
-    """SGD, backbone at base_lr and the new layers (PPM, heads) at base_lr * head_lr_mult."""
+def build_optimizer(student: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """``train.optimizer`` (SGD with momentum, or AdamW), backbone at base_lr and the new layers (PPM,
+    heads) at base_lr * head_lr_mult."""
     t = cfg.train
     backbone, heads = unwrap(student).param_groups()
-    return torch.optim.SGD(
-        [{"params": backbone, "lr": t.base_lr, "initial_lr": t.base_lr},
-         {"params": heads, "lr": t.base_lr * t.head_lr_mult, "initial_lr": t.base_lr * t.head_lr_mult}],
-        lr=t.base_lr, momentum=t.momentum, weight_decay=t.weight_decay,
-    )
+    groups = [{"params": backbone, "lr": t.base_lr, "initial_lr": t.base_lr},
+              {"params": heads, "lr": t.base_lr * t.head_lr_mult, "initial_lr": t.base_lr * t.head_lr_mult}]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.base_lr, betas=(0.9, 0.999), weight_decay=t.weight_decay)
+    return torch.optim.SGD(groups, lr=t.base_lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def resume_path(cfg: Config) -> Optional[str]:

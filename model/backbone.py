@@ -55,12 +55,14 @@ class ResNetBackbone(nn.Module):
         pretrained: False/None (random init), True (torchvision ImageNet weights chosen by ``weights``)
             or a path to a torchvision-layout state dict.
         weights: name of a member of torchvision's ``ResNet<layers>_Weights`` enum.
+        zero_init_residual: zero the last BatchNorm's weight in every residual block (random init only).
 
     Attributes:
         channels: ``{"layer3": C3, "layer4": C4}``: 256/512 for ResNet-18/34, 1024/2048 for 50/101.
     """
 
-    def __init__(self, layers: int, pretrained: bool | str | None = False, weights: str = "IMAGENET1K_V1"):
+    def __init__(self, layers: int, pretrained: bool | str | None = False, weights: str = "IMAGENET1K_V1",
+                 zero_init_residual: bool = False):
         super().__init__()
         if layers not in _BUILDERS:
             raise SegKDError(f"model.layers must be one of {sorted(_BUILDERS)}, got {layers!r}")
@@ -69,7 +71,9 @@ class ResNetBackbone(nn.Module):
         # Bottleneck supports dilation natively: the first block of each dilated layer keeps the previous
         # dilation (torchvision's convention), the rest get 2 in layer3 and 4 in layer4.
         kwargs = {"replace_stride_with_dilation": [False, True, True]} if bottleneck else {}
-        resnet = builder(weights=None, **kwargs)
+        # zero_init_residual (Goyal et al. 2017): each block starts as the identity, which lets a deep network
+        # trained from scratch learn from the first iterations; loaded weights replace it.
+        resnet = builder(weights=None, zero_init_residual=zero_init_residual, **kwargs)
         if not bottleneck:
             _dilate_basic_layer(resnet.layer3, 2)
             _dilate_basic_layer(resnet.layer4, 4)

@@ -14,7 +14,8 @@ from util.errors import SegKDError
 def build_model(cfg: Config) -> PSPNet:
     """The network being trained (the student when distilling), ImageNet-initialised as configured."""
     m = cfg.model
-    return build_pspnet(m.layers, cfg.data.classes, pretrained=m.pretrained, weights=m.weights, dropout=m.dropout)
+    return build_pspnet(m.layers, cfg.data.classes, pretrained=m.pretrained, weights=m.weights, dropout=m.dropout,
+                        zero_init_residual=m.zero_init_residual)
 
 
 def checkpoint_meta(model_cfg: Config, cfg: Config, mode: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from model.losses import cross_entropy, kd_kl_loss, smooth_l1_logits_loss
+from model.teacher_cache import TeacherCache
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -46,6 +47,7 @@ class Distiller(nn.Module):
         smoothl1_beta: float = 1.0,
         ignore_index: int = 255,
         full_resolution: bool = False,
+        teacher_cache: Optional[TeacherCache] = None,
     ):
         super().__init__()
         if feat_loss not in ("none", "kl", "smoothl1"):
@@ -58,16 +60,18 @@ class Distiller(nn.Module):
         self.smoothl1_beta = smoothl1_beta
         self.ignore_index = ignore_index
         self.full_resolution = full_resolution
+        self.teacher_cache = teacher_cache
 
     @classmethod
-    def from_config(cls, student: nn.Module, teacher: Optional[nn.Module], cfg) -> Distiller:
+    def from_config(cls, student: nn.Module, teacher: Optional[nn.Module], cfg,
+                    teacher_cache: Optional[TeacherCache] = None) -> Distiller:
         d = cfg.distill
         return cls(
             student, teacher,
             ce_weight=cfg.train.ce_weight, aux_weight=cfg.train.aux_weight,
             kd_weight=d.kd_weight, temperature=d.temperature, feat_loss=d.feat_loss,
             feat_weight=d.feat_weight, smoothl1_beta=d.smoothl1_beta,
-            ignore_index=cfg.data.ignore_label, full_resolution=d.full_resolution,
+            ignore_index=cfg.data.ignore_label, full_resolution=d.full_resolution, teacher_cache=teacher_cache,
         )
 
     def train(self, mode: bool = True) -> Distiller:
@@ -81,8 +85,16 @@ class Distiller(nn.Module):
         return self.teacher(images)
 
     def teacher_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Teacher {'out','aux'} logits as ordinary tensors (inference tensors cannot enter autograd)."""
-        return {k: v.clone() for k, v in self._teacher_logits(images).items()}
+        """Teacher {'out','aux'} logits as ordinary tensors (inference tensors cannot enter autograd), from
+        the teacher cache when it holds this exact batch."""
+        cache = self.teacher_cache
+        cached = cache.get(images) if cache is not None else None
+        if cached is not None:
+            return cached
+        logits = {k: v.clone() for k, v in self._teacher_logits(images).items()}
+        if cache is not None:
+            cache.put(images, logits)
+        return logits
 
     def forward(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.student(images)

@@ -111,7 +111,9 @@ def build_pspnet(
     pretrained: bool | str | None = False,
     weights: str = "IMAGENET1K_V1",
     dropout: float = 0.1,
+    zero_init_residual: bool = False,
 ) -> PSPNet:
-    """PSPNet on a dilated ResNet-``layers``; ``pretrained`` as in :class:`model.backbone.ResNetBackbone`."""
+    """PSPNet on a dilated ResNet-``layers``; ``pretrained`` and ``zero_init_residual`` as in
+    :class:`model.backbone.ResNetBackbone`."""
     _check_args(classes, dropout)  # before a possibly slow weight load
-    return PSPNet(ResNetBackbone(layers, pretrained, weights), classes, dropout=dropout)
+    return PSPNet(ResNetBackbone(layers, pretrained, weights, zero_init_residual), classes, dropout=dropout)

@@ -31,6 +31,7 @@ NULL_TYPES: dict[str, tuple[type, ...]] = {
     "data.names": (str,),
     "model.pretrained": (bool, str),
     "teacher.checkpoint": (str,),
+    "distill.teacher_cache": (str,),
     "train.iters": (int,),
     "train.stop_after": (int,),
     "train.resume": (str,),
@@ -42,6 +43,7 @@ NULL_TYPES: dict[str, tuple[type, ...]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "distill.feat_loss": ("none", "kl", "smoothl1"),
     "train.amp_dtype": ("bfloat16", "float16"),
+    "train.optimizer": ("sgd", "adamw"),
     "train.device": ("auto", "cpu", "cuda"),
 }
 

@@ -18,7 +18,8 @@ from util.config import REPO_ROOT, Config, flat_dict, load_config, save_config
 from util.errors import SegKDError
 
 # Keys that may differ between a run and its resumption without it being another experiment.
-RESUMABLE_KEYS = {"train.resume", "train.stop_after", "train.workers", "train.log_every", "train.checkpoint_every"}
+RESUMABLE_KEYS = {"train.resume", "train.stop_after", "train.workers", "train.log_every", "train.checkpoint_every",
+                  "distill.teacher_cache"}
 
 
 def git_commit() -> str:

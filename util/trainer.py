@@ -57,6 +57,8 @@ def validate_config(cfg: Config, info: DistInfo) -> None:
                          "at least 2 (or SyncBatchNorm on several GPUs)")
     if t.epochs < 1 and t.iters is None:
         raise SegKDError(f"train.epochs={t.epochs}: must be at least 1")
+    if t.warmup_iters < 0:
+        raise SegKDError(f"train.warmup_iters={t.warmup_iters}: must be 0 (no warmup) or more")
     for key in ("iters", "stop_after", "checkpoint_every", "log_every"):
         value = getattr(t, key)
         if value is not None and value < 1:
@@ -166,7 +168,11 @@ class Trainer:
         self._checked = True
 
     def set_lr(self) -> float:
-        factor = (1 - self.iteration / self.total_iters) ** self.cfg.train.power
+        """Poly decay, times a linear warmup over the first ``train.warmup_iters`` iterations."""
+        t = self.cfg.train
+        factor = (1 - self.iteration / self.total_iters) ** t.power
+        if self.iteration < t.warmup_iters:
+            factor *= (self.iteration + 1) / t.warmup_iters
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         return self.optimizer.param_groups[0]["lr"]
@@ -222,6 +228,9 @@ class Trainer:
         finally:
             stop.restore()
         self.check_replicas()
+        cache = self.distiller.teacher_cache
+        if self.log and cache is not None:
+            self.log.info(f"teacher cache {cache.directory}: {cache.hits} hits, {cache.misses} misses")
         self.save("final.pth")
         if self.log:
             self.log.info(f"finished: {os.path.join(self.model_dir, 'final.pth')}")

@@ -1,0 +1,79 @@
+"""A disk cache of the frozen teacher's logits, keyed by the exact input batch.
+
+Runs that distil from one teacher on identical batches (the distilled rows of one seed see the same
+augmented crops, data/loader.py) need the teacher's forward pass once, not once per run: on a CPU it costs
+about as much as the student's whole training step. ``distill.teacher_cache=DIR`` turns it on.
+
+The key is a SHA-256 of the teacher's identity (its checkpoint's bytes), whether autocast is on, and the
+batch itself (dtype, shape and bytes of the normalised images), so a hit is the teacher's output for
+exactly these pixels and a different teacher, crop or augmentation can never hit. Files are written
+atomically (``<key>.pt.tmp`` then rename), so concurrent runs and a killed run leave only whole entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Optional
+
+import torch
+
+from util.errors import SegKDError
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (the teacher checkpoint: its identity in every cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+class TeacherCache:
+    """``get(images)`` -> ``{'out','aux'}`` logits or None; ``put(images, logits)`` stores them (N×K×h×w
+    float tensors, on the CPU on disk, returned on ``images``' device). ``hits`` and ``misses`` count calls."""
+
+    def __init__(self, directory: str, teacher_id: str):
+        self.directory = directory
+        self.teacher_id = teacher_id
+        self.hits = self.misses = 0
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise SegKDError(f"{directory}: cannot create distill.teacher_cache ({e.strerror})") from None
+
+    def key(self, images: torch.Tensor) -> str:
+        h = hashlib.sha256(self.teacher_id.encode())
+        h.update(f"{images.dtype}|{tuple(images.shape)}|autocast={_autocast_on(images.device.type)}".encode())
+        h.update(images.detach().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.directory, key[:2], key + ".pt")
+
+    def get(self, images: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
+        path = self._path(self.key(images))
+        if not os.path.isfile(path):
+            self.misses += 1
+            return None
+        try:
+            logits = torch.load(path, map_location=images.device, weights_only=True)
+        except Exception as e:  # a damaged entry: say which, rather than distil from garbage
+            raise SegKDError(f"{path}: unreadable teacher-cache entry ({e}); delete it") from None
+        self.hits += 1
+        return logits
+
+    def put(self, images: torch.Tensor, logits: dict[str, torch.Tensor]) -> None:
+        path = self._path(self.key(images))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        torch.save({k: v.detach().cpu() for k, v in logits.items()}, tmp)
+        os.replace(tmp, path)
