@@ -1,4 +1,5 @@
-"""scripts/make_table.py on fabricated metrics.json files: means, sample stds, missing runs, group-by, CSV."""
+"""scripts/make_table.py on fabricated metrics.json files: means, sample stds, missing runs, group-by, CSV, paired
+differences to the baseline, iterations."""
 
 import csv
 import importlib.util
@@ -27,8 +28,10 @@ PAPER = {
 }
 
 
-def write_run(run_dir, scores, seed, mode="distill", layers=18, feat="none", temperature=1.0, eval_name="ss"):
-    """A run directory as train.py + test.py leave it: config.yaml and eval/<eval_name>/metrics.json."""
+def write_run(run_dir, scores, seed, mode="distill", layers=18, feat="none", temperature=1.0, eval_name="ss",
+              iteration=None):
+    """A run directory as train.py + test.py leave it: config.yaml and eval/<eval_name>/metrics.json (with the
+    checkpoint's ``iteration`` unless None)."""
     out = os.path.join(run_dir, "eval", eval_name)
     os.makedirs(out, exist_ok=True)
     config = {"train": {"seed": seed, "crop_size": 129},
@@ -36,6 +39,8 @@ def write_run(run_dir, scores, seed, mode="distill", layers=18, feat="none", tem
     metrics = {"mIoU": scores[0], "mAcc": scores[1], "allAcc": scores[2], "mode": mode, "layers": layers,
                "params": 16_750_000 if layers == 18 else 48_940_000, "gflops": 2.5 if layers == 18 else 7.5,
                "gflops_crop_size": 129, "protocol": {"scales": [1.0], "flip": False}, "config": config}
+    if iteration is not None:
+        metrics["iteration"] = iteration
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f)
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
@@ -48,7 +53,7 @@ def paper_runs(tmp_path):
     for row, (mode, layers, feat, seeds) in PAPER.items():
         for seed, scores in seeds.items():
             run_dir = root / row if row == "pspnet50_teacher" else root / row / f"seed{seed}"
-            write_run(str(run_dir), scores, seed, mode, layers, feat)
+            write_run(str(run_dir), scores, seed, mode, layers, feat, iteration=1200 if layers == 50 else 300)
     return root
 
 
@@ -171,3 +176,97 @@ def test_bad_inputs_name_the_file(paper_runs, tmp_path, capsys):
 def test_same_path_twice_counts_once(paper_runs, tmp_path, capsys):
     code, _, _ = run_main([paper_runs, paper_runs / "pspnet18_kd", "--out-csv", tmp_path / "t.csv"], capsys)
     assert code == 0 and read_csv(tmp_path / "t.csv")["pspnet18_kd"]["n"] == "2"
+
+
+def paired(rec):
+    """(d_mIoU, d_mIoU_std, d_pairs, d_unpaired) of a CSV record: numbers parsed, empty ones None; seeds as text."""
+    return (*(None if rec[k] == "" else float(rec[k]) for k in ("d_mIoU", "d_mIoU_std", "d_pairs")), rec["d_unpaired"])
+
+
+def test_paired_difference_to_the_baseline_row(paper_runs, tmp_path, capsys):
+    # an extra R18 row with one seed (one pair, no std) and an R34 row (not a student of the table: no Δ)
+    write_run(str(paper_runs / "kd_T4" / "seed2"), (0.535, 0.6, 0.9), 2)
+    write_run(str(paper_runs / "r34" / "seed1"), (0.6, 0.6, 0.9), 1, mode="supervised", layers=34)
+    code, out, _ = run_main([paper_runs, "--out-csv", tmp_path / "t.csv"], capsys)
+    assert code == 0
+    rows = read_csv(tmp_path / "t.csv")
+    # baseline mIoU by seed: 50.1, 52.3, 48.8 (PAPER above)
+    # logit KD, seeds 1 2: 55.1 - 50.1 = 5.0, 56.9 - 52.3 = 4.6 -> 4.8 ± 0.4 / sqrt(2); baseline seed 3 unpaired
+    d, std, pairs, unpaired = paired(rows["pspnet18_kd"])
+    assert (d, std, pairs, unpaired) == (pytest.approx(4.8), pytest.approx(0.28284271247), 2, "3")
+    assert "| +4.80 ± 0.28 | 2 (unpaired: seed 3) |" in out
+    # SmoothL1, seeds 1-4: 5.9, 5.7, 8.2 -> 6.6, std sqrt((0.49 + 0.81 + 2.56) / 2); its seed 4 has no baseline
+    d, std, pairs, unpaired = paired(rows["pspnet18_kd_aux_smoothl1"])
+    assert (d, std, pairs, unpaired) == (pytest.approx(6.6), pytest.approx(1.38924439894), 3, "4")
+    assert "| +6.60 ± 1.39 | 3 (unpaired: seed 4) |" in out
+    # one pair: 53.5 - 52.3
+    assert paired(rows["kd_T4"]) == (pytest.approx(1.2), None, 1, "1 3")
+    assert "| +1.20 | 1 (unpaired: seeds 1, 3) |" in out
+    # no runs: no pairs and no Δ; the teacher, the baseline itself and the R34 row are not compared
+    assert paired(rows["pspnet18_kd_aux_kl"]) == (None, None, 0, "")
+    for row in ("pspnet50_teacher", "pspnet18_baseline", "r34"):
+        assert paired(rows[row]) == (None, None, None, "")
+    assert "| Teacher PSPNet-R50 | 71.20 | 80.00 | 93.00 | 1 | 48.94 | 7.50 @ 129 | 1200 | — | — |" in out
+    assert "| Student PSPNet-R18 baseline | 50.40 ± 1.77 | 61.67 ± 2.08 | 87.87 ± 0.71 | 3 | 16.75 | 2.50 @ 129 " \
+           "| 300 | — | — |" in out
+    # --seeds 1 2 3 leaves SmoothL1's seed 4 out of the row, hence out of the pairs; the notes are untouched
+    code, out, _ = run_main([paper_runs, "--seeds", "1 2 3", "--out-csv", tmp_path / "s.csv"], capsys)
+    rows = read_csv(tmp_path / "s.csv")
+    assert code == 0 and paired(rows["pspnet18_kd_aux_smoothl1"])[2:] == (3, "")
+    assert rows["pspnet18_kd"]["notes"] == "missing: seed 3"
+
+
+def test_baseline_option_pairs_every_group(tmp_path, capsys):
+    root = tmp_path / "sweep" / "pspnet18_kd"
+    values = {4.0: [0.40, 0.44], 1.0: [0.50, 0.53], 2.0: [0.61, 0.60]}
+    dirs = []
+    for temperature, mious in values.items():
+        dirs.append(root / f"distill.feat_loss={temperature:g}")
+        for seed, miou in enumerate(mious, start=1):
+            write_run(str(dirs[-1] / f"seed{seed}"), (miou, 0.5, 0.8), seed, temperature=temperature)
+    base = tmp_path / "runs" / "pspnet18_baseline"
+    for seed, miou in {1: 0.45, 2: 0.47, 3: 0.99}.items():
+        write_run(str(base / f"seed{seed}"), (miou, 0.5, 0.8), seed, mode="supervised")
+    args = [*dirs, "--group-by", "distill.temperature", "--out-csv", tmp_path / "s.csv"]
+    code, out, _ = run_main([*args, "--seeds", "1 2", "--baseline", base], capsys)
+    assert code == 0
+    rows = read_csv(tmp_path / "s.csv")
+    # baseline 45, 47 (its seed 3 is not in --seeds): T=4 -5, -3; T=1 +5, +6; T=2 +16, +13
+    assert paired(rows["distill.temperature=4.0"]) == (pytest.approx(-4.0), pytest.approx(1.41421356237), 2, "")
+    assert paired(rows["distill.temperature=1.0"]) == (pytest.approx(5.5), pytest.approx(0.70710678119), 2, "")
+    assert paired(rows["distill.temperature=2.0"]) == (pytest.approx(14.5), pytest.approx(2.12132034356), 2, "")
+    assert "| -4.00 ± 1.41 | 2 |" in out and "| +14.50 ± 2.12 | 2 |" in out
+    assert "runs/pspnet18_baseline` (supervised R18, seeds 1 2)" in out
+    # without --seeds the baseline's seed 3 is unpaired in every row
+    code, out, _ = run_main([*args, "--baseline", base], capsys)
+    assert code == 0 and all(paired(rec)[2:] == (2, "3") for rec in read_csv(tmp_path / "s.csv").values())
+    assert out.count("| 2 (unpaired: seed 3) |") == 3
+    # without --baseline a sweep has nothing to pair with
+    code, out, _ = run_main(args, capsys)
+    assert code == 0 and all(paired(rec) == (None, None, None, "") for rec in read_csv(tmp_path / "s.csv").values())
+    assert out.count("| — | — |") == 3 and "Δ mIoU vs baseline:" not in out
+    code, _, err = run_main([*args, "--baseline", tmp_path / "nowhere"], capsys)
+    assert code == 2 and "--baseline" in err and "nowhere" in err
+
+
+def test_iters_column_and_the_teachers_schedule(paper_runs, tmp_path, capsys):
+    code, out, _ = run_main([paper_runs, "--out-csv", tmp_path / "t.csv"], capsys)
+    rows = read_csv(tmp_path / "t.csv")
+    assert code == 0 and rows["pspnet50_teacher"]["iters"] == "1200" and rows["pspnet18_kd"]["iters"] == "300"
+    assert rows["pspnet18_kd_aux_kl"]["iters"] == ""
+    assert "The teacher trained 4.0× the students' iterations (1200 vs 300)." in out.split("\n")[0]
+    # runs of one row that disagree show the range; the caption then gives both schedules without a ratio
+    write_run(str(paper_runs / "pspnet18_baseline" / "seed3"), PAPER["pspnet18_baseline"][3][3], 3, "supervised",
+              iteration=280)
+    code, out, _ = run_main([paper_runs, "--out-csv", tmp_path / "t.csv"], capsys)
+    assert code == 0 and read_csv(tmp_path / "t.csv")["pspnet18_baseline"]["iters"] == "280–300"
+    assert "| 2.50 @ 129 | 280–300 |" in out
+    assert "The teacher trained 1200 iterations, the baseline 280–300." in out and "× the students" not in out
+    # a run without a recorded iteration is named; a teacher without one drops the sentence
+    write_run(str(paper_runs / "pspnet18_kd" / "seed2"), PAPER["pspnet18_kd"][3][2], 2)
+    write_run(str(paper_runs / "pspnet50_teacher"), PAPER["pspnet50_teacher"][3][1], 1, "supervised", 50)
+    code, out, _ = run_main([paper_runs, "--out-csv", tmp_path / "t.csv"], capsys)
+    rows = read_csv(tmp_path / "t.csv")
+    assert code == 0 and rows["pspnet18_kd"]["notes"] == "iteration not recorded: seed 2"
+    assert rows["pspnet18_kd"]["iters"] == "300" and rows["pspnet50_teacher"]["iters"] == ""
+    assert "The teacher trained" not in out
