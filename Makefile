@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# The synthetic table at a CPU scale (~15 min on 2 cores): dataset, teacher, four student rows, evaluation.
+# The CPU benchmark (under 30 min on 2 cores from a fresh clone): the CPU tier of the generated dataset, the
+# teacher once, four student rows x 3 seeds, evaluation, table with paired differences, figure.
 demo: $(STAMP)
 	SCALE=demo PYTHON=$(abspath $(PY)) bash scripts/synthetic/table.sh

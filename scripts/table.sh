@@ -5,6 +5,7 @@
 
 SEGKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STUDENT_ROWS="pspnet18_baseline pspnet18_kd pspnet18_kd_aux_kl pspnet18_kd_aux_smoothl1"
+CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the demo configs say 150)
 
 # The scripts cd to the repo root (configs and `-m data.synthetic` resolve there): user paths must not move.
 segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
@@ -12,29 +13,32 @@ segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/
 segkd_die() { echo "error: $*" >&2; exit 1; }
 
 # Scale presets of the synthetic table, as defaults under the user's variables (see docs/TABLES.md).
-#   full: the configs as written (321 crop, 30 epochs, batch 16): a GPU table.
-#   demo: `make demo`, about 15 min on 2 CPU cores in total; measured in docs/TABLES.md.
+#   full: the VOC-sized tier with the configs of config/synthetic as written (321 crop, 30 epochs): a GPU table.
+#   demo: `make demo`, the CPU tier (96 px scenes, config/synthetic_cpu), 3 seeds; measured in docs/TABLES.md.
+#   cpu-long: the same tier and recipe with 5 seeds and students trained 400 iterations (about an hour).
 #   tiny: seconds per run, for tests/test_table_script.py; the numbers mean nothing.
+# The CPU presets share the teacher's logits between the distilled rows of a seed (distill.teacher_cache).
 segkd_synthetic_preset() {
     PRESET_EXTRA="" PRESET_TEACHER_EXTRA="" PRESET_STUDENT_EXTRA="" PRESET_TEST_EXTRA=""
+    PRESET_CFGDIR=config/synthetic PRESET_TEACHER_CACHE=0
     case "${SCALE:-full}" in
         full)
             PRESET_GEN="--train 1464 --val 300 --classes 21 --seed 0" PRESET_SEEDS="1 2 3"
             PRESET_DATA=datasets/synthetic PRESET_RUNS=runs ;;
-        demo)
-            PRESET_GEN="--train 300 --val 50 --classes 21 --seed 0" PRESET_SEEDS="1 2"
-            PRESET_DATA=datasets/synthetic_demo PRESET_RUNS=runs/demo
-            # Objects must fill a small crop: scale the ~500 px images by 0.25-0.5 to ~125-250 px and test at
-            # 160 px (about the middle of that range), so train and test see objects at the same size.
-            PRESET_EXTRA="train.batch_size=8 train.crop_size=129 train.workers=2 train.log_every=10
-                data.scale_min=0.25 data.scale_max=0.5 test.base_size=160 test.crop_size=129"
-            PRESET_TEACHER_EXTRA="train.iters=120" PRESET_STUDENT_EXTRA="train.iters=40" ;;
+        demo | cpu-long)
+            PRESET_GEN="--preset cpu --train 2000 --val 300 --seed 0" PRESET_DATA=datasets/synthetic_cpu
+            PRESET_CFGDIR=config/synthetic_cpu PRESET_TEACHER_CACHE=1
+            if [ "$SCALE" = demo ]; then
+                PRESET_SEEDS="1 2 3" PRESET_RUNS=runs/demo
+            else
+                PRESET_SEEDS="1 2 3 4 5" PRESET_RUNS=runs/cpu-long PRESET_STUDENT_EXTRA="train.iters=$CPU_LONG_ITERS"
+            fi ;;
         tiny)
             PRESET_GEN="--train 8 --val 4 --classes 4 --seed 0 --workers 1" PRESET_SEEDS="1"
             PRESET_DATA=datasets/synthetic_tiny PRESET_RUNS=runs/tiny
             PRESET_EXTRA="train.iters=2 train.batch_size=2 train.crop_size=65 train.workers=0 train.log_every=1
                 test.base_size=80 test.crop_size=65" ;;
-        *) segkd_die "SCALE=$SCALE: expected full, demo or tiny" ;;
+        *) segkd_die "SCALE=$SCALE: expected full, demo, cpu-long or tiny" ;;
     esac
 }
 
@@ -64,6 +68,7 @@ segkd_setup() {
 # data.root (and data.classes, read from a generated set's synthetic.json) for every run.
 segkd_data_args() {
     DATA_ARGS=("data.root=$DATA")
+    if [ -f "$DATA/names.txt" ]; then DATA_ARGS+=("data.names=$DATA/names.txt"); fi
     if [ -f "$DATA/synthetic.json" ]; then
         DATA_ARGS+=("data.classes=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["classes"])' \
             "$DATA/synthetic.json")")
@@ -118,10 +123,12 @@ segkd_run() {
     local name=$1 config=$2 dir=$3 log=$4
     shift 4
     local metrics="$dir/eval/$EVAL/metrics.json"
+    RAN=0
     if [ -f "$metrics" ]; then
         echo "[skip] $name: $metrics exists"
         return 0
     fi
+    RAN=1
     if [ -f "$dir/model/final.pth" ]; then
         echo "[test] $name: $dir/model/final.pth exists, evaluating it"
     else
@@ -135,28 +142,59 @@ segkd_run() {
         ${TEST_ARGS[@]+"${TEST_ARGS[@]}"} "output.dir=$dir" "test.out_dir=$dir/eval/$EVAL"
 }
 
-# DATASET: the teacher once, then each student row for each seed, then the table in $RUNS/DATASET.
+# mm:ss (h:mm:ss past an hour) of a number of seconds.
+segkd_clock() { if [ "$1" -ge 3600 ]; then printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60));
+    else printf '%02d:%02d' $(($1 / 60)) $(($1 % 60)); fi; }
+
+# K N NAME: "[run K/N] NAME (elapsed, ETA)". The ETA is the mean time of the student runs this call has
+# trained so far times the student runs left (the teacher's own time is not predicted: "ETA after 1st student").
+segkd_progress() {
+    local eta="ETA after the first student run"
+    if [ "$STUDENTS_TIMED" -gt 0 ]; then
+        eta="ETA $(segkd_clock $((STUDENT_SECONDS * STUDENTS_LEFT / STUDENTS_TIMED)))"
+    fi
+    echo "[run $1/$2] $3 (elapsed $(segkd_clock "$SECONDS"), $eta)"
+}
+
+# DATASET: the teacher once, then each student row for each seed, then the table in $RUNS/DATASET (configs in
+# config/DATASET). With TEACHER_CACHE=1 the distilled runs share the teacher's logits in $RUNS/DATASET/teacher_cache.
 segkd_table() {
-    local ds=$1 cfgdir=config/$1 root=$RUNS/$1 seed row
+    local ds=$1 cfgdir=config/$1 root=$RUNS/$1 seed row start k=1
     local teacher_dir=$root/pspnet50_teacher
     local common=(${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
+    local n_seeds n_rows total
+    n_seeds=$(wc -w <<< "$SEEDS") n_rows=$(wc -w <<< "$ROWS")
+    total=$((1 + n_seeds * n_rows))
+    STUDENT_SECONDS=0 STUDENTS_TIMED=0 STUDENTS_LEFT=$((n_seeds * n_rows))
     for row in $ROWS; do
         case " $STUDENT_ROWS " in *" $row "*) ;; *) segkd_die "ROWS: $row is not one of: $STUDENT_ROWS" ;; esac
     done
     EVAL=$(segkd_probe "$cfgdir/pspnet50_teacher.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1
     EVAL=${EVAL% *}
     echo "table $ds: runs in $root, seeds $SEEDS (teacher seed $TEACHER_SEED), eval/$EVAL, NPROC=$NPROC"
+    segkd_progress $k $total pspnet50_teacher
     segkd_run pspnet50_teacher "$cfgdir/pspnet50_teacher.yaml" "$teacher_dir" "$root/logs/pspnet50_teacher" \
         "${common[@]}" ${TEACHER_ARGS[@]+"${TEACHER_ARGS[@]}"} "train.seed=$TEACHER_SEED"
     for seed in $SEEDS; do
         for row in $ROWS; do
             local kd=()
-            if [ "$row" != pspnet18_baseline ]; then kd=("teacher.checkpoint=$teacher_dir/model/final.pth"); fi
+            if [ "$row" != pspnet18_baseline ]; then
+                kd=("teacher.checkpoint=$teacher_dir/model/final.pth")
+                if [ "${TEACHER_CACHE:-${PRESET_TEACHER_CACHE:-0}}" = 1 ]; then
+                    kd+=("distill.teacher_cache=$root/teacher_cache")
+                fi
+            fi
+            k=$((k + 1)) start=$SECONDS
+            segkd_progress $k $total "$row seed$seed"
             segkd_run "$row seed$seed" "$cfgdir/$row.yaml" "$root/$row/seed$seed" "$root/logs/${row}_seed$seed" \
                 "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"} ${kd[@]+"${kd[@]}"} "train.seed=$seed"
+            STUDENTS_LEFT=$((STUDENTS_LEFT - 1))
+            if [ "$RAN" = 1 ]; then
+                STUDENT_SECONDS=$((STUDENT_SECONDS + SECONDS - start)) STUDENTS_TIMED=$((STUDENTS_TIMED + 1))
+            fi
         done
     done
     "$PYTHON" scripts/make_table.py "$root" --seeds "$SEEDS" --eval "$EVAL" --config-dir "$cfgdir" \
         --out-md "$root/table.md" --out-csv "$root/table.csv"
-    echo "wrote $root/table.md and $root/table.csv ($SECONDS s since the script started)"
+    echo "wrote $root/table.md and $root/table.csv ($(segkd_clock "$SECONDS") since the script started)"
 }

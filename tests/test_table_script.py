@@ -37,8 +37,19 @@ def final_mtimes(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_table_skip_fail_resume(tmp_path):
-    r = run_table(tmp_path)
+    r = run_table(tmp_path, TEACHER_CACHE="1")
     assert r.returncode == 0, r.stdout + r.stderr
+    # a progress line per run; the ETA comes from the student runs timed so far
+    assert "[run 1/5] pspnet50_teacher (elapsed 00:" in r.stdout
+    assert "[run 2/5] pspnet18_baseline seed1 (elapsed" in r.stdout and "ETA after the first student run" in r.stdout
+    assert "[run 5/5] pspnet18_kd_aux_smoothl1 seed1 (elapsed" in r.stdout and ", ETA 00:" in r.stdout
+    assert (tmp_path / "runs" / "synthetic" / "figure.png").stat().st_size > 1000
+    # the distilled rows of a seed see identical batches: the first fills the teacher cache, the others hit it
+    logs = tmp_path / "runs" / "synthetic" / "logs"
+    assert "teacher cache" in (logs / "pspnet18_kd_seed1.train.log").read_text()
+    assert ": 0 hits, 2 misses" in (logs / "pspnet18_kd_seed1.train.log").read_text()
+    for row in ("pspnet18_kd_aux_kl", "pspnet18_kd_aux_smoothl1"):
+        assert ": 2 hits, 0 misses" in (logs / f"{row}_seed1.train.log").read_text()
     table = tmp_path / "runs" / "synthetic" / "table.md"
     text = table.read_text()
     for label in ("Teacher PSPNet-R50", "Student PSPNet-R18 baseline", "R18 + logit KD |", "+ aux KL |",

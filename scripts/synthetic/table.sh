@@ -2,11 +2,13 @@
 # The results table on the generated dataset: teacher, R18 baseline, + logit KD, + aux KL, + aux SmoothL1.
 #
 #   scripts/synthetic/table.sh                      # full scale (the configs as written): a GPU job
-#   SCALE=demo scripts/synthetic/table.sh           # what `make demo` runs: ~15 min on 2 CPU cores
+#   SCALE=demo scripts/synthetic/table.sh           # what `make demo` runs: the CPU tier, 3 seeds, 2 CPU cores
+#   SCALE=cpu-long scripts/synthetic/table.sh       # the same tier, 5 seeds, students 400 iterations (~1 h)
 #   SEEDS="1 2" EXTRA="train.epochs=10" NPROC=4 scripts/synthetic/table.sh
 #
 # Generates DATA (with GEN_ARGS) when it has no list/val.txt, trains the teacher once, each student row for
-# each seed, evaluates every run and writes $RUNS/synthetic/table.{md,csv}. Rerunning skips finished runs and
+# each seed, evaluates every run and writes $RUNS/<table>/table.{md,csv} and figure.png (<table>: synthetic, or
+# synthetic_cpu for the CPU presets, after their config folder). Rerunning skips finished runs and
 # resumes interrupted ones. Environment variables and presets: docs/TABLES.md and scripts/table.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../table.sh"
@@ -24,4 +26,8 @@ else
     echo "[data] using $DATA: $(tr -d ' \n' < "$DATA/synthetic.json" 2>/dev/null || echo 'no synthetic.json')"
 fi
 segkd_data_args
-segkd_table synthetic
+table=$(basename "$PRESET_CFGDIR")
+segkd_table "$table"
+"$PYTHON" scripts/demo_figure.py "$RUNS/$table" --data "$DATA" --eval "$EVAL" --out "$RUNS/$table/figure.png" ||
+    segkd_die "the figure failed (see above); the table is written"
+echo "wrote $RUNS/$table/figure.png"
