@@ -1,7 +1,7 @@
 """One PNG of the results table's runs: predictions on a few val images, then per-class IoU as a heat map.
 
-    python scripts/demo_figure.py runs/demo/synthetic --data datasets/synthetic_demo \\
-        --out runs/demo/synthetic/figure.png [--images 4] [--seed 1] [--eval ss] [--scale 2]
+    python scripts/demo_figure.py runs/demo/synthetic_cpu --data datasets/synthetic_cpu \\
+        --out runs/demo/synthetic_cpu/figure.png [--images 4] [--seed 1] [--eval ss] [--scale 2]
 
 ROOT is laid out as ``scripts/synthetic/table.sh`` leaves it: ``ROOT/pspnet50_teacher/eval/<EVAL>/`` and
 ``ROOT/<student row>/seed<k>/eval/<EVAL>/``, each with ``metrics.json`` and ``gray/<id>.png`` (class indices).

@@ -30,4 +30,3 @@ table=$(basename "$PRESET_CFGDIR")
 segkd_table "$table"
 "$PYTHON" scripts/demo_figure.py "$RUNS/$table" --data "$DATA" --eval "$EVAL" --out "$RUNS/$table/figure.png" ||
     segkd_die "the figure failed (see above); the table is written"
-echo "wrote $RUNS/$table/figure.png"
