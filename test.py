@@ -46,13 +46,15 @@ def resolve_paths(cfg: Config) -> tuple[str, str]:
 
 
 def class_names(cfg: Config) -> list[str]:
-    names = None
-    if cfg.data.names is not None:
-        path = cfg.data.names if os.path.isabs(cfg.data.names) else os.path.join(REPO_ROOT, cfg.data.names)
-        if os.path.isfile(path):
-            names = load_names(path)
-    if names is None or len(names) != cfg.data.classes:
-        names = [f"class_{i}" for i in range(cfg.data.classes)]
+    """``data.names`` (one name a line, ``data.classes`` lines), or ``class_<i>`` when it is null. A missing file
+    or a wrong number of names is an error naming the file: a table with shifted class names is worse than none."""
+    if cfg.data.names is None:
+        return [f"class_{i}" for i in range(cfg.data.classes)]
+    path = cfg.data.names if os.path.isabs(cfg.data.names) else os.path.join(REPO_ROOT, cfg.data.names)
+    names = load_names(path)
+    if len(names) != cfg.data.classes:
+        raise SegKDError(f"{path}: {len(names)} class names for data.classes={cfg.data.classes} "
+                         "(set data.names to a matching file, or null for numbered classes)")
     return names
 
 
@@ -72,13 +74,13 @@ def run(cfg: Config, info: DistInfo) -> dict:
     metrics_path = os.path.join(out_dir, "metrics.json")
     if os.path.exists(metrics_path):
         raise SegKDError(f"{metrics_path}: already exists; remove it or set test.out_dir (nothing was overwritten)")
+    names = class_names(cfg)  # before the evaluation: a wrong names file stops it at once
     model, ckpt = model_from_checkpoint(ckpt_path, cfg.data.classes)
     model = model.to(info.device).eval()
     list_file = cfg.test.list or cfg.data.val_list
     save_dir = out_dir if cfg.test.save_predictions else None
     cm = evaluate(model, cfg, info, list_file, save_dir)
     result = cm.compute()
-    names = class_names(cfg)
     metrics = {
         "mIoU": result["mIoU"], "mAcc": result["mAcc"], "allAcc": result["allAcc"],
         "per_class": {n: {"iou": i, "acc": a} for n, i, a in zip(names, result["iou"], result["acc"])},
