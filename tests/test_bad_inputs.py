@@ -321,6 +321,14 @@ def _(ctx):
     return Case(args, [ctx.ckpts["student"], "distill PSPNet-R18", "supervised PSPNet-R18"], run_dir)
 
 
+@case(SLOW, "resume_path_with_another_lr")
+def _(ctx):
+    """train.resume=PATH into a new output.dir: the optimizer state would keep the old lr, so refuse."""
+    args, run_dir = ctx.run(f"train.resume={ctx.ckpts['student']}", "train.iters=2", "train.base_lr=0.05",
+                            f"teacher.checkpoint={ctx.ckpts['teacher']}", config=KD)
+    return Case(args, [ctx.ckpts["student"], "another config", "train.base_lr: 0.01 there, 0.05 now"], run_dir)
+
+
 # ---------------------------------------------------------------- running and checking
 def run_all(registry, tiny, tmp_root: Path, ckpts):
     prepared = {}
@@ -380,6 +388,15 @@ def test_bad_input(name, fast_results):
 @pytest.mark.parametrize("name", list(SLOW))
 def test_bad_checkpoint_role(name, slow_results):
     check(*slow_results[name])
+
+
+@pytest.mark.slow
+def test_resume_path_into_a_new_folder_with_the_same_config(tiny_data, ckpts, tmp_path):
+    run_dir = str(tmp_path / "moved")
+    r = run_cli("train.py", "--config", KD, *tiny_overrides(tiny_data, run_dir), "train.iters=2",
+                f"teacher.checkpoint={ckpts['teacher']}", f"train.resume={ckpts['student']}")
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(os.path.join(run_dir, "model", "final.pth"))
 
 
 def test_batch_size_the_processes_cannot_take():

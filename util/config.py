@@ -177,9 +177,9 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def flat_dict(cfg: Config) -> dict[str, Any]:
-    """``{'train.epochs': 2, ...}``: the form used to compare two experiments' configs."""
-    return _flatten(cfg.to_dict())
+def flat_dict(cfg: Config | dict[str, Any]) -> dict[str, Any]:
+    """``{'train.epochs': 2, ...}`` of a config or its nested dict: the form used to compare two experiments."""
+    return _flatten(cfg.to_dict() if isinstance(cfg, Config) else cfg)
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -49,13 +49,24 @@ def check_run_dir(cfg: Config) -> None:
     if cfg.train.resume is None:
         raise SegKDError(f"{run_dir}: output.dir already holds a run; resume it with train.resume=auto "
                          "or choose another output.dir (nothing was overwritten)")
-    old = flat_dict(load_config(saved))
-    new = flat_dict(cfg)
-    diff = sorted(k for k in new if k not in RESUMABLE_KEYS and old.get(k) != new[k])
+    diff = experiment_diff(flat_dict(load_config(saved)), flat_dict(cfg))
     if diff:
-        k = diff[0]
-        raise SegKDError(f"{run_dir}: holds a different experiment ({k}: {old.get(k)!r} there, {new[k]!r} now"
-                         f"{f', +{len(diff) - 1} more keys' if len(diff) > 1 else ''}); refusing to resume into it")
+        raise SegKDError(f"{run_dir}: holds a different experiment ({diff}); refusing to resume into it")
+
+
+def experiment_diff(old: dict[str, Any], new: dict[str, Any], also_ignore: tuple[str, ...] = ()) -> str:
+    """The keys that make ``new`` another experiment than ``old`` (flat configs), as one phrase for an error
+    (``"train.base_lr: 0.01 there, 0.02 now, +1 more key: train.momentum"``), or "" when it is the same one.
+    Resumable keys and ``also_ignore`` may differ; a key that ``old`` lacks (written by an older segkd) counts
+    with its default value."""
+    defaults = flat_dict(load_config(None))
+    diff = sorted(k for k in new if k not in RESUMABLE_KEYS and k not in also_ignore
+                  and old.get(k, defaults.get(k)) != new[k])
+    if not diff:
+        return ""
+    k = diff[0]
+    more = f", +{len(diff) - 1} more: {', '.join(diff[1:4])}{', ...' if len(diff) > 4 else ''}" if len(diff) > 1 else ""
+    return f"{k}: {old.get(k, defaults.get(k))!r} there, {new[k]!r} now{more}"
 
 
 def _foreign_entries(run_dir: str) -> list[str]:

@@ -25,11 +25,11 @@ from data.transforms import DeviceNormalize
 from model.build import describe_checkpoint
 from model.distiller import Distiller
 from util.checkpoint import load_state_strict, save_checkpoint
-from util.config import Config
+from util.config import Config, flat_dict
 from util.distributed import DistInfo, all_reduce_mean, broadcast_flag, unwrap
 from util.errors import SegKDError
 from util.preemption import StopRequest, shield_workers, worker_error_line
-from util.rundir import RunLog
+from util.rundir import RunLog, experiment_diff
 
 # Exit statuses: 0 finished, 2 bad input, non-finite loss or failed checkpoint write (SegKDError), 3 stopped
 # by train.stop_after, 128+signal when preempted (130 SIGINT, 143 SIGTERM).
@@ -129,6 +129,13 @@ class Trainer:
         if any(state.get(k) != self.meta[k] for k in ("mode", "layers", "classes")):
             raise SegKDError(f"{path}: train.resume is {describe_checkpoint(state)} but this run trains "
                              f"{describe_checkpoint(self.meta)}; give this run's model/last.pth")
+        saved = state.get("config")
+        diff = ""
+        if isinstance(saved, dict):
+            diff = experiment_diff(flat_dict(saved), flat_dict(self.cfg), ("output.dir",))
+        if diff:  # the optimizer state would silently keep the old lr, momentum and weight decay
+            raise SegKDError(f"{path}: was trained with another config ({diff}); a resume continues the same "
+                             "experiment - change only output.dir or the resumable keys, or start a new run")
         if state["scheduler"]["total_iters"] != self.total_iters:
             raise SegKDError(f"{path}: was trained for {state['scheduler']['total_iters']} iterations, this run "
                              f"has {self.total_iters} (batch size or data changed?)")
