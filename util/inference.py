@@ -77,11 +77,11 @@ def sliding_probs(
     return total[:, top:top + h, left:left + w]
 
 
-def predict(
+def predict_probs(
     model: nn.Module, image: np.ndarray, classes: int, base_size: int, crop: int,
     scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
-) -> np.ndarray:
-    """H×W int64 class map for an H×W×3 RGB image, averaged over ``scales`` (and flips)."""
+) -> torch.Tensor:
+    """K×H×W class probabilities for an H×W×3 RGB image, averaged over ``scales`` (and flips)."""
     h, w = image.shape[:2]
     total = torch.zeros(classes, h, w, device=device)
     for scale in scales:
@@ -90,4 +90,13 @@ def predict(
         scaled = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR).astype(np.float32)
         probs = sliding_probs(model, scaled, classes, crop, stride_rate, flip, device)
         total += F.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    return (total / len(scales)).argmax(0).cpu().numpy()
+    return total / len(scales)
+
+
+def predict(
+    model: nn.Module, image: np.ndarray, classes: int, base_size: int, crop: int,
+    scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
+) -> np.ndarray:
+    """H×W int64 class map for an H×W×3 RGB image: the argmax of :func:`predict_probs`."""
+    probs = predict_probs(model, image, classes, base_size, crop, scales, flip, stride_rate, device)
+    return probs.argmax(0).cpu().numpy()
