@@ -8,7 +8,9 @@ from typing import Optional
 
 import cv2
 import numpy as np
+import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.dataset import check_label, read_image, read_label, read_list
@@ -18,6 +20,26 @@ from util.distributed import DistInfo
 from util.errors import SegKDError
 from util.inference import predict
 from util.metrics import ConfusionMatrix
+from util.preemption import worker_error_line
+
+
+class EvalImages(Dataset):
+    """This process's share of the list: (image, label, image path) read and checked, in list order, so
+    that ``test.workers`` loader processes decode ahead of the network. Sizes differ: no batching."""
+
+    def __init__(self, samples: list[tuple[str, str]], classes: int, ignore_label: int):
+        self.samples, self.classes, self.ignore_label = samples, classes, ignore_label
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        image_path, label_path = self.samples[index]
+        image, label = read_image(image_path), read_label(label_path)
+        check_label(label, self.classes, self.ignore_label, label_path)
+        if image.shape[:2] != label.shape:
+            raise SegKDError(f"{image_path}: image size {image.shape[:2]} != label size {label.shape} ({label_path})")
+        return image, label, image_path
 
 
 def protocol(cfg: Config) -> dict:
@@ -51,13 +73,17 @@ def evaluate(
             os.makedirs(os.path.join(save_dir, sub), exist_ok=True)
     cm = ConfusionMatrix(cfg.data.classes, cfg.data.ignore_label)
     model.eval()
-    mine = samples[info.rank::info.world_size]
-    for image_path, label_path in tqdm(mine, disable=not (progress and info.is_main), desc="eval", leave=False):
-        image = read_image(image_path)
-        label = read_label(label_path)
-        check_label(label, cfg.data.classes, cfg.data.ignore_label, label_path)
-        if image.shape[:2] != label.shape:
-            raise SegKDError(f"{image_path}: image size {image.shape[:2]} != label size {label.shape} ({label_path})")
+    mine = samples[info.rank::info.world_size]  # every image once over the processes, none twice
+    loader = DataLoader(EvalImages(mine, cfg.data.classes, cfg.data.ignore_label), batch_size=None,
+                        shuffle=False, num_workers=t.workers, collate_fn=_as_numpy)
+    items = iter(tqdm(loader, disable=not (progress and info.is_main), desc="eval", leave=False))
+    while True:
+        try:
+            image, label, image_path = next(items)
+        except StopIteration:
+            break
+        except SegKDError as e:  # a worker's error arrives wrapped in its traceback: keep the one line
+            raise SegKDError(worker_error_line(e)) from None
         pred = predict(model, image, cfg.data.classes, t.base_size, t.crop_size, t.scales, t.flip, t.stride_rate,
                        info.device)
         cm.update(_tensor(pred), _tensor(label))
@@ -69,7 +95,10 @@ def evaluate(
     return cm
 
 
-def _tensor(a: np.ndarray):
-    import torch
+def _as_numpy(item):
+    """Keep a sample as it is (numpy arrays and a path): no conversion to tensors, no batching."""
+    return item
 
+
+def _tensor(a: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(a).astype(np.int64))
