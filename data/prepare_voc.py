@@ -18,7 +18,6 @@ name and renamed, so an interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from util.errors import SegKDError
+from util.hashing import file_hash
 
 VOC_ROOT = "VOCdevkit/VOC2012"
 SBD_ROOT = "benchmark_RELEASE/dataset"
@@ -66,11 +66,7 @@ SBD = Archive(
 
 
 def md5sum(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_hash(path, "md5")
 
 
 def verify_md5(path: str, expected: str) -> None:

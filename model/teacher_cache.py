@@ -19,15 +19,12 @@ from typing import Optional
 import torch
 
 from util.errors import SegKDError
+from util.hashing import file_hash
 
 
 def file_digest(path: str) -> str:
     """SHA-256 of a file's bytes (the teacher checkpoint: its identity in every cache key)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_hash(path, "sha256")
 
 
 def _autocast_on(device_type: str) -> bool:
