@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from model.pspnet import build_pspnet
+from tests.conftest import run_cli, tiny_overrides
 from train import build_optimizer
+from util.checkpoint import load_checkpoint
 from util.config import load_config
 from util.distributed import DistInfo
 from util.errors import SegKDError
@@ -68,3 +70,25 @@ def test_negative_warmup_is_refused():
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     with pytest.raises(SegKDError, match="train.warmup_iters=-1"):
         validate_config(cfg, info)
+
+
+@pytest.mark.slow
+def test_both_groups_follow_warmup_and_poly_across_a_resume(tiny_data, tmp_path):
+    """The learning rates stored with the optimizer (backbone and heads) at the stop and after the resumed
+    run: each group's own base times the same warmup x poly factor of the iteration that set it."""
+    run = str(tmp_path / "run")
+    args = ["train.py", "--config", CONFIG, *tiny_overrides(tiny_data, run), "train.iters=6", "train.warmup_iters=2",
+            "train.base_lr=0.004", "train.head_lr_mult=5", "train.optimizer=adamw"]
+    assert run_cli(*args, "train.stop_after=3").returncode == 3
+    stopped = load_checkpoint(f"{run}/model/last.pth")
+    r = run_cli(*args, "train.resume=auto")
+    assert r.returncode == 0, r.stderr
+    final = load_checkpoint(f"{run}/model/final.pth")
+
+    def factor(i):  # set by set_lr() before the update of iteration i (0-based)
+        return (1 - i / 6) ** 0.9 * (min(i + 1, 2) / 2)
+
+    assert stopped["iteration"] == 3 and final["iteration"] == 6
+    for ckpt, last_step in ((stopped, 2), (final, 5)):
+        lrs = [g["lr"] for g in ckpt["optimizer"]["param_groups"]]
+        assert lrs == pytest.approx([0.004 * factor(last_step), 0.02 * factor(last_step)], rel=1e-6)
