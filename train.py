@@ -29,7 +29,7 @@ from model.distiller import Distiller
 from model.teacher_cache import TeacherCache, file_digest
 from util.checkpoint import load_checkpoint
 from util.config import Config, parse_cli
-from util.distributed import DistInfo, barrier, cleanup, init_distributed, unwrap
+from util.distributed import DistInfo, barrier, broadcast_flag, cleanup, init_distributed, unwrap
 from util.errors import SegKDError
 from util.rundir import RunLog, check_run_dir
 from util.trainer import Trainer, validate_config
@@ -92,6 +92,38 @@ def resume_path(cfg: Config) -> Optional[str]:
     return cfg.train.resume
 
 
+def agreed_resume(cfg: Config, info: DistInfo) -> tuple[Optional[str], Optional[dict]]:
+    """(checkpoint path, its state) to resume from, or (None, None): rank 0 decides, every rank loads.
+
+    Each rank resolving ``train.resume=auto`` on its own would let nodes with a node-local ``output.dir``
+    disagree about the iteration and hang; a rank that cannot read rank 0's checkpoint stops every rank."""
+    path = resume_path(cfg) if info.is_main else None
+    if info.distributed:
+        box = [path]
+        torch.distributed.broadcast_object_list(box, src=0)
+        path = box[0]
+    if path is None:
+        return None, None
+    state, problem = None, None
+    try:
+        state = load_checkpoint(path)
+    except SegKDError as e:
+        problem = str(e)
+    if not info.distributed:
+        if problem:
+            raise SegKDError(problem)
+        return path, state
+    if broadcast_flag(problem is not None, info.device):
+        shared = "output.dir (and train.resume) must be on a file system that every node shares"
+        if problem is None:
+            raise SegKDError(f"another rank cannot read {path}, which rank 0 resumes from; {shared}")
+        if info.is_main:
+            raise SegKDError(problem)
+        reason = problem[len(path) + 2:] if problem.startswith(f"{path}: ") else problem
+        raise SegKDError(f"{path}: rank 0 resumes from it but this rank cannot read it ({reason}); {shared}")
+    return path, state
+
+
 def run(cfg: Config, info: DistInfo) -> int:
     validate_config(cfg, info)
     check_run_dir(cfg)
@@ -101,8 +133,7 @@ def run(cfg: Config, info: DistInfo) -> int:
     seed_everything(cfg.train.seed + info.rank)  # dropout differs across ranks, reproducibly
     optimizer = build_optimizer(distiller.student, cfg)
     mode = "distill" if distiller.teacher is not None else "supervised"
-    resume = resume_path(cfg)
-    state = load_checkpoint(resume) if resume else None
+    resume, state = agreed_resume(cfg, info)
     log = RunLog(cfg.output.dir, cfg) if info.is_main else None
     barrier()
     meta = checkpoint_meta(cfg.model, cfg, mode)
