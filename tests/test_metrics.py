@@ -27,11 +27,14 @@ def test_against_hand_computed_matrix():
 
 def test_accumulates_over_images_not_mean_of_images():
     cm = ConfusionMatrix(2)
-    cm.update(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 0, 1]))
-    cm.update(torch.tensor([1]), torch.tensor([1]))
+    cm.update(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 0, 1]))  # class 1: IoU 0 in this image
+    cm.update(torch.tensor([1, 1, 0]), torch.tensor([1, 1, 1]))  # class 1: IoU 2/3 in this image
     r = cm.compute()
-    assert math.isclose(r["iou"][1], 1 / 2)  # per-image averaging would give (0 + 1) / 2 only by accident
-    assert math.isclose(r["allAcc"], 4 / 5)
+    # one matrix over both images: class 1 TP 2, FN 2 -> 1/2 (the mean of per-image IoUs would be 1/3);
+    # class 0 TP 3, FP 2 -> 3/5
+    assert math.isclose(r["iou"][1], 1 / 2) and math.isclose(r["iou"][0], 3 / 5)
+    assert math.isclose(r["mIoU"], (1 / 2 + 3 / 5) / 2)
+    assert math.isclose(r["allAcc"], 5 / 7)
 
 
 def test_absent_class_is_nan_and_excluded_from_means():

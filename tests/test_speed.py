@@ -1,5 +1,6 @@
 """The speed switches change no result beyond a stated tolerance, and the benchmark tool runs on CPU."""
 
+import copy
 import json
 
 import pytest
@@ -49,14 +50,19 @@ def test_channels_last_changes_no_output():
 
 
 def test_teacher_fast_path_equals_plain_forward():
+    """Against an independent copy taken before the Distiller touched the teacher, in eval mode, while the
+    distiller itself is in training mode (the teacher must stay in eval mode: running BN statistics)."""
     student, teacher = pair()
-    d = Distiller(student, teacher)
+    reference = copy.deepcopy(teacher).eval()
+    d = Distiller(student, teacher).train()
     images, _ = batch()
     fast = d.teacher_logits(images)
     with torch.no_grad():
-        plain = teacher.eval()(images)
+        plain = reference(images)
+        batch_stats = copy.deepcopy(reference).train()(images)  # what a teacher left in train mode gives
     for k in plain:
         assert torch.equal(fast[k], plain[k])
+        assert not torch.allclose(fast[k], batch_stats[k], atol=1e-3)
         assert not fast[k].is_inference()  # usable in the student's autograd graph
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from model.pspnet import build_pspnet
 from tests.conftest import REPO, TINY_CLASSES, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,8 @@ def test_teacher_distill_test_end_to_end(tiny_data, teacher, tmp_path):
     assert {"loss", "ce", "aux", "kd", "feat", "lr", "images_per_s"} <= set(rows[-1])
     ckpt = torch.load(os.path.join(run_dir, "model", "final.pth"), weights_only=True)
     assert ckpt["mode"] == "distill" and ckpt["layers"] == 18 and ckpt["iteration"] == 3
-    assert not any(k.startswith("teacher") for k in ckpt["model"])
+    # exactly the student's own weights: no teacher tensors, no wrapper prefixes, nothing missing
+    assert set(ckpt["model"]) == set(build_pspnet(18, TINY_CLASSES).state_dict())
     assert {"optimizer", "rng", "epoch", "config", "scheduler"} <= set(ckpt)
 
     r = run_cli("test.py", "--config", KD_CFG, *tiny_overrides(tiny_data, run_dir), "test.flip=true")
