@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from data.dataset import SegDataset, check_label, read_image, read_label, read_list
+from data.loader import ResumableSampler
 from data.palette import colorize, load_names, save_label_png, voc_palette
 from data.transforms import (
     IMAGENET_MEAN,
@@ -216,3 +217,22 @@ def test_palette_and_names_files():
     with open(os.path.join(REPO, "data", "voc2012", "voc2012_colors.txt")) as f:
         colours = [[int(v) for v in line.split()] for line in f if line.strip()]
     assert colours == [palette[3 * i:3 * i + 3] for i in range(21)]
+
+
+def test_sampler_reshuffles_every_epoch_reproducibly_and_shards_disjointly():
+    data = list(range(40))
+    order = {}
+    for epoch in (0, 1):
+        for rank in (0, 1):
+            s = ResumableSampler(data, num_replicas=2, rank=rank, seed=3)
+            s.set_epoch(epoch)
+            order[epoch, rank] = [i for e, i in s]
+            assert {e for e, _ in s} == {epoch}  # the epoch travels with the index (it seeds augmentation)
+    assert order[0, 0] != order[1, 0]  # a new order each epoch
+    assert sorted(order[0, 0] + order[0, 1]) == data  # the two ranks split the epoch without overlap
+    again = ResumableSampler(data, num_replicas=2, rank=0, seed=3)
+    again.set_epoch(1, skip=5)  # a resume 5 samples into epoch 1 continues the same order
+    assert [i for _, i in again] == order[1, 0][5:]
+    other_seed = ResumableSampler(data, num_replicas=2, rank=0, seed=4)
+    other_seed.set_epoch(1)
+    assert [i for _, i in other_seed] != order[1, 0]
