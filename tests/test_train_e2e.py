@@ -130,3 +130,21 @@ def test_torchrun_two_processes(tiny_data, teacher, tmp_path):
         assert len(os.listdir(os.path.join(out, "gray"))) == 4  # every image once, no duplicates
     for key in ("mIoU", "mAcc", "allAcc"):
         assert outs[1][key] == pytest.approx(outs[2][key], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_val_every_validates_at_epoch_ends_with_the_test_protocol(tiny_data, tmp_path):
+    """train.val_every=1 over 2 epochs of 6 iterations: val rows at iterations 6 and 12, and the last one scores
+    the final weights exactly as test.py does."""
+    cfg = "config/synthetic/pspnet18_baseline.yaml"
+    run_dir = str(tmp_path / "val")
+    r = run_cli("train.py", "--config", cfg, *tiny_overrides(tiny_data, run_dir), "train.epochs=2", "train.val_every=1")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    val = [row for row in rows if row["kind"] == "val"]
+    assert [row["iteration"] for row in val] == [6, 12]
+    r = run_cli("test.py", "--config", cfg, *tiny_overrides(tiny_data, run_dir), "test.save_predictions=false")
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(os.path.join(run_dir, "eval", "ss", "metrics.json")))
+    for key in ("mIoU", "mAcc", "allAcc"):
+        assert val[-1][key] == pytest.approx(metrics[key], abs=1e-12)
