@@ -2,17 +2,23 @@
 nothing written (output.dir absent, or unchanged when it existed). Plus safe loading: no code in a
 checkpoint or a config is ever run.
 
-Each case is a train.py subprocess. They run concurrently: a case costs ~3 s, nearly all of it imports.
+The fast tier calls ``train.main`` in-process for every case (stdout and stderr captured, from the repository
+root): the same code path as the command line without the ~3 s of imports a subprocess costs. The slow
+tier runs a few cases and every checkpoint-role case as real ``train.py`` subprocesses (concurrently), which
+also holds the promise that a bad input never prints a traceback.
 """
 
 import ast
+import contextlib
 import hashlib
+import io
 import os
 import pickle
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -330,13 +336,31 @@ def _(ctx):
 
 
 # ---------------------------------------------------------------- running and checking
-def run_all(registry, tiny, tmp_root: Path, ckpts):
+def run_in_process(args):
+    """``train.main(args)`` as the command line would run it: from the repository root, output captured."""
+    import train
+
+    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = train.main(list(args))
+    finally:
+        os.chdir(cwd)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def run_all(registry, tiny, tmp_root: Path, ckpts, in_process=False, names=None):
     prepared = {}
     for name, build in registry.items():
+        if names is not None and name not in names:
+            continue
         tmp = tmp_root / name
         tmp.mkdir()
         prepared[name] = build(Ctx(tiny, tmp, ckpts))
     before = {name: snapshot(c.run_dir) for name, c in prepared.items()}
+    if in_process:  # one after the other: train.main owns process-wide state (cwd, streams, signals)
+        return {name: (c, before[name], run_in_process(c.args)) for name, c in prepared.items()}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         futures = {name: pool.submit(run_cli, "train.py", *c.args, env=ENV, timeout=300)
                    for name, c in prepared.items()}
@@ -355,9 +379,18 @@ def check(c: Case, before, r):
         assert not os.path.exists(path), f"{path}: a payload ran"
 
 
+# The cases also run as real subprocesses in the slow tier (a traceback would show there).
+SUBPROCESS_CASES = ("unknown_key", "yaml_that_runs_code", "resume_text_file", "crop_too_small")
+
+
 @pytest.fixture(scope="module")
 def fast_results(tiny_data, tmp_path_factory):
-    return run_all(FAST, tiny_data, tmp_path_factory.mktemp("bad_fast"), {})
+    return run_all(FAST, tiny_data, tmp_path_factory.mktemp("bad_fast"), {}, in_process=True)
+
+
+@pytest.fixture(scope="module")
+def subprocess_results(tiny_data, tmp_path_factory):
+    return run_all(FAST, tiny_data, tmp_path_factory.mktemp("bad_sub"), {}, names=SUBPROCESS_CASES)
 
 
 @pytest.fixture(scope="module")
@@ -382,6 +415,12 @@ def slow_results(tiny_data, ckpts, tmp_path_factory):
 @pytest.mark.parametrize("name", list(FAST))
 def test_bad_input(name, fast_results):
     check(*fast_results[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+def test_bad_input_as_a_subprocess(name, subprocess_results):
+    check(*subprocess_results[name])
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ def write_colour_squares(root, n_train=48, n_val=8, size=72):
             f.writelines(lines)
 
 
+@pytest.mark.slow
 def test_student_learns_an_easy_task(tmp_path):
     root, run = str(tmp_path / "squares"), str(tmp_path / "run")
     write_colour_squares(root)

@@ -88,6 +88,7 @@ def test_uint8_batches_normalised_on_device_are_the_same_floats(tiny_data):
         assert torch.equal(normalize(ib), ia) and torch.equal(la, lb)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_on_cpu(tiny_data, tmp_path):
     out = tmp_path / "bench.json"
     r = run_cli("-m", "util.benchmark", "--config", "config/synthetic/pspnet18_kd.yaml", "--crop", "65",
