@@ -260,7 +260,8 @@ def generate(out: str, train: int = 1464, val: int = 300, classes: int = 21, see
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (VOC layout)")
-    parser.add_argument("--preset", default="voc", help="voc (VOC-sized scenes, default) or cpu (96x96, 8 classes)")
+    parser.add_argument("--preset", default="voc", choices=list(PRESETS),
+                        help="voc (VOC-sized scenes, default) or cpu (96x96, 8 classes)")
     parser.add_argument("--train", type=int, help="training images (voc: 1464 as VOC train, cpu: 2000)")
     parser.add_argument("--val", type=int, help="validation images (default 300)")
     parser.add_argument("--classes", type=int, help="classes including background (voc: 2..21, cpu: 2..8; default all)")
@@ -269,8 +270,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        if args.preset not in PRESETS:
-            raise SegKDError(f"--preset: expected one of {', '.join(PRESETS)}, got {args.preset!r}")
         for key in ("train", "val", "classes"):
             if getattr(args, key) is None:
                 setattr(args, key, PRESETS[args.preset][key])

@@ -88,12 +88,13 @@ class Distiller(nn.Module):
         """Teacher {'out','aux'} logits as ordinary tensors (inference tensors cannot enter autograd), from
         the teacher cache when it holds this exact batch."""
         cache = self.teacher_cache
-        cached = cache.get(images) if cache is not None else None
+        key = cache.key(images) if cache is not None else None  # hashing the batch once
+        cached = cache.get(key, images.device) if cache is not None else None
         if cached is not None:
             return cached
         logits = {k: v.clone() for k, v in self._teacher_logits(images).items()}
         if cache is not None:
-            cache.put(images, logits)
+            cache.put(key, logits)
         return logits
 
     def forward(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

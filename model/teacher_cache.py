@@ -7,7 +7,7 @@ about as much as the student's whole training step. ``distill.teacher_cache=DIR`
 The key is a SHA-256 of the teacher's identity (its checkpoint's bytes), whether autocast is on, and the
 batch itself (dtype, shape and bytes of the normalised images), so a hit is the teacher's output for
 exactly these pixels and a different teacher, crop or augmentation can never hit. Files are written
-atomically (``<key>.pt.tmp`` then rename), so concurrent runs and a killed run leave only whole entries.
+atomically (``<key>.pt.<pid>.tmp`` then rename), so concurrent runs and a killed run leave only whole entries.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def _autocast_on(device_type: str) -> bool:
 
 
 class TeacherCache:
-    """``get(images)`` -> ``{'out','aux'}`` logits or None; ``put(images, logits)`` stores them (N×K×h×w
-    float tensors, on the CPU on disk, returned on ``images``' device). ``hits`` and ``misses`` count calls."""
+    """``get(key, device)`` -> ``{'out','aux'}`` logits or None; ``put(key, logits)`` stores them (N×K×h×w
+    float tensors, on the CPU on disk, returned on ``device``), ``key = cache.key(images)`` hashed once per
+    batch. ``hits`` and ``misses`` count calls."""
 
     def __init__(self, directory: str, teacher_id: str):
         self.directory = directory
@@ -56,20 +57,20 @@ class TeacherCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, key[:2], key + ".pt")
 
-    def get(self, images: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
-        path = self._path(self.key(images))
+    def get(self, key: str, device: torch.device) -> Optional[dict[str, torch.Tensor]]:
+        path = self._path(key)
         if not os.path.isfile(path):
             self.misses += 1
             return None
         try:
-            logits = torch.load(path, map_location=images.device, weights_only=True)
+            logits = torch.load(path, map_location=device, weights_only=True)
         except Exception as e:  # a damaged entry: say which, rather than distil from garbage
             raise SegKDError(f"{path}: unreadable teacher-cache entry ({e}); delete it") from None
         self.hits += 1
         return logits
 
-    def put(self, images: torch.Tensor, logits: dict[str, torch.Tensor]) -> None:
-        path = self._path(self.key(images))
+    def put(self, key: str, logits: dict[str, torch.Tensor]) -> None:
+        path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         torch.save({k: v.detach().cpu() for k, v in logits.items()}, tmp)

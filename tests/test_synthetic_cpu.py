@@ -70,7 +70,9 @@ def test_classes_subset_and_bad_arguments(tmp_path):
     assert set(np.unique(label)) <= {0, 1, 2, 255}
     with pytest.raises(SegKDError, match="--classes: expected 2..8 for --preset cpu"):
         generate(str(tmp_path / "x"), 4, 2, 9, 0, 1, "cpu")
-    assert main(["--out", str(tmp_path / "y"), "--preset", "gpu"]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse: "invalid choice: 'gpu' (choose from 'voc', 'cpu')"
+        main(["--out", str(tmp_path / "y"), "--preset", "gpu"])
+    assert stop.value.code == 2 and not (tmp_path / "y").exists()
 
 
 def test_a_set_of_the_other_tier_is_refused(cpu_set):
