@@ -68,15 +68,11 @@ class ResNetBackbone(nn.Module):
             raise SegKDError(f"model.layers must be one of {sorted(_BUILDERS)}, got {layers!r}")
         builder, _ = _BUILDERS[layers]
         bottleneck = layers >= 50
-        # Bottleneck supports dilation natively: the first block of each dilated layer keeps the previous
-        # dilation (torchvision's convention), the rest get 2 in layer3 and 4 in layer4.
-        kwargs = {"replace_stride_with_dilation": [False, True, True]} if bottleneck else {}
         # zero_init_residual (Goyal et al. 2017): each block starts as the identity, which lets a deep network
         # trained from scratch learn from the first iterations; loaded weights replace it.
-        resnet = builder(weights=None, zero_init_residual=zero_init_residual, **kwargs)
-        if not bottleneck:
-            _dilate_basic_layer(resnet.layer3, 2)
-            _dilate_basic_layer(resnet.layer4, 4)
+        resnet = builder(weights=None, zero_init_residual=zero_init_residual)
+        _dilate_layer(resnet.layer3, 2)
+        _dilate_layer(resnet.layer4, 4)
         for name in TORCHVISION_KEY_MAP.values():
             setattr(self, name, getattr(resnet, name))
         self.relu = resnet.relu
@@ -102,20 +98,22 @@ class ResNetBackbone(nn.Module):
         return {"layer3": c3, "layer4": c4}
 
 
-def _dilate_basic_layer(layer: nn.Sequential, dilation: int) -> None:
-    """Remove the stride of a BasicBlock layer and dilate its 3x3 convs, in place.
+def _dilate_layer(layer: nn.Sequential, dilation: int) -> None:
+    """Remove the stride of a ResNet layer and dilate every 3x3 conv of every block, in place.
 
-    torchvision's BasicBlock refuses ``dilation > 1`` in its constructor, so ResNet-18/34 cannot use
-    ``replace_stride_with_dilation``; the built convs are patched instead. Every block, the first included,
-    gets the full dilation (semseg's convention); padding = dilation keeps the spatial size.
+    This is semseg's convention for every depth: all blocks of layer3 get dilation 2 and all of layer4
+    dilation 4, the first block included (torchvision's ``replace_stride_with_dilation`` keeps the previous
+    dilation in a layer's first block, and BasicBlock refuses it altogether). padding = dilation keeps the
+    spatial size; the 1x1 convs (Bottleneck's conv1/conv3, the downsample) only lose their stride.
     """
     for block in layer:
-        for conv in (block.conv1, block.conv2):
+        for conv in block.modules():
+            if not isinstance(conv, nn.Conv2d):
+                continue
             conv.stride = (1, 1)
-            conv.dilation = (dilation, dilation)
-            conv.padding = (dilation, dilation)
-        if block.downsample is not None:
-            block.downsample[0].stride = (1, 1)
+            if conv.kernel_size == (3, 3):
+                conv.dilation = (dilation, dilation)
+                conv.padding = (dilation, dilation)
 
 
 def imagenet_state_dict(layers: int, weights: str = "IMAGENET1K_V1") -> dict[str, Tensor]:

@@ -39,24 +39,25 @@ def test_channels_by_depth():
     assert ResNetBackbone(50).channels == {"layer3": 1024, "layer4": 2048}
 
 
-@pytest.mark.parametrize("depth", [18, 34])
-def test_basic_block_dilation(depth):
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_every_block_dilated_like_semseg(depth):
+    """semseg's convention at every depth: each block of layer3 (the first included) has its 3x3 convs at
+    dilation 2 and of layer4 at 4, padding = dilation, and no conv of either layer has a stride."""
     net = ResNetBackbone(depth)
+    threes_per_block = 1 if depth >= 50 else 2
     for layer_name, dilation in (("layer3", 2), ("layer4", 4)):
-        convs = [m for m in getattr(net, layer_name).modules() if isinstance(m, nn.Conv2d)]
-        assert all(c.stride == (1, 1) for c in convs), layer_name
-        three = [c for c in convs if c.kernel_size == (3, 3)]
-        assert len(three) == 2 * len(getattr(net, layer_name))
-        assert all(c.dilation == (dilation, dilation) and c.padding == (dilation, dilation) for c in three)
-
-
-def test_bottleneck_strides_removed():
-    net = ResNetBackbone(50)
-    for layer_name in ("layer3", "layer4"):
-        convs = [m for m in getattr(net, layer_name).modules() if isinstance(m, nn.Conv2d)]
-        assert all(c.stride == (1, 1) for c in convs), layer_name
-    assert net.layer4[-1].conv2.dilation == (4, 4)
-    assert net.layer3[-1].conv2.dilation == (2, 2)
+        for i, block in enumerate(getattr(net, layer_name)):
+            where = f"{layer_name}[{i}]"
+            convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+            assert all(c.stride == (1, 1) for c in convs), where
+            three = [c for c in convs if c.kernel_size == (3, 3)]
+            assert len(three) == threes_per_block, where
+            assert all(c.dilation == (dilation, dilation) and c.padding == (dilation, dilation) for c in three), where
+            ones = [c for c in convs if c.kernel_size == (1, 1)]
+            assert all(c.dilation == (1, 1) and c.padding == (0, 0) for c in ones), where
+    for layer_name in ("layer1", "layer2"):  # untouched: stride 2 stays in layer2's first block
+        assert all(m.dilation == (1, 1) for m in getattr(net, layer_name).modules() if isinstance(m, nn.Conv2d))
+    assert net.layer2[0].conv2.stride == (2, 2) if depth >= 50 else net.layer2[0].conv1.stride == (2, 2)
 
 
 @pytest.mark.parametrize("bad", [0, 17, 152, "50"])
@@ -137,3 +138,41 @@ def test_injected_backbone_and_eval_returns_aux():
     with torch.no_grad():
         out = model(torch.randn(2, 3, 32, 32))
     assert out["out"].shape == (2, 2, 4, 4) and out["aux"].shape == (2, 2, 4, 4)
+
+
+def test_aux_false_skips_the_aux_head_and_keeps_the_main_logits():
+    torch.manual_seed(0)
+    net = build_pspnet(18, classes=4).eval()
+    calls = []
+    net.aux_head.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        full, main = net(x), net(x, aux=False)
+    assert set(main) == {"out"} and len(calls) == 1  # only the default call ran the aux head
+    assert torch.equal(main["out"], full["out"])
+
+
+def test_params_and_gflops_count_the_inference_network_only():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from util.flops import count_params, gflops
+
+    net = build_pspnet(18, classes=21)
+    aux = sum(p.numel() for p in net.aux_head.parameters())
+    total = sum(p.numel() for p in net.parameters())
+    assert aux > 0 and count_params(net) == total - aux
+    assert count_params(nn.Linear(3, 2)) == 8  # any other module: all its parameters
+
+    def counted(module, x, **kw):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            module(x, **kw)
+        return counter.get_total_flops()
+
+    with torch.device("meta"):
+        meta = build_pspnet(18, classes=21).eval()
+        x = torch.empty(1, 3, 65, 65)
+        layer3 = torch.empty(1, 256, 9, 9)
+    with_aux, aux_only = counted(meta, x), counted(meta.aux_head, layer3)
+    assert aux_only > 0
+    assert gflops(18, 21, 65) * 1e9 == pytest.approx(with_aux - aux_only, rel=1e-9)
