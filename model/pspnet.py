@@ -2,6 +2,7 @@
 
     model = build_pspnet(layers=18, classes=21, pretrained=True)
     logits = model(images)  # {"out": N x 21 x h x w, "aux": N x 21 x h x w}, h = H/8 (473 -> 60)
+    logits = model(images, aux=False)  # {"out": ...}: evaluation skips the aux head
     backbone_params, head_params = model.param_groups()  # for the 1x / 10x learning rates
 
 The model never computes a loss and never upsamples its output: losses and evaluation resize the logits
@@ -84,12 +85,21 @@ class PSPNet(nn.Module):
         self.head = _head(self.ppm.out_channels, 512, classes, dropout)
         self.aux_head = _head(channels["layer3"], 256, classes, dropout)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, aux: bool = True) -> dict[str, Tensor]:
         """x: N x 3 x H x W -> {"out": N x K x h x w, "aux": N x K x h x w} logits at the feature resolution
-        (h = H/8 through the stem), NOT upsampled. ``aux`` is returned in eval mode too: a distilled
-        student uses the teacher's aux logits."""
+        (h = H/8 through the stem), NOT upsampled. ``aux=False`` skips the aux head and returns only "out":
+        evaluation does that (the aux head is a training device); a distilled student's loss uses the
+        teacher's aux logits, so the default computes them in eval mode too."""
         feats = self.backbone(x)
-        return {"out": self.head(self.ppm(feats["layer4"])), "aux": self.aux_head(feats["layer3"])}
+        out = {"out": self.head(self.ppm(feats["layer4"]))}
+        if aux:
+            out["aux"] = self.aux_head(feats["layer3"])
+        return out
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the network evaluated and deployed: everything but the aux head."""
+        skip = {id(p) for p in self.aux_head.parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, new-layer parameters: ppm, head, aux_head), for the 1x / 10x lr."""

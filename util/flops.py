@@ -1,4 +1,5 @@
-"""Parameter and FLOP counts for the results tables (FLOPs counted on the meta device: no compute)."""
+"""Parameter and FLOP counts of the inference network (PSPNet without its aux head, which evaluation
+skips) for the results tables; FLOPs are counted on the meta device: no compute."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from model.pspnet import build_pspnet
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the inference network: a PSPNet's aux head is left out, any other module counts whole."""
+    params = model.inference_parameters() if hasattr(model, "inference_parameters") else model.parameters()
+    return sum(p.numel() for p in params)
 
 
 def gflops(layers: int, classes: int, crop_size: int) -> float:
-    """Forward GFLOPs (multiply-add = 2 FLOPs) of PSPNet-R{layers} with its aux head on one crop×crop image."""
+    """Forward GFLOPs (multiply-add = 2 FLOPs) of PSPNet-R{layers} without its aux head on one crop×crop
+    image: what evaluation computes per window."""
     with torch.device("meta"):
         model = build_pspnet(layers, classes, pretrained=False).eval()
         x = torch.empty(1, 3, crop_size, crop_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x)
+        model(x, aux=False)
     return counter.get_total_flops() / 1e9
