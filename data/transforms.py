@@ -60,6 +60,14 @@ class Compose:
         return f"Compose({self.transforms})"
 
 
+class ToFloat:
+    """The image as float32 (label untouched), so that every later resize, rotation and blur interpolates
+    without rounding and padding takes the exact mean: semseg's ``np.float32(image)`` before its transforms."""
+
+    def __call__(self, image: np.ndarray, label: np.ndarray):
+        return image.astype(np.float32, copy=False), label
+
+
 class RandScale:
     """Resize by a factor drawn uniformly from ``scale``: image bilinear, label nearest."""
 
@@ -243,8 +251,12 @@ def build_train_transform(
 ) -> Compose:
     """semseg's training augmentation: scale, rotate, blur, flip, random crop, to tensor, normalise.
 
-    ``uint8=True`` stops before normalising and returns uint8 image tensors (every step before is
-    uint8 in, uint8 out); :class:`DeviceNormalize` on the batch then gives the same floats.
+    The default works on the float32 image as semseg does: interpolation never rounds and padding is the
+    exact mean, which normalises to 0. ``uint8=True`` (``train.uint8_batches``, a quarter of the bytes per
+    batch for GPU input pipelines) keeps the image uint8 throughout and stops before normalising
+    (:class:`DeviceNormalize` runs on the batch): each interpolating step rounds to a whole grey level and
+    padding is the mean rounded to (124, 116, 104), so its values are close to, not equal to, the default's
+    (the bound is tested in tests/test_data.py).
     """
     steps = [
         RandScale(scale),
@@ -254,7 +266,7 @@ def build_train_transform(
         Crop(crop_size, crop_type="rand", padding=IMAGENET_MEAN, ignore_label=ignore_label),
         ToTensor(uint8=uint8),
     ]
-    return Compose(steps if uint8 else [*steps, Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return Compose(steps if uint8 else [ToFloat(), *steps, Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def build_val_transform(crop_size: Size, ignore_label: int = 255) -> Compose:

@@ -167,6 +167,20 @@ def test_padding_only_adds_ignore():
     np.testing.assert_allclose(pad_pixel, np.round(IMAGENET_MEAN), atol=1)
 
 
+def test_train_pipeline_pads_with_the_exact_mean():
+    """The default (float) pipeline pads a small image with the exact ImageNet mean, which normalises to 0
+    (a uint8 image would pad with the rounded mean (124, 116, 104): 0.3 to 0.5 grey levels off)."""
+    image, label = np.full((12, 12, 3), 200, np.uint8), np.full((12, 12), 1, np.uint8)
+    transform = build_train_transform(40, scale=(1.0, 1.0), rotate=(0.0, 0.0))
+    random.seed(0)
+    for _ in range(5):
+        out_image, out_label = transform(image, label)
+        padded = out_label == 255
+        assert padded.sum() == 40 * 40 - 144
+        assert out_image[:, padded].abs().max().item() == 0.0
+        assert (out_image[:, ~padded] > 0.5).all()  # the image itself, 200 grey levels, is not zero
+
+
 @pytest.mark.parametrize("size, crop_type", [(17, "rand"), ((9, 25), "rand"), ((31, 5), "center")])
 def test_crop_shapes(size, crop_type):
     h, w = (size, size) if isinstance(size, int) else size

@@ -33,7 +33,11 @@ class TinyNet(nn.Module):
         torch.manual_seed(0)
         self.conv = nn.Conv2d(3, CLASSES, 5, stride=stride, padding=2)
 
-    def forward(self, x):
+        self.aux_calls = 0
+
+    def forward(self, x, aux=True):
+        if aux:  # evaluation must not ask for the aux head
+            self.aux_calls += 1
         return {"out": self.conv(x)}
 
 
@@ -104,9 +108,23 @@ def test_probabilities_match_the_reference(stride, flip, scales, size, base):
     ours = predict_probs(model, image, CLASSES, base, CROP, scales, flip, 2 / 3, torch.device("cpu"))
     ref = reference(model, image, base, scales, flip)
     np.testing.assert_allclose(ours.numpy().transpose(1, 2, 0), ref, atol=1e-5, rtol=0)
-    # and the class map is its argmax
+    # and the class map is its argmax, computed without the aux head
+    model.aux_calls = 0
     labels = predict(model, image, CLASSES, base, CROP, scales, flip, 2 / 3, torch.device("cpu"))
     assert (labels == ours.argmax(0).numpy()).all()
+    assert model.aux_calls == 0
+
+
+def test_a_uint8_image_is_resized_as_float():
+    """semseg converts the decoded image to float32 before resizing; a uint8 resize would round every
+    interpolated pixel to a whole grey level and move the probabilities beyond the tolerance."""
+    model = TinyNet(2).eval()
+    image = np.random.default_rng(2).integers(0, 256, (110, 150, 3), dtype=np.uint8)
+    ours = predict_probs(model, image, CLASSES, 137, CROP, [0.75, 1.0], False, 2 / 3, torch.device("cpu"))
+    ref = reference(model, image.astype(np.float32), 137, [0.75, 1.0], False)
+    np.testing.assert_allclose(ours.numpy().transpose(1, 2, 0), ref, atol=1e-5, rtol=0)
+    rounded = reference(model, image, 137, [0.75, 1.0], False)  # what a uint8 resize gives
+    assert np.abs(rounded - ref).max() > 1e-5
 
 
 def test_the_reference_is_sensitive():

@@ -8,7 +8,7 @@ import torch
 
 from data.dataset import SegDataset
 from data.loader import build_train_loader
-from data.transforms import DeviceNormalize, build_train_transform
+from data.transforms import IMAGENET_STD, DeviceNormalize, build_train_transform
 from model.distiller import Distiller
 from model.pspnet import build_pspnet
 from tests.conftest import TINY_CLASSES, run_cli
@@ -79,13 +79,18 @@ def test_data_pipeline_same_samples_for_any_worker_count(tiny_data):
         assert torch.equal(ia, ib) and torch.equal(la, lb)
 
 
-def test_uint8_batches_normalised_on_device_are_the_same_floats(tiny_data):
-    # train.uint8_batches: the loader ships uint8 and the trainer normalises; the values must not change.
+def test_uint8_batches_stay_within_rounding_of_the_float_pipeline(tiny_data):
+    """train.uint8_batches: uint8 augmentation, normalised by the trainer. Each interpolating step (scale,
+    rotate, blur) rounds to a whole grey level and the padding is the rounded mean, so the batch is within
+    1.5 grey levels of the default float pipeline's, never more; labels are identical."""
     plain, small = loader_batches(tiny_data, 0), loader_batches(tiny_data, 0, uint8=True)
     normalize = DeviceNormalize()
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    worst = 0.0
     for (ia, la), (ib, lb) in zip(plain, small):
-        assert ia.dtype == torch.float32 and ib.dtype == torch.uint8
-        assert torch.equal(normalize(ib), ia) and torch.equal(la, lb)
+        assert ia.dtype == torch.float32 and ib.dtype == torch.uint8 and torch.equal(la, lb)
+        worst = max(worst, ((normalize(ib) - ia).abs() * std).max().item())
+    assert 0 < worst <= 1.5  # in grey levels; 0 would mean the float pipeline rounds too
 
 
 @pytest.mark.slow

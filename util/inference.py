@@ -35,10 +35,10 @@ def window_probs(model: nn.Module, windows: torch.Tensor, flip: bool, batch: int
     """Softmax probabilities B×K×h×w of B×3×h×w windows at window resolution (flip-averaged if asked)."""
     outs = []
     for chunk in windows.split(batch):
-        logits = resize_logits(model(chunk)["out"], tuple(chunk.shape[-2:]))
+        logits = resize_logits(model(chunk, aux=False)["out"], tuple(chunk.shape[-2:]))
         probs = F.softmax(logits.float(), dim=1)
         if flip:
-            flipped = resize_logits(model(chunk.flip(3))["out"], tuple(chunk.shape[-2:]))
+            flipped = resize_logits(model(chunk.flip(3), aux=False)["out"], tuple(chunk.shape[-2:]))
             probs = (probs + F.softmax(flipped.float(), dim=1).flip(3)) / 2
         outs.append(probs)
     return torch.cat(outs)
@@ -81,13 +81,15 @@ def predict_probs(
     model: nn.Module, image: np.ndarray, classes: int, base_size: int, crop: int,
     scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
 ) -> torch.Tensor:
-    """K×H×W class probabilities for an H×W×3 RGB image, averaged over ``scales`` (and flips)."""
+    """K×H×W class probabilities for an H×W×3 RGB image (uint8 or float, resized as float32), averaged over
+    ``scales`` (and flips)."""
     h, w = image.shape[:2]
     total = torch.zeros(classes, h, w, device=device)
     for scale in scales:
         long_size = int(round(base_size * scale))
         nh, nw = (long_size, int(round(long_size * w / h))) if h > w else (int(round(long_size * h / w)), long_size)
-        scaled = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        # the float image is resized (semseg's test.py converts first): a uint8 resize rounds to whole grey levels
+        scaled = cv2.resize(image.astype(np.float32, copy=False), (nw, nh), interpolation=cv2.INTER_LINEAR)
         probs = sliding_probs(model, scaled, classes, crop, stride_rate, flip, device)
         total += F.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     return total / len(scales)
