@@ -22,11 +22,21 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
 
-def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of an N×H×W label map to N×size: no new label values can appear."""
+def sample_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The N×H×W labels at the pixels an N×K×size logit map stands for: with align_corners=True (how the
+    logits are zoomed to the label, :func:`resize_logits`) logit (i, j) sits at pixel
+    (round(i (H-1)/(h-1)), round(j (W-1)/(w-1))), e.g. 8i for a 473 crop at 1/8. Nearest-neighbour resize
+    would sample floor(i H/h) instead, up to 7 pixels away. No new label values can appear."""
     if tuple(target.shape[-2:]) == tuple(size):
         return target
-    return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].to(target.dtype)
+    rows, cols = (_centres(n_in, n_out, target.device) for n_in, n_out in zip(target.shape[-2:], size))
+    return target[:, rows][:, :, cols]
+
+
+def _centres(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    if n_out == 1:
+        return torch.zeros(1, dtype=torch.long, device=device)
+    return torch.round(torch.arange(n_out, device=device, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))).long()
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
@@ -50,7 +60,7 @@ def _align(
     if full_resolution:
         size = tuple(target.shape[-2:])
         return resize_logits(student, size), resize_logits(teacher, size), target
-    return student, teacher, resize_target(target, tuple(student.shape[-2:]))
+    return student, teacher, sample_target(target, tuple(student.shape[-2:]))
 
 
 def _valid_mean(per_pixel: torch.Tensor, target: Optional[torch.Tensor], ignore_index: int) -> torch.Tensor:
@@ -72,8 +82,9 @@ def kd_kl_loss(
     """Temperature-scaled pixel-wise KL(softmax(t/T) || softmax(s/T)), summed over classes, averaged over
     valid pixels, times T² (Hinton et al.) so gradients keep their scale as T changes.
 
-    student_logits, teacher_logits: N×K×h×w (same shape). target: N×H×W labels, resized to h×w by nearest
-    neighbour to find the ignored pixels; with ``full_resolution`` the logits are upsampled to H×W instead.
+    student_logits, teacher_logits: N×K×h×w (same shape). target: N×H×W labels, sampled at the logits'
+    positions (:func:`sample_target`) to find the ignored pixels; with ``full_resolution`` the logits are
+    upsampled to H×W instead.
     ``target=None`` averages over all pixels.
     """
     s, t, target = _align(student_logits, teacher_logits, target, full_resolution)

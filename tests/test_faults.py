@@ -290,3 +290,22 @@ def test_shielded_workers_do_not_hang_interpreter_exit(tmp_path):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "exiting" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_nonfinite_loss_found_at_a_later_flush_names_its_own_iteration(tiny_data, tmp_path):
+    """Loss terms reach the host every train.log_every iterations (and before each checkpoint): a term that
+    went non-finite in between is still reported at the iteration it happened, and nothing is written."""
+    from tests.test_bad_inputs import run_in_process
+
+    found = {}
+    for name, extra in (("every", ["train.checkpoint_every=1"]),
+                        ("window", ["train.checkpoint_every=100", "train.log_every=5"])):
+        run_dir = tmp_path / name
+        r = run_in_process(train_args(tiny_data, run_dir, "train.base_lr=1.0e+30", *extra)[1:])
+        assert r.returncode == 2, r.stderr
+        found[name] = re.search(r"error: iteration (\d+): loss term '\w+' is (nan|inf|-inf); stopping, (.*)", r.stderr)
+        assert found[name], r.stderr
+    step = int(found["every"].group(1))
+    assert step < 5 and int(found["window"].group(1)) == step  # found at the flush of iteration 5
+    assert found["window"].group(3) == "no checkpoint was written yet"
+    assert not (tmp_path / "window" / "model" / "last.pth").exists()

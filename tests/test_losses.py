@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.losses import cross_entropy, kd_kl_loss, resize_target, smooth_l1_logits_loss
+from model.losses import cross_entropy, kd_kl_loss, sample_target, smooth_l1_logits_loss
 
 
 def np_softmax(x, axis):
@@ -88,7 +88,9 @@ def test_kd_downsamples_target_or_upsamples_logits(logits):
     target = torch.randint(0, 5, (2, 32, 48))
     target[:, :8] = 255
     low = kd_kl_loss(s, t, target)
-    assert low.item() == pytest.approx(reference_kd(s, t, resize_target(target, (4, 6)), 1.0, 255), rel=1e-5)
+    # align_corners positions: rows round(i * 31 / 3), columns round(j * 47 / 5)
+    at_logits = target[:, [0, 10, 21, 31]][:, :, [0, 9, 19, 28, 38, 47]]
+    assert low.item() == pytest.approx(reference_kd(s, t, at_logits, 1.0, 255), rel=1e-5)
     full = kd_kl_loss(s, t, target, full_resolution=True)
     # full resolution: both logits zoomed to the label (bilinear, align_corners=True, as PSPNet's own zoom),
     # every labelled pixel counted
@@ -97,9 +99,28 @@ def test_kd_downsamples_target_or_upsamples_logits(logits):
     assert full.item() != pytest.approx(low.item(), rel=1e-3)
 
 
-def test_resize_target_creates_no_new_values():
+def test_sample_target_creates_no_new_values():
     target = torch.tensor([[[0, 3, 255, 7] * 4] * 16])
-    assert set(resize_target(target, (5, 7)).unique().tolist()) <= {0, 3, 7, 255}
+    assert set(sample_target(target, (5, 7)).unique().tolist()) <= {0, 3, 7, 255}
+    assert sample_target(target, (1, 1)).shape == (1, 1, 1)
+
+
+def test_kd_mask_is_sampled_at_the_logit_centres():
+    """A 65 crop gives 9 logit rows at pixels 0, 8, ..., 64 (align_corners). With the ignore region starting
+    at row 22, logit row 3 (pixel 24) is ignored and row 2 (pixel 16) is not; nearest-neighbour resize
+    would sample pixel floor(3 * 65 / 9) = 21 for row 3 and count it."""
+    torch.manual_seed(0)
+    s, t = torch.randn(1, 4, 9, 9), torch.randn(1, 4, 9, 9)
+    target = torch.zeros(1, 65, 65, dtype=torch.long)
+    target[:, 22:] = 255
+    at_logits = sample_target(target, (9, 9))
+    assert at_logits[0, :, 0].tolist() == [0, 0, 0, 255, 255, 255, 255, 255, 255]
+    expected = torch.full((1, 9, 9), 255)
+    expected[:, :3] = 0
+    assert kd_kl_loss(s, t, target).item() == pytest.approx(reference_kd(s, t, expected, 1.0, 255), rel=1e-6)
+    nearest = torch.nn.functional.interpolate(target[:, None].float(), size=(9, 9), mode="nearest")[:, 0].long()
+    assert nearest[0, 3, 0] == 0  # the old sampling counted row 3: the test tells the two apart
+    assert kd_kl_loss(s, t, target).item() != pytest.approx(reference_kd(s, t, nearest, 1.0, 255), rel=1e-3)
 
 
 def test_smooth_l1_matches_reference(logits):

@@ -65,16 +65,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
-    """Average scalar tensors over processes (one collective for all of them)."""
-    if not values:
-        return {}
-    names = list(values)
-    stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
+def all_reduce_mean(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The mean over processes of a tensor (one collective), brought to the CPU: the caller's one host sync."""
+    values = values.detach().float()
     if world_size > 1:
-        dist.all_reduce(stacked)
-        stacked /= world_size
-    return dict(zip(names, stacked.tolist()))
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= world_size
+    return values.cpu()
 
 
 def broadcast_flag(flag: bool, device: torch.device) -> bool:

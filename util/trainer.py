@@ -89,6 +89,9 @@ class Trainer:
         self.saved_at: Optional[int] = None  # iteration of the last.pth this run wrote
         self._checked = False  # preflight() done
         self._tic, self._done_since = 0.0, 0
+        self._pending: list[torch.Tensor] = []  # per-step loss terms not yet synced to the host (flush())
+        self._names: list[str] = []
+        self._lr = 0.0
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Write ``model/<name>`` on rank 0 (collective). If the write fails, every rank stops."""
+        self.flush()  # a non-finite loss since the last flush stops here, before anything is written
         if name == "last.pth" and self.saved_at == self.iteration:
             return  # already written at this iteration (a checkpoint_every multiple at an epoch end)
         path = os.path.join(self.model_dir, name)
@@ -196,20 +200,37 @@ class Trainer:
         amp = torch.autocast(dev.type, dtype=self.amp_dtype) if t.amp else contextlib.nullcontext()
         with amp:
             total, terms = self.distiller(images, target)
-        values = all_reduce_mean({"loss": total.detach(), **terms}, self.info.world_size)
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:  # before the update: the weights and the last checkpoint stay good
-            term = next((k for k in bad if k != "loss"), "loss")
-            kept = (f"the last good checkpoint, {os.path.join(self.model_dir, 'last.pth')} (iteration "
-                    f"{self.saved_at}), is kept" if self.saved_at is not None else "no checkpoint was written yet")
-            raise SegKDError(f"iteration {self.iteration + 1}: loss term '{term}' is {values[term]}; stopping, "
-                             f"{kept}")
+        # no host sync here: the terms wait on the device until flush() (every log_every iterations and
+        # before any checkpoint), so a GPU never idles for a .item()
+        self._names = ["loss", *terms]
+        self._pending.append(torch.stack([total.detach().float().reshape(()), *(v.detach().float().reshape(())
+                                                                                for v in terms.values())]))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.iteration += 1
-        return {**values, "lr": lr}
+        self._lr = lr
+
+    def flush(self) -> dict[str, float]:
+        """Average the loss terms of the steps since the last flush over steps and processes (one collective
+        and one host sync) and stop if any step's term is not finite, naming that step. Called before every
+        checkpoint write, so a non-finite loss never reaches a checkpoint: the last good one is kept."""
+        if not self._pending:
+            return {}
+        rows = all_reduce_mean(torch.stack(self._pending), self.info.world_size)  # steps x terms
+        first = self.iteration - len(self._pending) + 1
+        self._pending = []
+        finite = torch.isfinite(rows)
+        if not finite.all():
+            step = int((~finite.all(dim=1)).nonzero()[0])
+            bad = [n for n, ok in zip(self._names, finite[step].tolist()) if not ok]
+            term = next((n for n in bad if n != "loss"), "loss")
+            value = rows[step, self._names.index(term)].item()
+            kept = (f"the last good checkpoint, {os.path.join(self.model_dir, 'last.pth')} (iteration "
+                    f"{self.saved_at}), is kept" if self.saved_at is not None else "no checkpoint was written yet")
+            raise SegKDError(f"iteration {first + step}: loss term '{term}' is {value}; stopping, {kept}")
+        return {**dict(zip(self._names, rows.mean(dim=0).tolist())), "lr": self._lr}
 
     def fit(self) -> int:
         """Train to ``total_iters``. Returns the exit status (0, :data:`STOPPED` or 128+signal)."""
@@ -262,10 +283,12 @@ class Trainer:
         self.distiller.train()
         self._tic, self._done_since = time.time(), 0
         for images, target in self.batches():
-            values = self.step(images, target)
+            self.step(images, target)
             self._done_since += 1
-            if self.log and (self.iteration % t.log_every == 0 or self.iteration == self.total_iters):
-                self.report(epoch, values, self._done_since * t.batch_size / (time.time() - self._tic))
+            if self.iteration % t.log_every == 0 or self.iteration == self.total_iters:
+                values = self.flush()  # every rank: a collective
+                if self.log:
+                    self.report(epoch, values, self._done_since * t.batch_size / (time.time() - self._tic))
                 self._tic, self._done_since = time.time(), 0
             signum = self.agreed_signal(stop.signum)
             if signum or self.iteration == t.stop_after:
