@@ -21,66 +21,15 @@ from typing import Optional
 
 import torch
 
-from data.dataset import SegDataset
-from data.loader import build_train_loader, seed_everything
-from data.transforms import build_train_transform
-from model.build import build_model, checkpoint_meta, load_teacher
-from model.distiller import Distiller
-from model.teacher_cache import TeacherCache, file_digest
+from data.loader import seed_everything
+from engine.setup import build_data, build_distiller, build_optimizer
+from model.build import checkpoint_meta
 from util.checkpoint import load_checkpoint
 from util.config import Config, parse_cli
-from util.distributed import DistInfo, barrier, broadcast_flag, cleanup, init_distributed, unwrap
+from util.distributed import DistInfo, barrier, broadcast_flag, cleanup, init_distributed
 from util.errors import SegKDError
 from util.rundir import RunLog, check_run_dir
 from util.trainer import Trainer, validate_config
-
-
-def build_data(cfg: Config, info: DistInfo):
-    d, t = cfg.data, cfg.train
-    transform = build_train_transform(t.crop_size, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
-                                      d.ignore_label, uint8=t.uint8_batches)
-    dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform)
-    per_rank = t.batch_size // info.world_size
-    if len(dataset) // info.world_size < per_rank:
-        raise SegKDError(f"{d.train_list}: {len(dataset)} samples cannot fill one batch of train.batch_size="
-                         f"{t.batch_size} over {info.world_size} process(es)")
-    return build_train_loader(dataset, per_rank, t.workers, t.seed, info.rank, info.world_size,
-                              pin_memory=info.device.type == "cuda")
-
-
-def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
-    """Student (SyncBN on several GPUs, compiled if asked, DDP) and the frozen teacher (none of those)."""
-    student = build_model(cfg).to(info.device)
-    teacher = load_teacher(cfg).to(info.device) if cfg.teacher.checkpoint else None
-    if cfg.train.channels_last:
-        student = student.to(memory_format=torch.channels_last)
-        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
-    if info.distributed and info.device.type == "cuda" and cfg.train.sync_bn:
-        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    if cfg.train.compile:
-        torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly instead
-        student.compile()  # in place: the state dict keeps its keys
-        if teacher is not None:
-            teacher.compile()
-    if info.distributed:
-        ids = [info.local_rank] if info.device.type == "cuda" else None
-        student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
-    cache = None
-    if teacher is not None and cfg.distill.teacher_cache is not None:
-        cache = TeacherCache(cfg.distill.teacher_cache, file_digest(cfg.teacher.checkpoint))
-    return Distiller.from_config(student, teacher, cfg, cache)
-
-
-def build_optimizer(student: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """``train.optimizer`` (SGD with momentum, or AdamW), backbone at base_lr and the new layers (PPM,
-    heads) at base_lr * head_lr_mult."""
-    t = cfg.train
-    backbone, heads = unwrap(student).param_groups()
-    groups = [{"params": backbone, "lr": t.base_lr, "initial_lr": t.base_lr},
-              {"params": heads, "lr": t.base_lr * t.head_lr_mult, "initial_lr": t.base_lr * t.head_lr_mult}]
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.base_lr, betas=(0.9, 0.999), weight_decay=t.weight_decay)
-    return torch.optim.SGD(groups, lr=t.base_lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def resume_path(cfg: Config) -> Optional[str]:

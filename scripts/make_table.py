@@ -293,8 +293,8 @@ def fmt_paired(rec: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[Row], records: list[dict[str, Any]], caption: str) -> str:
-    lines = ["| row | mIoU | mAcc | allAcc | n seeds | params (M, no aux head) | GFLOPs @ crop (no aux head) | iters | Δ mIoU vs baseline | pairs "
-             "| config | notes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | mIoU | mAcc | allAcc | n seeds | params (M, no aux head) | GFLOPs @ crop (no aux head) | iters "
+             "| Δ mIoU vs baseline | pairs | config | notes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, rec in zip(rows, records):
         params = f"{rec['params_M']:.2f}" if rec["params_M"] is not None else "—"
         flops = f"{rec['gflops']:.2f} @ {rec['gflops_crop_size']}" if rec["gflops"] is not None else "—"
@@ -310,7 +310,8 @@ def caption_for(rows: list[Row], records: list[dict[str, Any]], eval_name: str, 
     proto = runs[0].metrics.get("protocol") if runs else None
     where = f"`eval/{eval_name}/metrics.json`" + (f", protocol {json.dumps(proto, sort_keys=True)}" if proto else "")
     text = (f"Scores in % from {where}: mean ± sample std (n - 1) over seeds; no ± with one run. "
-            "params and GFLOPs: the inference network (without the aux head, which evaluation skips); GFLOPs of one forward pass on a crop × crop image.")
+            "params and GFLOPs: the inference network (without the aux head, which evaluation skips); GFLOPs of one "
+            "forward pass on a crop × crop image.")
     if baseline:
         text += (f" Δ mIoU vs baseline: for each seed both have, the row's mIoU minus that of {baseline}, in "
                  "percentage points; mean ± sample std over the pairs (no ± with one pair), unpaired seeds left out.")

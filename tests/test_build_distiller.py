@@ -1,4 +1,4 @@
-"""train.build_distiller under torchrun (2 gloo processes on CPU): the student is wrapped in DDP, the teacher is
+"""engine.setup.build_distiller under torchrun (2 gloo processes on CPU): the student is wrapped in DDP, the teacher is
 neither DDP nor SyncBN, frozen and in eval mode, and both start identical on every rank. SyncBN conversion
 of the student happens only on several GPUs (train.sync_bn on CUDA), which this CPU-only suite cannot run:
 there, the test checks that no BN was converted."""
@@ -18,7 +18,7 @@ KD = "config/synthetic/pspnet18_kd_aux_kl.yaml"
 
 
 def _rank(rank, init_file, teacher_path, out):
-    from train import build_distiller
+    from engine.setup import build_distiller
     from util.config import load_config
     from util.distributed import DistInfo
 

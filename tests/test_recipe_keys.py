@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from engine.setup import build_optimizer
 from model.pspnet import build_pspnet
 from tests.conftest import run_cli, tiny_overrides
-from train import build_optimizer
 from util.checkpoint import load_checkpoint
 from util.config import load_config
 from util.distributed import DistInfo
