@@ -21,20 +21,19 @@ import torch
 
 from data.dataset import read_list
 from data.palette import load_names
+from engine.cli import run_command
+from engine.evaluate import evaluate, protocol, protocol_name
+from engine.flops import count_params, gflops
 from model.build import model_from_checkpoint
-from util.config import REPO_ROOT, Config, parse_cli
-from util.distributed import DistInfo, barrier, cleanup, init_distributed
+from util.config import REPO_ROOT, Config, check_testing
+from util.distributed import DistInfo, barrier
 from util.errors import SegKDError
-from util.evaluate import evaluate, protocol, protocol_name
-from util.flops import count_params, gflops
 
 
 def resolve_paths(cfg: Config) -> tuple[str, str]:
     """(checkpoint, output folder) from test.checkpoint / test.out_dir or their output.dir defaults."""
     ckpt = cfg.test.checkpoint
-    if ckpt is None:
-        if cfg.output.dir is None:
-            raise SegKDError("neither test.checkpoint nor output.dir is set: nothing to evaluate")
+    if ckpt is None:  # check_testing made sure one of the two is set
         ckpt = os.path.join(cfg.output.dir, "model", "final.pth")
     if not os.path.isfile(ckpt):
         raise SegKDError(f"{ckpt}: checkpoint not found (set test.checkpoint or output.dir)")
@@ -68,8 +67,7 @@ def format_table(result: dict, names: list[str]) -> str:
 
 
 def run(cfg: Config, info: DistInfo) -> dict:
-    if cfg.data.root is None:
-        raise SegKDError("data.root is not set: give the dataset folder, e.g. data.root=datasets/voc2012")
+    check_testing(cfg)
     ckpt_path, out_dir = resolve_paths(cfg)
     metrics_path = os.path.join(out_dir, "metrics.json")
     if os.path.exists(metrics_path):
@@ -106,17 +104,13 @@ def run(cfg: Config, info: DistInfo) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    try:
-        cfg, _ = parse_cli(sys.argv[1:] if argv is None else argv, "Evaluate a PSPNet checkpoint.")
-        info = init_distributed(cfg.train.device)
-        with torch.inference_mode():
-            run(cfg, info)
-        return 0
-    except SegKDError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        cleanup()
+    return run_command(evaluate_checkpoint, argv, "Evaluate a PSPNet checkpoint.")
+
+
+def evaluate_checkpoint(cfg: Config, info: DistInfo) -> int:
+    with torch.inference_mode():
+        run(cfg, info)
+    return 0
 
 
 if __name__ == "__main__":

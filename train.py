@@ -22,59 +22,20 @@ from typing import Optional
 import torch
 
 from data.loader import seed_everything
+from engine.cli import run_command
+from engine.rundir import RunLog, check_run_dir
 from engine.setup import build_data, build_distiller, build_optimizer
+from engine.state import agreed_resume
+from engine.trainer import Trainer
 from model.build import checkpoint_meta
-from util.checkpoint import load_checkpoint
-from util.config import Config, parse_cli
-from util.distributed import DistInfo, barrier, broadcast_flag, cleanup, init_distributed
-from util.errors import SegKDError
-from util.rundir import RunLog, check_run_dir
-from util.trainer import Trainer, validate_config
-
-
-def resume_path(cfg: Config) -> Optional[str]:
-    if cfg.train.resume is None:
-        return None
-    if cfg.train.resume == "auto":
-        path = os.path.join(cfg.output.dir, "model", "last.pth")
-        return path if os.path.exists(path) else None
-    return cfg.train.resume
-
-
-def agreed_resume(cfg: Config, info: DistInfo) -> tuple[Optional[str], Optional[dict]]:
-    """(checkpoint path, its state) to resume from, or (None, None): rank 0 decides, every rank loads.
-
-    Each rank resolving ``train.resume=auto`` on its own would let nodes with a node-local ``output.dir``
-    disagree about the iteration and hang; a rank that cannot read rank 0's checkpoint stops every rank."""
-    path = resume_path(cfg) if info.is_main else None
-    if info.distributed:
-        box = [path]
-        torch.distributed.broadcast_object_list(box, src=0)
-        path = box[0]
-    if path is None:
-        return None, None
-    state, problem = None, None
-    try:
-        state = load_checkpoint(path)
-    except SegKDError as e:
-        problem = str(e)
-    if not info.distributed:
-        if problem:
-            raise SegKDError(problem)
-        return path, state
-    if broadcast_flag(problem is not None, info.device):
-        shared = "output.dir (and train.resume) must be on a file system that every node shares"
-        if problem is None:
-            raise SegKDError(f"another rank cannot read {path}, which rank 0 resumes from; {shared}")
-        if info.is_main:
-            raise SegKDError(problem)
-        reason = problem[len(path) + 2:] if problem.startswith(f"{path}: ") else problem
-        raise SegKDError(f"{path}: rank 0 resumes from it but this rank cannot read it ({reason}); {shared}")
-    return path, state
+from util.config import Config, check_training
+from util.distributed import DistInfo, barrier
 
 
 def run(cfg: Config, info: DistInfo) -> int:
-    validate_config(cfg, info)
+    torch.backends.cudnn.benchmark = info.device.type == "cuda"  # fixed crop size: autotune once
+    sync_bn = info.distributed and info.device.type == "cuda" and cfg.train.sync_bn
+    check_training(cfg, info.world_size, sync_bn, info.device.type)
     check_run_dir(cfg)
     loader, sampler = build_data(cfg, info)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank and every run
@@ -97,18 +58,7 @@ def run(cfg: Config, info: DistInfo) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    info = None
-    try:
-        cfg, _ = parse_cli(sys.argv[1:] if argv is None else argv, "Train a PSPNet (supervised or distilled).")
-        info = init_distributed(cfg.train.device)
-        torch.backends.cudnn.benchmark = info.device.type == "cuda"  # fixed crop size: autotune once
-        return run(cfg, info)
-    except SegKDError as e:
-        rank = f"[rank {info.rank}] " if info is not None and info.distributed else ""
-        print(f"error: {rank}{e}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        cleanup()
+    return run_command(run, argv, "Train a PSPNet (supervised or distilled).")
 
 
 if __name__ == "__main__":

@@ -207,39 +207,26 @@ class ToTensor:
         return image_t, label_t
 
 
-class Normalize:
-    """``(image - mean) / std`` per channel on a 3xHxW tensor; mean and std on the 0..255 scale."""
+_MEAN_STD: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-        self.inv_std = 1.0 / np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """``(images - mean) / std`` per channel with ImageNet's statistics on the 0..255 scale: 3xHxW or Bx3xHxW,
+    uint8 or float, on any device -> float32 (a new tensor). The one normalisation of the project: the
+    loader (:class:`Normalize`), the trainer (uint8 batches) and inference all call it, so they cannot drift."""
+    if images.device not in _MEAN_STD:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+        inv_std = 1.0 / torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+        _MEAN_STD[images.device] = (mean.to(images.device), inv_std.to(images.device))
+    mean, inv_std = _MEAN_STD[images.device]
+    return (images.float() - mean) * inv_std
+
+
+class Normalize:
+    """The loader's last step: :func:`normalize` on the 3xHxW image tensor, the label unchanged."""
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor):
-        if image.device.type != "cpu":
-            mean, inv_std = (torch.as_tensor(a, device=image.device) for a in (self.mean, self.inv_std))
-            return (image - mean) * inv_std, label
-        # numpy for the same reason as in ToTensor; a new array, so the caller's tensor is untouched.
-        return torch.from_numpy((image.numpy() - self.mean) * self.inv_std), label
-
-
-class DeviceNormalize:
-    """Normalise a batch where it is used: Bx3xHxW uint8 (or float) on any device -> float32, the same
-    values :class:`Normalize` gives in the loader (one subtraction and one multiplication in float32).
-
-    With ``train.uint8_batches`` the loader ships uint8 images (a quarter of the bytes through worker
-    shared memory, pinned memory and the host-to-device copy) and the trainer calls this on the device.
-    """
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.device not in self._cache:
-            self._cache[images.device] = (self.mean.to(images.device), self.inv_std.to(images.device))
-        mean, inv_std = self._cache[images.device]
-        return (images.float() - mean) * inv_std
+        return normalize(image), label
 
 
 def build_train_transform(
@@ -254,7 +241,7 @@ def build_train_transform(
     The default works on the float32 image as semseg does: interpolation never rounds and padding is the
     exact mean, which normalises to 0. ``uint8=True`` (``train.uint8_batches``, a quarter of the bytes per
     batch for GPU input pipelines) keeps the image uint8 throughout and stops before normalising
-    (:class:`DeviceNormalize` runs on the batch): each interpolating step rounds to a whole grey level and
+    (the trainer calls :func:`normalize` on the batch): each interpolating step rounds to a whole grey level and
     padding is the mean rounded to (124, 116, 104), so its values are close to, not equal to, the default's
     (the bound is tested in tests/test_data.py).
     """
@@ -266,13 +253,4 @@ def build_train_transform(
         Crop(crop_size, crop_type="rand", padding=IMAGENET_MEAN, ignore_label=ignore_label),
         ToTensor(uint8=uint8),
     ]
-    return Compose(steps if uint8 else [ToFloat(), *steps, Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
-def build_val_transform(crop_size: Size, ignore_label: int = 255) -> Compose:
-    """Validation during training: centre crop (padded if small), to tensor, normalise."""
-    return Compose([
-        Crop(crop_size, crop_type="center", padding=IMAGENET_MEAN, ignore_label=ignore_label),
-        ToTensor(),
-        Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return Compose(steps if uint8 else [ToFloat(), *steps, Normalize()])

@@ -27,17 +27,10 @@ _BUILDERS = {
     101: (torchvision.models.resnet101, torchvision.models.ResNet101_Weights),
 }
 
-# Top-level module names of a torchvision ResNet state dict -> attribute of ResNetBackbone holding it.
-# Identity on purpose: the backbone keeps torchvision's layout so its state dict is interchangeable.
-# ``fc`` (the ImageNet classifier) is dropped before mapping; any other prefix is reported as unexpected.
-TORCHVISION_KEY_MAP: dict[str, str] = {
-    "conv1": "conv1",
-    "bn1": "bn1",
-    "layer1": "layer1",
-    "layer2": "layer2",
-    "layer3": "layer3",
-    "layer4": "layer4",
-}
+# The backbone keeps torchvision's module names (conv1, bn1, layer1..layer4), so a torchvision ResNet state
+# dict loads key for key: the key map is the identity and there is none to apply. ``fc`` (the ImageNet
+# classifier) is dropped; any other key is reported as unexpected by the strict load.
+_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 _CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
 _LAYOUT_HINT = (
     "expected torchvision-layout ResNet weights (conv1, bn1, layer1..layer4) of the depth in model.layers; "
@@ -73,7 +66,7 @@ class ResNetBackbone(nn.Module):
         resnet = builder(weights=None, zero_init_residual=zero_init_residual)
         _dilate_layer(resnet.layer3, 2)
         _dilate_layer(resnet.layer4, 4)
-        for name in TORCHVISION_KEY_MAP.values():
+        for name in _MODULES:
             setattr(self, name, getattr(resnet, name))
         self.relu = resnet.relu
         self.maxpool = resnet.maxpool
@@ -174,15 +167,6 @@ def clean_state_dict(obj: Mapping, origin: str) -> dict[str, Tensor]:
     return out
 
 
-def _map_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename keys through :data:`TORCHVISION_KEY_MAP`; keys with an unknown prefix pass unchanged."""
-    out = {}
-    for key, value in state.items():
-        head, _, rest = key.partition(".")
-        out[f"{TORCHVISION_KEY_MAP[head]}.{rest}" if head in TORCHVISION_KEY_MAP and rest else key] = value
-    return out
-
-
 def _short_list(keys: list[str], limit: int = 10) -> str:
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -193,15 +177,15 @@ def load_backbone_weights(module: nn.Module, source: StateSource, origin: str | 
 
     ``source`` is a state dict or a path to one (raw, or wrapped in a ``state_dict``/``model`` entry;
     a leading ``module.`` from DDP/semseg is stripped; ``fc.weight``/``fc.bias`` are dropped). Keys are
-    mapped by :data:`TORCHVISION_KEY_MAP` (``conv1``, ``bn1``, ``layer1``..``layer4`` -> the attributes of
-    the same name). Missing keys (except BatchNorm ``num_batches_tracked``, absent from old torchvision
+    torchvision's own (``conv1``, ``bn1``, ``layer1``..``layer4`` are the attributes of the same name).
+    Missing keys (except BatchNorm ``num_batches_tracked``, absent from old torchvision
     files), unexpected keys or shape mismatches raise SegKDError listing them; ``module`` is left untouched.
     """
     if isinstance(source, str):
         origin = origin or source
         source = _read_file(source)
     origin = origin or "backbone weights"
-    state = _map_keys(clean_state_dict(source, origin))
+    state = clean_state_dict(source, origin)
     expected = module.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]

@@ -81,7 +81,7 @@ segkd_probe() {
 import sys
 from util.config import load_config
 from util.errors import SegKDError
-from util.evaluate import protocol_name
+from engine.evaluate import protocol_name
 try:
     cfg = load_config(sys.argv[1], sys.argv[2:])
 except SegKDError as e:

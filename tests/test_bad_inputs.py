@@ -28,10 +28,9 @@ from PIL import Image
 
 from tests.conftest import REPO, TINY_CLASSES, run_cli, tiny_overrides
 from util.checkpoint import load_checkpoint
-from util.config import load_config, save_config
+from util.config import check_training, load_config, save_config
 from util.distributed import DistInfo
 from util.errors import SegKDError
-from util.trainer import validate_config
 
 BASELINE = "config/synthetic/pspnet18_baseline.yaml"
 TEACHER = "config/synthetic/pspnet50_teacher.yaml"
@@ -442,10 +441,10 @@ def test_batch_size_the_processes_cannot_take():
     cfg = load_config(os.path.join(REPO, BASELINE), ["output.dir=runs/x", "train.batch_size=3"])
     two = DistInfo(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
     with pytest.raises(SegKDError, match=r"train.batch_size=3 is not divisible by the 2 processes"):
-        validate_config(cfg, two)
+        check_training(cfg, two.world_size, False, "cpu")
     cfg = load_config(os.path.join(REPO, BASELINE), ["output.dir=runs/x", "train.batch_size=2"])
     with pytest.raises(SegKDError, match=r"train.batch_size=2 gives 1 image per process"):
-        validate_config(cfg, two)
+        check_training(cfg, two.world_size, False, "cpu")
 
 
 # ---------------------------------------------------------------- safe loading

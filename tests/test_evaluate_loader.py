@@ -1,4 +1,4 @@
-"""util/evaluate.py reads images with test.workers loader processes: same matrix as in-process reading,
+"""engine/evaluate.py reads images with test.workers loader processes: same matrix as in-process reading,
 every image once across processes, and a bad file in a worker is still a one-line error naming it."""
 
 import os
@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.evaluate import evaluate
 from model.pspnet import build_pspnet
 from tests.conftest import REPO, TINY_CLASSES, tiny_overrides
 from util.config import load_config
 from util.distributed import DistInfo
 from util.errors import SegKDError
-from util.evaluate import evaluate
 
 BASELINE = os.path.join(REPO, "config/synthetic/pspnet18_baseline.yaml")
 

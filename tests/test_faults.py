@@ -15,14 +15,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from engine.preemption import shield_workers, worker_error_line
+from engine.rundir import RunLog
 from tests.conftest import REPO, tiny_overrides
 from tests.conftest import run_cli as _run_cli
 from util import checkpoint as ckpt_module
 from util.checkpoint import load_checkpoint, save_checkpoint
 from util.config import load_config
 from util.errors import SegKDError
-from util.preemption import shield_workers, worker_error_line
-from util.rundir import RunLog
 
 BASELINE = "config/synthetic/pspnet18_baseline.yaml"
 ENV = {"OMP_NUM_THREADS": "2"}
@@ -264,7 +264,7 @@ import sys
 sys.path.insert(0, {repo!r})
 from torch.utils.data import DataLoader, Dataset
 from util.errors import SegKDError
-from util.preemption import shield_workers
+from engine.preemption import shield_workers
 
 class Bad(Dataset):
     def __len__(self):

@@ -1,7 +1,7 @@
-"""util/inference.py against a reference written here from the protocol of hszhao/semseg's tool/test.py.
+"""engine/inference.py against a reference written here from the protocol of hszhao/semseg's tool/test.py.
 
 The reference follows that description step by step with numpy and OpenCV, the way semseg's script is
-written (``net_process``, ``scale_process``, the scale loop), sharing no code with util/inference.py: resize
+written (``net_process``, ``scale_process``, the scale loop), sharing no code with engine/inference.py: resize
 of the float image so the long side is round(base * scale), padding with the mean colour to the crop,
 windows at ``start = min(i * stride, size - crop)`` with stride ceil(crop * 2/3), logits zoomed to the window
 (bilinear, align_corners=True) when the network outputs less, softmax, the flipped window's softmax
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from util.inference import predict, predict_probs
+from engine.inference import predict, predict_probs
 
 CLASSES = 5
 CROP = 65

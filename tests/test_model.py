@@ -155,7 +155,7 @@ def test_aux_false_skips_the_aux_head_and_keeps_the_main_logits():
 def test_params_and_gflops_count_the_inference_network_only():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from util.flops import count_params, gflops
+    from engine.flops import count_params, gflops
 
     net = build_pspnet(18, classes=21)
     aux = sum(p.numel() for p in net.aux_head.parameters())

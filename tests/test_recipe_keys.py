@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from engine.setup import build_optimizer
+from engine.trainer import Trainer
 from model.pspnet import build_pspnet
 from tests.conftest import run_cli, tiny_overrides
 from util.checkpoint import load_checkpoint
 from util.config import load_config
-from util.distributed import DistInfo
 from util.errors import SegKDError
-from util.trainer import Trainer, validate_config
 
 CONFIG = "config/synthetic/pspnet18_baseline.yaml"
 
@@ -66,10 +65,8 @@ def test_warmup_then_poly():
 
 
 def test_negative_warmup_is_refused():
-    cfg = load_config(CONFIG, ["train.warmup_iters=-1", "data.root=x", "output.dir=y"])
-    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    with pytest.raises(SegKDError, match="train.warmup_iters=-1"):
-        validate_config(cfg, info)
+    with pytest.raises(SegKDError, match="command line: train.warmup_iters=-1: must be 0"):
+        load_config(CONFIG, ["train.warmup_iters=-1", "data.root=x", "output.dir=y"])
 
 
 @pytest.mark.slow

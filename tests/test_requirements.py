@@ -11,11 +11,11 @@ from tests.conftest import REPO
 
 # API the code calls -> (package, the first release that has it under this name, a file that calls it, how)
 API_FLOORS = {
-    "torch.amp.GradScaler": ("torch", (2, 3), "util/trainer.py", "torch.amp.GradScaler("),  # torch.cuda.amp before
-    "torch.autocast": ("torch", (1, 10), "util/trainer.py", "torch.autocast("),
-    "torch.utils.flop_counter.FlopCounterMode": ("torch", (2, 1), "util/flops.py",
+    "torch.amp.GradScaler": ("torch", (2, 3), "engine/trainer.py", "torch.amp.GradScaler("),  # torch.cuda.amp before
+    "torch.autocast": ("torch", (1, 10), "engine/trainer.py", "torch.autocast("),
+    "torch.utils.flop_counter.FlopCounterMode": ("torch", (2, 1), "engine/flops.py",
                                                  "from torch.utils.flop_counter import FlopCounterMode"),
-    "torch.inference_mode": ("torch", (1, 9), "util/inference.py", "torch.inference_mode("),
+    "torch.inference_mode": ("torch", (1, 9), "engine/inference.py", "torch.inference_mode("),
     "torchvision.models.ResNet50_Weights": ("torchvision", (0, 13), "model/backbone.py",
                                             "torchvision.models.ResNet50_Weights"),
 }

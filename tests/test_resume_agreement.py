@@ -21,18 +21,18 @@ def _rank(rank, init_file, dirs, out, blind):
     """One gloo process; ``dirs[rank]`` is its output.dir; with ``blind`` rank 1 is on another 'node', whose
     file system does not hold rank 0's run directory (the processes share this machine's disk, so that
     node's view is simulated: checkpoint files under rank 0's folder do not exist for it)."""
-    import train
-    from train import agreed_resume
+    from engine import state as state_module
+    from engine.state import agreed_resume
 
     if blind and rank == 1:
-        real = train.load_checkpoint
+        real = state_module.load_checkpoint
 
         def node_local(path):
             if path.startswith(dirs[0]):
                 raise SegKDError(f"{path}: checkpoint not found")
             return real(path)
 
-        train.load_checkpoint = node_local
+        state_module.load_checkpoint = node_local
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:

@@ -8,7 +8,7 @@ import torch
 
 from data.dataset import SegDataset
 from data.loader import build_train_loader
-from data.transforms import IMAGENET_STD, DeviceNormalize, build_train_transform
+from data.transforms import IMAGENET_STD, build_train_transform, normalize
 from model.distiller import Distiller
 from model.pspnet import build_pspnet
 from tests.conftest import TINY_CLASSES, run_cli
@@ -84,7 +84,6 @@ def test_uint8_batches_stay_within_rounding_of_the_float_pipeline(tiny_data):
     rotate, blur) rounds to a whole grey level and the padding is the rounded mean, so the batch is within
     1.5 grey levels of the default float pipeline's, never more; labels are identical."""
     plain, small = loader_batches(tiny_data, 0), loader_batches(tiny_data, 0, uint8=True)
-    normalize = DeviceNormalize()
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     worst = 0.0
     for (ia, la), (ib, lb) in zip(plain, small):

@@ -7,8 +7,13 @@ Rules (each violation is a :class:`SegKDError` naming the key):
 - every key must exist in ``config/defaults.yaml`` (the message suggests the closest known key);
 - a value must have the default's type (an int is accepted where a float is expected, never a bool where
   a number is expected); keys whose default is null take the type in :data:`NULL_TYPES`;
+- a value must satisfy its key's rule in :data:`RULES` (``train.crop_size`` at least 32, ...);
 - overrides are ``section.key=value`` with the value parsed as YAML, so ``test.scales=[0.5,1.0]`` works.
 Sections are never flattened: ``test.crop_size`` cannot touch ``train.crop_size``.
+
+Every config check lives here: the per-key rules run when a config is loaded; the rules that need several
+keys or the process layout run in :func:`check_training` and :func:`check_testing` before anything is
+written, identically on every rank (so all ranks fail together).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -45,6 +50,30 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp_dtype": ("bfloat16", "float16"),
     "train.optimizer": ("sgd", "adamw"),
     "train.device": ("auto", "cpu", "cuda"),
+}
+
+# What a value must be, beyond its type: key -> (test, what the message says it must be).
+_AT_LEAST_1 = (lambda v: v is None or v >= 1, "at least 1")
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.classes": (lambda v: v >= 2, "at least 2 (classes)"),
+    "model.layers": (lambda v: v in (18, 34, 50, 101), "one of 18, 34, 50, 101"),
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "teacher.layers": (lambda v: v in (18, 34, 50, 101), "one of 18, 34, 50, 101"),
+    "distill.temperature": (lambda v: v > 0, "positive"),
+    "train.iters": _AT_LEAST_1,
+    "train.stop_after": _AT_LEAST_1,
+    "train.batch_size": _AT_LEAST_1,
+    "train.crop_size": (lambda v: v >= 32, "at least 32 (output stride 8)"),
+    "train.warmup_iters": (lambda v: v >= 0, "0 (no warmup) or more"),
+    "train.workers": (lambda v: v >= 0, "0 (load in the main process) or more"),
+    "train.checkpoint_every": _AT_LEAST_1,
+    "train.log_every": _AT_LEAST_1,
+    "train.val_every": (lambda v: v >= 0, "0 (never) or more"),
+    "test.scales": (lambda v: len(v) > 0 and all(s > 0 for s in v), "a non-empty list of positive scales"),
+    "test.base_size": (lambda v: v >= 32, "at least 32"),
+    "test.crop_size": (lambda v: v >= 32, "at least 32 (output stride 8)"),
+    "test.stride_rate": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "test.workers": (lambda v: v >= 0, "0 (decode in the main process) or more"),
 }
 
 
@@ -126,6 +155,8 @@ def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
         raise SegKDError(f"{source}: {key} cannot be null")
     if key in CHOICES and value not in CHOICES[key]:
         raise SegKDError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in RULES and not RULES[key][0](value):
+        raise SegKDError(f"{source}: {key}={value!r}: must be {RULES[key][1]}")
     if isinstance(default, float) and isinstance(value, int):
         value = float(value)
     if isinstance(default, list) and isinstance(value, list) and default:
@@ -199,3 +230,34 @@ def parse_cli(argv: list[str], description: str) -> tuple[Config, str]:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")
     args = parser.parse_args(argv)
     return load_config(args.config, args.overrides), args.config
+
+
+def check_training(cfg: Config, world_size: int, sync_bn: bool, device_type: str) -> None:
+    """The rules of a training run that involve several keys or the processes. ``sync_bn``: SyncBatchNorm
+    will be used (several CUDA processes and ``train.sync_bn``)."""
+    t = cfg.train
+    if cfg.output.dir is None:
+        raise SegKDError("output.dir is not set: give the run directory, e.g. output.dir=runs/my_run")
+    _need_root(cfg)
+    if t.batch_size % world_size:
+        raise SegKDError(f"train.batch_size={t.batch_size} is not divisible by the {world_size} processes")
+    per_rank = t.batch_size // world_size
+    if per_rank < 2 and not sync_bn:
+        raise SegKDError(f"train.batch_size={t.batch_size} gives {per_rank} image per process; BatchNorm needs "
+                         "at least 2 (or SyncBatchNorm on several GPUs)")
+    if t.epochs < 1 and t.iters is None:
+        raise SegKDError(f"train.epochs={t.epochs}: must be at least 1 (or set train.iters)")
+    if t.amp and t.amp_dtype == "float16" and device_type != "cuda":
+        raise SegKDError("train.amp_dtype=float16 needs CUDA; use bfloat16 on the CPU")
+
+
+def check_testing(cfg: Config) -> None:
+    """The rules of an evaluation: a dataset, and a checkpoint to find."""
+    _need_root(cfg)
+    if cfg.test.checkpoint is None and cfg.output.dir is None:
+        raise SegKDError("neither test.checkpoint nor output.dir is set: nothing to evaluate")
+
+
+def _need_root(cfg: Config) -> None:
+    if cfg.data.root is None:
+        raise SegKDError("data.root is not set: give the dataset folder, e.g. data.root=datasets/voc2012")

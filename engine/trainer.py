@@ -21,50 +21,18 @@ import torch
 import torch.distributed as dist
 
 from data.loader import rng_state, set_rng_state
-from data.transforms import DeviceNormalize
-from model.build import describe_checkpoint
+from data.transforms import normalize
+from engine.preemption import StopRequest, shield_workers, worker_error_line
+from engine.rundir import RunLog
+from engine.state import Checkpoints
 from model.distiller import Distiller
-from util.checkpoint import load_state_strict, save_checkpoint
-from util.config import Config, flat_dict
+from util.config import Config
 from util.distributed import DistInfo, all_reduce_mean, broadcast_flag, unwrap
 from util.errors import SegKDError
-from util.preemption import StopRequest, shield_workers, worker_error_line
-from util.rundir import RunLog, experiment_diff
 
 # Exit statuses: 0 finished, 2 bad input, non-finite loss or failed checkpoint write (SegKDError), 3 stopped
 # by train.stop_after, 128+signal when preempted (130 SIGINT, 143 SIGTERM).
 STOPPED = 3
-RESUME_KEYS = ("model", "optimizer", "scaler", "scheduler", "iteration", "rng")
-
-
-def validate_config(cfg: Config, info: DistInfo) -> None:
-    """Checks that need no file access, identical on every rank (so all ranks fail together)."""
-    t, d = cfg.train, cfg.data
-    if cfg.output.dir is None:
-        raise SegKDError("output.dir is not set: give the run directory, e.g. output.dir=runs/my_run")
-    if d.root is None:
-        raise SegKDError("data.root is not set: give the dataset folder, e.g. data.root=datasets/voc2012")
-    if d.classes < 2:
-        raise SegKDError(f"data.classes={d.classes}: need at least 2 classes")
-    if t.crop_size < 32:
-        raise SegKDError(f"train.crop_size={t.crop_size}: must be at least 32 (output stride 8)")
-    if t.batch_size % info.world_size:
-        raise SegKDError(f"train.batch_size={t.batch_size} is not divisible by the {info.world_size} processes")
-    per_rank = t.batch_size // info.world_size
-    sync = info.distributed and info.device.type == "cuda" and t.sync_bn
-    if per_rank < 2 and not sync:
-        raise SegKDError(f"train.batch_size={t.batch_size} gives {per_rank} image per process; BatchNorm needs "
-                         "at least 2 (or SyncBatchNorm on several GPUs)")
-    if t.epochs < 1 and t.iters is None:
-        raise SegKDError(f"train.epochs={t.epochs}: must be at least 1")
-    if t.warmup_iters < 0:
-        raise SegKDError(f"train.warmup_iters={t.warmup_iters}: must be 0 (no warmup) or more")
-    for key in ("iters", "stop_after", "checkpoint_every", "log_every"):
-        value = getattr(t, key)
-        if value is not None and value < 1:
-            raise SegKDError(f"train.{key}={value}: must be at least 1")
-    if t.amp and t.amp_dtype == "float16" and info.device.type != "cuda":
-        raise SegKDError("train.amp_dtype=float16 needs CUDA; use bfloat16 on the CPU")
 
 
 class Trainer:
@@ -83,78 +51,27 @@ class Trainer:
         self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[t.amp_dtype]
         use_scaler = t.amp and t.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
-        self.normalize = DeviceNormalize()  # for uint8 batches (train.uint8_batches)
-        self.model_dir = os.path.join(cfg.output.dir, "model")
-        self.resumed_from: Optional[str] = None
-        self.saved_at: Optional[int] = None  # iteration of the last.pth this run wrote
+        self.checkpoints = Checkpoints(cfg, info, meta)
         self._checked = False  # preflight() done
         self._tic, self._done_since = 0.0, 0
         self._pending: list[torch.Tensor] = []  # per-step loss terms not yet synced to the host (flush())
         self._names: list[str] = []
         self._lr = 0.0
 
-    # ---------------------------------------------------------------- state
-    def state(self) -> dict[str, Any]:
-        rngs = [rng_state()]
-        if self.info.distributed:  # every rank's dropout RNG, so a resume is exact on each of them
-            rngs = [None] * self.info.world_size
-            dist.all_gather_object(rngs, rng_state())
-        return {**self.meta, "model": unwrap(self.distiller.student).state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "scheduler": {"type": "poly", "power": self.cfg.train.power, "total_iters": self.total_iters},
-                "epoch": self.iteration // self.iters_per_epoch, "iteration": self.iteration,
-                "rng": rngs, "config": self.cfg.to_dict()}
-
+    # ---------------------------------------------------------------- checkpoints
     def save(self, name: str) -> None:
-        """Write ``model/<name>`` on rank 0 (collective). If the write fails, every rank stops."""
-        self.flush()  # a non-finite loss since the last flush stops here, before anything is written
-        if name == "last.pth" and self.saved_at == self.iteration:
+        """Write ``model/<name>`` (collective); a non-finite loss since the last flush stops here first."""
+        self.flush()
+        if name == "last.pth" and self.checkpoints.saved_at == self.iteration:
             return  # already written at this iteration (a checkpoint_every multiple at an epoch end)
-        path = os.path.join(self.model_dir, name)
-        state = self.state()  # collective: every rank takes part
-        error = None
-        if self.info.is_main:
-            try:
-                save_checkpoint(state, path)
-            except SegKDError as e:
-                error = e
-        if broadcast_flag(error is not None, self.info.device):
-            raise error or SegKDError(f"{path}: rank 0 could not write the checkpoint; stopping")
-        if name == "last.pth":
-            self.saved_at = self.iteration
+        state = self.checkpoints.snapshot(unwrap(self.distiller.student), self.optimizer, self.scaler, self.iteration,
+                                          self.iteration // self.iters_per_epoch, self.total_iters)
+        self.checkpoints.write(name, state)
 
     def restore(self, state: dict[str, Any], path: str) -> None:
-        """Continue from a ``last.pth`` of this same run: weights, optimizer, scaler, iteration, RNGs. Any
-        mismatch is a SegKDError raised before anything is written."""
-        missing = [k for k in RESUME_KEYS if k not in state]
-        if state.get("format") != "segkd" or missing:
-            raise SegKDError(f"{path}: not a segkd last.pth (missing {', '.join(missing) or 'format'}) - "
-                             "cannot resume from it")
-        if any(state.get(k) != self.meta[k] for k in ("mode", "layers", "classes")):
-            raise SegKDError(f"{path}: train.resume is {describe_checkpoint(state)} but this run trains "
-                             f"{describe_checkpoint(self.meta)}; give this run's model/last.pth")
-        saved = state.get("config")
-        diff = ""
-        if isinstance(saved, dict):
-            diff = experiment_diff(flat_dict(saved), flat_dict(self.cfg), ("output.dir",))
-        if diff:  # the optimizer state would silently keep the old lr, momentum and weight decay
-            raise SegKDError(f"{path}: was trained with another config ({diff}); a resume continues the same "
-                             "experiment - change only output.dir or the resumable keys, or start a new run")
-        if state["scheduler"]["total_iters"] != self.total_iters:
-            raise SegKDError(f"{path}: was trained for {state['scheduler']['total_iters']} iterations, this run "
-                             f"has {self.total_iters} (batch size or data changed?)")
-        load_state_strict(unwrap(self.distiller.student), state["model"], path)
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise SegKDError(f"{path}: optimizer state does not fit this run ({e})") from None
-        self.iteration = state["iteration"]
-        rngs = state["rng"]
-        set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
-        self.resumed_from = path
-        if os.path.abspath(path) == os.path.abspath(os.path.join(self.model_dir, "last.pth")):
-            self.saved_at = self.iteration  # this run's last.pth already holds this iteration
+        """Continue from ``path``'s state (engine/state.py checks it is this same run)."""
+        self.iteration = self.checkpoints.restore(state, path, unwrap(self.distiller.student), self.optimizer,
+                                                  self.scaler, self.total_iters)
 
     # ---------------------------------------------------------------- loop
     def preflight(self) -> None:
@@ -193,7 +110,7 @@ class Trainer:
         images = images.to(dev, non_blocking=True)
         target = target.to(dev, non_blocking=True)
         if images.dtype == torch.uint8:
-            images = self.normalize(images)
+            images = normalize(images)  # train.uint8_batches: normalised here
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         lr = self.set_lr()
@@ -227,9 +144,8 @@ class Trainer:
             bad = [n for n, ok in zip(self._names, finite[step].tolist()) if not ok]
             term = next((n for n in bad if n != "loss"), "loss")
             value = rows[step, self._names.index(term)].item()
-            kept = (f"the last good checkpoint, {os.path.join(self.model_dir, 'last.pth')} (iteration "
-                    f"{self.saved_at}), is kept" if self.saved_at is not None else "no checkpoint was written yet")
-            raise SegKDError(f"iteration {first + step}: loss term '{term}' is {value}; stopping, {kept}")
+            raise SegKDError(f"iteration {first + step}: loss term '{term}' is {value}; stopping, "
+                             f"{self.checkpoints.kept()}")
         return {**dict(zip(self._names, rows.mean(dim=0).tolist())), "lr": self._lr}
 
     def fit(self) -> int:
@@ -261,7 +177,7 @@ class Trainer:
             self.log.info(f"teacher cache {cache.directory}: {cache.hits} hits, {cache.misses} misses")
         self.save("final.pth")
         if self.log:
-            self.log.info(f"finished: {os.path.join(self.model_dir, 'final.pth')}")
+            self.log.info(f"finished: {os.path.join(self.checkpoints.model_dir, 'final.pth')}")
         return 0
 
     def announce(self) -> None:
@@ -271,10 +187,11 @@ class Trainer:
         self.log.info(f"{self.meta['mode']} PSPNet-R{self.meta['layers']}: {self.total_iters} iterations, "
                       f"{self.epochs} epochs of {self.iters_per_epoch}, {self.info.world_size} process(es) "
                       f"on {self.info.device.type}")
-        if self.resumed_from:
+        if self.checkpoints.resumed_from:
             self.log.purge_step = self.iteration + 1  # TensorBoard hides what the interrupted run logged later
             self.log.scalars(self.iteration, {}, kind="resume")  # metrics.jsonl: later rows supersede
-            self.log.info(f"resumed from {self.resumed_from} at iteration {self.iteration}/{self.total_iters}")
+            self.log.info(f"resumed from {self.checkpoints.resumed_from} at iteration "
+                          f"{self.iteration}/{self.total_iters}")
 
     def run_epoch(self, epoch: int, stop: StopRequest) -> Optional[int]:
         """One epoch from the current iteration; an exit status when stopped early, else None."""
@@ -352,7 +269,7 @@ class Trainer:
         self.log.scalars(self.iteration, {**values, "images_per_s": rate})
 
     def validate(self) -> None:
-        from util.evaluate import evaluate
+        from engine.evaluate import evaluate
 
         model = unwrap(self.distiller.student)
         cm = evaluate(model, self.cfg, self.info, self.cfg.data.val_list, progress=False)

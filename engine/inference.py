@@ -18,16 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from data.transforms import IMAGENET_MEAN, normalize
 from model.losses import resize_logits
 
 
-def _normalize(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """H×W×3 uint8/float RGB -> 1×3×H×W normalised tensor on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().to(device)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
-    return ((t - mean) / std)[None]
+def _to_network(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """H×W×3 RGB array -> 1×3×H×W normalised tensor on ``device``."""
+    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(device)
+    return normalize(t)[None]
 
 
 @torch.inference_mode()
@@ -59,7 +57,7 @@ def sliding_probs(
     stride = int(math.ceil(crop * stride_rate))
     grid_h = int(math.ceil(float(ph - crop) / stride) + 1)
     grid_w = int(math.ceil(float(pw - crop) / stride) + 1)
-    tensor = _normalize(image, device)
+    tensor = _to_network(image, device)
     boxes = []
     for gy in range(grid_h):
         for gx in range(grid_w):

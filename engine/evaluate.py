@@ -15,12 +15,12 @@ from tqdm import tqdm
 
 from data.dataset import check_label, read_image, read_label, read_list
 from data.palette import colorize
+from engine.inference import predict
+from engine.preemption import worker_error_line
 from util.config import Config
 from util.distributed import DistInfo
 from util.errors import SegKDError
-from util.inference import predict
 from util.metrics import ConfusionMatrix
-from util.preemption import worker_error_line
 
 
 class EvalImages(Dataset):
@@ -66,8 +66,6 @@ def evaluate(
     """
     samples = read_list(cfg.data.root, list_file)
     t = cfg.test
-    if t.crop_size < 32 or t.base_size < 32:
-        raise SegKDError(f"test.crop_size={t.crop_size} / test.base_size={t.base_size}: must be at least 32")
     if save_dir is not None:
         for sub in ("gray", "color"):
             os.makedirs(os.path.join(save_dir, sub), exist_ok=True)

@@ -1,0 +1,146 @@
+"""A run's resumable state: what ``model/last.pth`` holds, writing it on rank 0, restoring it, and which
+checkpoint a resumed run continues from (rank 0 decides for every rank).
+
+A checkpoint holds the student's weights, the optimizer and GradScaler states, the iteration, every rank's
+RNG states and the resolved config; a resume restores all of it, so a resumed run is bitwise the
+uninterrupted one on CPU (tests/test_faults.py). Writes are atomic (util/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from data.loader import rng_state, set_rng_state
+from engine.rundir import experiment_diff
+from model.build import describe_checkpoint
+from util.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from util.config import Config, flat_dict
+from util.distributed import DistInfo, broadcast_flag
+from util.errors import SegKDError
+
+RESUME_KEYS = ("model", "optimizer", "scaler", "scheduler", "iteration", "rng")
+
+
+class Checkpoints:
+    """``output.dir/model``: ``last.pth`` (resumable) and ``final.pth``. ``saved_at`` is the iteration of the
+    last.pth this run holds (None before the first write); ``resumed_from`` the path a resume came from."""
+
+    def __init__(self, cfg: Config, info: DistInfo, meta: dict[str, Any]):
+        self.cfg, self.info, self.meta = cfg, info, meta
+        self.model_dir = os.path.join(cfg.output.dir, "model")
+        self.saved_at: Optional[int] = None
+        self.resumed_from: Optional[str] = None
+
+    def snapshot(self, student: torch.nn.Module, optimizer, scaler, iteration: int, epoch: int,
+                 total_iters: int) -> dict[str, Any]:
+        """The checkpoint dict (collective: every rank's RNG states are gathered)."""
+        rngs = [rng_state()]
+        if self.info.distributed:  # every rank's dropout RNG, so a resume is exact on each of them
+            rngs = [None] * self.info.world_size
+            dist.all_gather_object(rngs, rng_state())
+        return {**self.meta, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "scheduler": {"type": "poly", "power": self.cfg.train.power, "total_iters": total_iters},
+                "epoch": epoch, "iteration": iteration, "rng": rngs, "config": self.cfg.to_dict()}
+
+    def write(self, name: str, state: dict[str, Any]) -> None:
+        """Write ``model/<name>`` on rank 0 (collective). If the write fails, every rank stops."""
+        path = os.path.join(self.model_dir, name)
+        error = None
+        if self.info.is_main:
+            try:
+                save_checkpoint(state, path)
+            except SegKDError as e:
+                error = e
+        if broadcast_flag(error is not None, self.info.device):
+            raise error or SegKDError(f"{path}: rank 0 could not write the checkpoint; stopping")
+        if name == "last.pth":
+            self.saved_at = state["iteration"]
+
+    def kept(self) -> str:
+        """What survives a stop, for its message."""
+        if self.saved_at is None:
+            return "no checkpoint was written yet"
+        return (f"the last good checkpoint, {os.path.join(self.model_dir, 'last.pth')} (iteration {self.saved_at}), "
+                "is kept")
+
+    def restore(self, state: dict[str, Any], path: str, student: torch.nn.Module, optimizer, scaler,
+                total_iters: int) -> int:
+        """Continue from a ``last.pth`` of this same run: weights, optimizer, scaler, RNGs; returns the
+        iteration. Any mismatch is a SegKDError raised before anything is written."""
+        missing = [k for k in RESUME_KEYS if k not in state]
+        if state.get("format") != "segkd" or missing:
+            raise SegKDError(f"{path}: not a segkd last.pth (missing {', '.join(missing) or 'format'}) - "
+                             "cannot resume from it")
+        if any(state.get(k) != self.meta[k] for k in ("mode", "layers", "classes")):
+            raise SegKDError(f"{path}: train.resume is {describe_checkpoint(state)} but this run trains "
+                             f"{describe_checkpoint(self.meta)}; give this run's model/last.pth")
+        saved = state.get("config")
+        diff = ""
+        if isinstance(saved, dict):
+            diff = experiment_diff(flat_dict(saved), flat_dict(self.cfg), ("output.dir",))
+        if diff:  # the optimizer state would silently keep the old lr, momentum and weight decay
+            raise SegKDError(f"{path}: was trained with another config ({diff}); a resume continues the same "
+                             "experiment - change only output.dir or the resumable keys, or start a new run")
+        if state["scheduler"]["total_iters"] != total_iters:
+            raise SegKDError(f"{path}: was trained for {state['scheduler']['total_iters']} iterations, this run "
+                             f"has {total_iters} (batch size or data changed?)")
+        load_state_strict(student, state["model"], path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise SegKDError(f"{path}: optimizer state does not fit this run ({e})") from None
+        rngs = state["rng"]
+        set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+        self.resumed_from = path
+        if os.path.abspath(path) == os.path.abspath(os.path.join(self.model_dir, "last.pth")):
+            self.saved_at = state["iteration"]  # this run's last.pth already holds this iteration
+        return state["iteration"]
+
+
+def resume_path(cfg: Config) -> Optional[str]:
+    if cfg.train.resume is None:
+        return None
+    if cfg.train.resume == "auto":
+        path = os.path.join(cfg.output.dir, "model", "last.pth")
+        return path if os.path.exists(path) else None
+    return cfg.train.resume
+
+
+def agreed_resume(cfg: Config, info: DistInfo) -> tuple[Optional[str], Optional[dict]]:
+    """(checkpoint path, its state) to resume from, or (None, None): rank 0 decides, every rank loads.
+
+    Each rank resolving ``train.resume=auto`` on its own would let nodes with a node-local ``output.dir``
+    disagree about the iteration and hang; a rank that cannot read rank 0's checkpoint stops every rank."""
+    path = resume_path(cfg) if info.is_main else None
+    if info.distributed:
+        box = [path]
+        torch.distributed.broadcast_object_list(box, src=0)
+        path = box[0]
+    if path is None:
+        return None, None
+    state, problem = None, None
+    try:
+        state = load_checkpoint(path)
+    except SegKDError as e:
+        problem = str(e)
+    if not info.distributed:
+        if problem:
+            raise SegKDError(problem)
+        return path, state
+    if broadcast_flag(problem is not None, info.device):
+        shared = "output.dir (and train.resume) must be on a file system that every node shares"
+        if problem is None:
+            raise SegKDError(f"another rank cannot read {path}, which rank 0 resumes from; {shared}")
+        if info.is_main:
+            raise SegKDError(problem)
+        reason = problem[len(path) + 2:] if problem.startswith(f"{path}: ") else problem
+        raise SegKDError(f"{path}: rank 0 resumes from it but this rank cannot read it ({reason}); {shared}")
+    return path, state
+
+
