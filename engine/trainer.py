@@ -1,8 +1,12 @@
-"""The training loop: poly-lr SGD, AMP, per-step loss reduction, checkpoints, preemption and NaN stops.
+"""The training loop, read top to bottom: ``fit`` -> ``train_one_epoch`` -> ``step`` (warmup + poly lr, AMP,
+the distiller's loss, backward) -> ``flush`` (loss terms to the host every ``train.log_every`` iterations)
+-> ``report`` / ``validate``; then checkpoints (engine/state.py holds what they contain) and fit's helpers.
+Built by ``train.py`` from the parts engine/setup.py makes.
 
 Faults (docs/RELIABILITY.md): SIGTERM/SIGINT finish the step, write ``model/last.pth`` and exit 128+signal
 on every rank; checkpoints are atomic, so a SIGKILL loses at most ``train.checkpoint_every`` iterations;
-a non-finite loss stops before the update; a bad first batch fails before the run directory exists.
+a non-finite loss stops the run at the next flush, which precedes every checkpoint write, so no checkpoint
+holds it; a bad first batch fails before the run directory exists.
 """
 
 from __future__ import annotations
@@ -58,54 +62,63 @@ class Trainer:
         self._names: list[str] = []
         self._lr = 0.0
 
-    # ---------------------------------------------------------------- checkpoints
-    def save(self, name: str) -> None:
-        """Write ``model/<name>`` (collective); a non-finite loss since the last flush stops here first."""
-        self.flush()
-        if name == "last.pth" and self.checkpoints.saved_at == self.iteration:
-            return  # already written at this iteration (a checkpoint_every multiple at an epoch end)
-        state = self.checkpoints.snapshot(unwrap(self.distiller.student), self.optimizer, self.scaler, self.iteration,
-                                          self.iteration // self.iters_per_epoch, self.total_iters)
-        self.checkpoints.write(name, state)
-
-    def restore(self, state: dict[str, Any], path: str) -> None:
-        """Continue from ``path``'s state (engine/state.py checks it is this same run)."""
-        self.iteration = self.checkpoints.restore(state, path, unwrap(self.distiller.student), self.optimizer,
-                                                  self.scaler, self.total_iters)
-
-    # ---------------------------------------------------------------- loop
-    def preflight(self) -> None:
-        """Load this rank's first batch in the main process, so a bad image or label fails here, before the
-        run directory exists, as one line naming the file. RNG-neutral: the run is unchanged by it.
-        All ranks agree, so none of them starts writing while another has failed."""
-        if self._checked or self.iteration >= self.total_iters:
-            return
-        epoch = self.iteration // self.iters_per_epoch
-        self.sampler.set_epoch(epoch, (self.iteration - epoch * self.iters_per_epoch) * self.loader.batch_size)
-        keys = list(itertools.islice(iter(self.sampler), self.loader.batch_size))
-        saved, error = rng_state(), None
-        try:
-            for key in keys:
-                self.loader.dataset[key]
-        except SegKDError as e:
-            error = e
-        finally:
-            set_rng_state(saved)
-        if broadcast_flag(error is not None, self.info.device):
-            raise error or SegKDError("another process found bad input in its first batch (see its error)")
-        self._checked = True
-
-    def set_lr(self) -> float:
-        """Poly decay, times a linear warmup over the first ``train.warmup_iters`` iterations."""
+    # ---------------------------------------------------------------- the loop, top to bottom
+    def fit(self) -> int:
+        """Train to ``total_iters``. Returns the exit status (0, :data:`STOPPED` or 128+signal)."""
         t = self.cfg.train
-        factor = (1 - self.iteration / self.total_iters) ** t.power
-        if self.iteration < t.warmup_iters:
-            factor *= (self.iteration + 1) / t.warmup_iters
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-        return self.optimizer.param_groups[0]["lr"]
+        self.preflight()
+        self.announce()
+        stop = StopRequest()
+        shield_workers(self.loader)  # before iter() starts the (persistent) workers
+        try:
+            for epoch in range(self.iteration // self.iters_per_epoch, self.epochs):
+                if self.iteration >= self.total_iters:
+                    break  # resumed at the very end of a partial last epoch
+                code = self.train_one_epoch(epoch, stop)
+                if code is not None:
+                    return code
+                self.save("last.pth")
+                if t.val_every and (epoch + 1) % t.val_every == 0:
+                    self.validate()
+        except SegKDError as e:
+            if self.log:
+                self.log.error(str(e))
+            raise
+        finally:
+            stop.restore()
+        self.check_replicas()
+        cache = self.distiller.teacher_cache
+        if self.log and cache is not None:
+            self.log.info(f"teacher cache {cache.directory}: {cache.hits} hits, {cache.misses} misses")
+        self.save("final.pth")
+        if self.log:
+            self.log.info(f"finished: {os.path.join(self.checkpoints.model_dir, 'final.pth')}")
+        return 0
 
-    def step(self, images: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    def train_one_epoch(self, epoch: int, stop: StopRequest) -> Optional[int]:
+        """One epoch from the current iteration; an exit status when stopped early, else None."""
+        t = self.cfg.train
+        self.sampler.set_epoch(epoch, (self.iteration - epoch * self.iters_per_epoch) * self.loader.batch_size)
+        self.distiller.train()
+        self._tic, self._done_since = time.time(), 0
+        for images, target in self.batches():
+            self.step(images, target)
+            self._done_since += 1
+            if self.iteration % t.log_every == 0 or self.iteration == self.total_iters:
+                values = self.flush()  # every rank: a collective
+                if self.log:
+                    self.report(epoch, values, self._done_since * t.batch_size / (time.time() - self._tic))
+                self._tic, self._done_since = time.time(), 0
+            signum = self.agreed_signal(stop.signum)
+            if signum or self.iteration == t.stop_after:
+                return self.interrupt(signum)
+            if self.iteration % t.checkpoint_every == 0:
+                self.save("last.pth")
+            if self.iteration >= self.total_iters:
+                break
+        return None
+
+    def step(self, images: torch.Tensor, target: torch.Tensor) -> None:
         dev, t = self.info.device, self.cfg.train
         images = images.to(dev, non_blocking=True)
         target = target.to(dev, non_blocking=True)
@@ -129,6 +142,16 @@ class Trainer:
         self.iteration += 1
         self._lr = lr
 
+    def set_lr(self) -> float:
+        """Poly decay, times a linear warmup over the first ``train.warmup_iters`` iterations."""
+        t = self.cfg.train
+        factor = (1 - self.iteration / self.total_iters) ** t.power
+        if self.iteration < t.warmup_iters:
+            factor *= (self.iteration + 1) / t.warmup_iters
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.optimizer.param_groups[0]["lr"]
+
     def flush(self) -> dict[str, float]:
         """Average the loss terms of the steps since the last flush over steps and processes (one collective
         and one host sync) and stop if any step's term is not finite, naming that step. Called before every
@@ -148,37 +171,62 @@ class Trainer:
                              f"{self.checkpoints.kept()}")
         return {**dict(zip(self._names, rows.mean(dim=0).tolist())), "lr": self._lr}
 
-    def fit(self) -> int:
-        """Train to ``total_iters``. Returns the exit status (0, :data:`STOPPED` or 128+signal)."""
-        t = self.cfg.train
-        self.preflight()
-        self.announce()
-        stop = StopRequest()
-        shield_workers(self.loader)  # before iter() starts the (persistent) workers
-        try:
-            for epoch in range(self.iteration // self.iters_per_epoch, self.epochs):
-                if self.iteration >= self.total_iters:
-                    break  # resumed at the very end of a partial last epoch
-                code = self.run_epoch(epoch, stop)
-                if code is not None:
-                    return code
-                self.save("last.pth")
-                if t.val_every and (epoch + 1) % t.val_every == 0:
-                    self.validate()
-        except SegKDError as e:
-            if self.log:
-                self.log.error(str(e))
-            raise
-        finally:
-            stop.restore()
-        self.check_replicas()
-        cache = self.distiller.teacher_cache
-        if self.log and cache is not None:
-            self.log.info(f"teacher cache {cache.directory}: {cache.hits} hits, {cache.misses} misses")
-        self.save("final.pth")
+    def report(self, epoch: int, values: dict[str, float], rate: float) -> None:
+        left = self.total_iters - self.iteration
+        eta = left * self.cfg.train.batch_size / max(rate, 1e-9)
+        losses = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "lr")
+        self.log.info(f"epoch {epoch + 1}/{self.epochs} iter {self.iteration}/{self.total_iters} {losses} "
+                      f"lr {values['lr']:.2e} {rate:.1f} img/s eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        self.log.scalars(self.iteration, {**values, "images_per_s": rate})
+
+    def validate(self) -> None:
+        from engine.evaluate import evaluate
+
+        model = unwrap(self.distiller.student)
+        cm = evaluate(model, self.cfg, self.info, self.cfg.data.val_list, progress=False)
+        result = cm.compute()
         if self.log:
-            self.log.info(f"finished: {os.path.join(self.checkpoints.model_dir, 'final.pth')}")
-        return 0
+            scores = {k: result[k] for k in ("mIoU", "mAcc", "allAcc")}
+            self.log.scalars(self.iteration, scores, kind="val")
+            self.log.info(f"val at iteration {self.iteration}: " + json.dumps(scores))
+        self.distiller.train()
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self, name: str) -> None:
+        """Write ``model/<name>`` (collective); a non-finite loss since the last flush stops here first."""
+        self.flush()
+        if name == "last.pth" and self.checkpoints.saved_at == self.iteration:
+            return  # already written at this iteration (a checkpoint_every multiple at an epoch end)
+        state = self.checkpoints.snapshot(unwrap(self.distiller.student), self.optimizer, self.scaler, self.iteration,
+                                          self.iteration // self.iters_per_epoch, self.total_iters)
+        self.checkpoints.write(name, state)
+
+    def restore(self, state: dict[str, Any], path: str) -> None:
+        """Continue from ``path``'s state (engine/state.py checks it is this same run)."""
+        self.iteration = self.checkpoints.restore(state, path, unwrap(self.distiller.student), self.optimizer,
+                                                  self.scaler, self.total_iters)
+
+    # ---------------------------------------------------------------- helpers of fit()
+    def preflight(self) -> None:
+        """Load this rank's first batch in the main process, so a bad image or label fails here, before the
+        run directory exists, as one line naming the file. RNG-neutral: the run is unchanged by it.
+        All ranks agree, so none of them starts writing while another has failed."""
+        if self._checked or self.iteration >= self.total_iters:
+            return
+        epoch = self.iteration // self.iters_per_epoch
+        self.sampler.set_epoch(epoch, (self.iteration - epoch * self.iters_per_epoch) * self.loader.batch_size)
+        keys = list(itertools.islice(iter(self.sampler), self.loader.batch_size))
+        saved, error = rng_state(), None
+        try:
+            for key in keys:
+                self.loader.dataset[key]
+        except SegKDError as e:
+            error = e
+        finally:
+            set_rng_state(saved)
+        if broadcast_flag(error is not None, self.info.device):
+            raise error or SegKDError("another process found bad input in its first batch (see its error)")
+        self._checked = True
 
     def announce(self) -> None:
         """The run's first log line: it creates the run directory (RunLog is lazy)."""
@@ -192,29 +240,6 @@ class Trainer:
             self.log.scalars(self.iteration, {}, kind="resume")  # metrics.jsonl: later rows supersede
             self.log.info(f"resumed from {self.checkpoints.resumed_from} at iteration "
                           f"{self.iteration}/{self.total_iters}")
-
-    def run_epoch(self, epoch: int, stop: StopRequest) -> Optional[int]:
-        """One epoch from the current iteration; an exit status when stopped early, else None."""
-        t = self.cfg.train
-        self.sampler.set_epoch(epoch, (self.iteration - epoch * self.iters_per_epoch) * self.loader.batch_size)
-        self.distiller.train()
-        self._tic, self._done_since = time.time(), 0
-        for images, target in self.batches():
-            self.step(images, target)
-            self._done_since += 1
-            if self.iteration % t.log_every == 0 or self.iteration == self.total_iters:
-                values = self.flush()  # every rank: a collective
-                if self.log:
-                    self.report(epoch, values, self._done_since * t.batch_size / (time.time() - self._tic))
-                self._tic, self._done_since = time.time(), 0
-            signum = self.agreed_signal(stop.signum)
-            if signum or self.iteration == t.stop_after:
-                return self.interrupt(signum)
-            if self.iteration % t.checkpoint_every == 0:
-                self.save("last.pth")
-            if self.iteration >= self.total_iters:
-                break
-        return None
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The loader's batches; a bad sample (also in a worker) is one line naming its file."""
@@ -259,23 +284,3 @@ class Trainer:
             self.log.info(f"stopped at iteration {self.iteration} ({why}); checkpoint written. Resume with the "
                           "same command plus train.resume=auto")
         return 128 + signum if signum else STOPPED
-
-    def report(self, epoch: int, values: dict[str, float], rate: float) -> None:
-        left = self.total_iters - self.iteration
-        eta = left * self.cfg.train.batch_size / max(rate, 1e-9)
-        losses = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "lr")
-        self.log.info(f"epoch {epoch + 1}/{self.epochs} iter {self.iteration}/{self.total_iters} {losses} "
-                      f"lr {values['lr']:.2e} {rate:.1f} img/s eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
-        self.log.scalars(self.iteration, {**values, "images_per_s": rate})
-
-    def validate(self) -> None:
-        from engine.evaluate import evaluate
-
-        model = unwrap(self.distiller.student)
-        cm = evaluate(model, self.cfg, self.info, self.cfg.data.val_list, progress=False)
-        result = cm.compute()
-        if self.log:
-            scores = {k: result[k] for k in ("mIoU", "mAcc", "allAcc")}
-            self.log.scalars(self.iteration, scores, kind="val")
-            self.log.info(f"val at iteration {self.iteration}: " + json.dumps(scores))
-        self.distiller.train()
