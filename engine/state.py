@@ -12,14 +12,13 @@ import os
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
 
 from data.loader import rng_state, set_rng_state
 from engine.rundir import experiment_diff
 from model.build import describe_checkpoint
 from util.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from util.config import Config, flat_dict
-from util.distributed import DistInfo, broadcast_flag
+from util.distributed import DistInfo, all_gather_objects, broadcast_flag, broadcast_object
 from util.errors import SegKDError
 
 RESUME_KEYS = ("model", "optimizer", "scaler", "scheduler", "iteration", "rng")
@@ -40,8 +39,7 @@ class Checkpoints:
         """The checkpoint dict (collective: every rank's RNG states are gathered)."""
         rngs = [rng_state()]
         if self.info.distributed:  # every rank's dropout RNG, so a resume is exact on each of them
-            rngs = [None] * self.info.world_size
-            dist.all_gather_object(rngs, rng_state())
+            rngs = all_gather_objects(rng_state(), self.info.world_size)
         return {**self.meta, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 "scheduler": {"type": "poly", "power": self.cfg.train.power, "total_iters": total_iters},
@@ -119,9 +117,7 @@ def agreed_resume(cfg: Config, info: DistInfo) -> tuple[Optional[str], Optional[
     disagree about the iteration and hang; a rank that cannot read rank 0's checkpoint stops every rank."""
     path = resume_path(cfg) if info.is_main else None
     if info.distributed:
-        box = [path]
-        torch.distributed.broadcast_object_list(box, src=0)
-        path = box[0]
+        path = broadcast_object(path)
     if path is None:
         return None, None
     state, problem = None, None

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
 
 from data.loader import rng_state, set_rng_state
 from data.transforms import normalize
@@ -31,7 +30,7 @@ from engine.rundir import RunLog
 from engine.state import Checkpoints
 from model.distiller import Distiller
 from util.config import Config
-from util.distributed import DistInfo, all_reduce_mean, broadcast_flag, unwrap
+from util.distributed import DistInfo, all_gather_objects, all_reduce_max, all_reduce_mean, broadcast_flag, unwrap
 from util.errors import SegKDError
 
 # Exit statuses: 0 finished, 2 bad input, non-finite loss or failed checkpoint write (SegKDError), 3 stopped
@@ -256,11 +255,7 @@ class Trainer:
 
     def agreed_signal(self, signum: Optional[int]) -> int:
         """The stop signal any rank received (0 if none), identical on every rank: they stop together."""
-        if not self.info.distributed:
-            return signum or 0
-        flag = torch.tensor([signum or 0], device=self.info.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
+        return all_reduce_max(signum or 0, self.info.device) if self.info.distributed else signum or 0
 
     def check_replicas(self) -> None:
         """DDP keeps the replicas' parameters identical; verify it (a desync would silently corrupt the
@@ -270,8 +265,7 @@ class Trainer:
             return
         params = unwrap(self.distiller.student).parameters()
         digest = torch.stack([p.double().sum() for p in params]).cpu()
-        digests = [None] * self.info.world_size
-        dist.all_gather_object(digests, digest)
+        digests = all_gather_objects(digest, self.info.world_size)
         if any(not torch.equal(d, digests[0]) for d in digests):
             raise SegKDError("student weights differ between processes after training (DDP desync)")
         if self.log:
