@@ -1,8 +1,10 @@
 """What a training run is made of, built from its config: the data loader, the distiller (student wrapped
 for the device and the processes, frozen teacher) and the optimizer. ``train.py`` and the benchmark
-(``python -m util.benchmark``) both build through these functions, so the benchmark measures training."""
+(tools/benchmark.py) both build through these functions, so the benchmark measures training."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -32,8 +34,21 @@ def build_data(cfg: Config, info: DistInfo):
 
 def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
     """Student (SyncBN on several GPUs, compiled if asked, DDP) and the frozen teacher (none of those)."""
-    student = build_model(cfg).to(info.device)
-    teacher = load_teacher(cfg).to(info.device) if cfg.teacher.checkpoint else None
+    student = build_model(cfg)
+    teacher = load_teacher(cfg) if cfg.teacher.checkpoint else None
+    student, teacher = prepare_models(student, teacher, cfg, info)
+    cache = None
+    if teacher is not None and cfg.distill.teacher_cache is not None:
+        cache = TeacherCache(cfg.distill.teacher_cache, file_digest(cfg.teacher.checkpoint))
+    return Distiller.from_config(student, teacher, cfg, cache)
+
+
+def prepare_models(student: torch.nn.Module, teacher: Optional[torch.nn.Module], cfg: Config,
+                   info: DistInfo) -> tuple[torch.nn.Module, Optional[torch.nn.Module]]:
+    """Both on the device, channels_last and compiled if asked; the student alone gets SyncBN (several GPUs) and
+    DDP (several processes). The benchmark prepares its randomly initialised networks through this too."""
+    student = student.to(info.device)
+    teacher = teacher.to(info.device) if teacher is not None else None
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
@@ -47,10 +62,7 @@ def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
     if info.distributed:
         ids = [info.local_rank] if info.device.type == "cuda" else None
         student = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
-    cache = None
-    if teacher is not None and cfg.distill.teacher_cache is not None:
-        cache = TeacherCache(cfg.distill.teacher_cache, file_digest(cfg.teacher.checkpoint))
-    return Distiller.from_config(student, teacher, cfg, cache)
+    return student, teacher
 
 
 def build_optimizer(student: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
