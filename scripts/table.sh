@@ -7,7 +7,7 @@ SEGKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STUDENT_ROWS="pspnet18_baseline pspnet18_kd pspnet18_kd_aux_kl pspnet18_kd_aux_smoothl1"
 CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the demo configs say 150)
 
-# The scripts cd to the repo root (configs and `-m data.synthetic` resolve there): user paths must not move.
+# The scripts cd to the repo root (configs and `-m tools.synthetic` resolve there): user paths must not move.
 segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 
 segkd_die() { echo "error: $*" >&2; exit 1; }

@@ -13,7 +13,7 @@ TINY_CLASSES = 4
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """12 train / 4 val images, 4 classes, generated once per test session."""
-    from data.synthetic import generate
+    from tools.synthetic import generate
 
     root = str(tmp_path_factory.mktemp("tiny") / "synthetic")
     generate(root, train=12, val=4, classes=TINY_CLASSES, seed=0, workers=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.check import check_dataset, format_report, main
+from tools.check import check_dataset, format_report, main
 from util.errors import SegKDError
 
 IDS = ["a1", "a2", "a3", "b1"]  # a*: train, b1: val

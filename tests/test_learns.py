@@ -68,7 +68,7 @@ def test_cpu_tier_is_learnable(tmp_path):
     (config/synthetic_cpu): R18 for 60 iterations must beat predicting background everywhere, on 40 val
     images, by the margin measured when this test was written (see the assert)."""
     from data.dataset import read_label, read_list
-    from data.synthetic import generate
+    from tools.synthetic import generate
 
     root, run = str(tmp_path / "cpu"), str(tmp_path / "run")
     generate(root, train=240, val=40, classes=8, seed=0, workers=2, preset="cpu")

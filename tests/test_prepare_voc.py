@@ -16,8 +16,8 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from data import prepare_voc
-from data.prepare_voc import SBD_ROOT, VOC_ROOT, main, prepare
+from tools import prepare_voc
+from tools.prepare_voc import SBD_ROOT, VOC_ROOT, main, prepare
 from util.errors import SegKDError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

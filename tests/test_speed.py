@@ -95,7 +95,7 @@ def test_uint8_batches_stay_within_rounding_of_the_float_pipeline(tiny_data):
 @pytest.mark.slow
 def test_benchmark_runs_on_cpu(tiny_data, tmp_path):
     out = tmp_path / "bench.json"
-    r = run_cli("-m", "util.benchmark", "--config", "config/synthetic/pspnet18_kd.yaml", "--crop", "65",
+    r = run_cli("-m", "tools.benchmark", "--config", "config/synthetic/pspnet18_kd.yaml", "--crop", "65",
                 "--batch", "2", "--steps", "1", "--warmup", "1", "--workers", "0,1", "--loader-batches", "3",
                 "--peak-tflops", "1.0", f"data.root={tiny_data}", f"data.classes={TINY_CLASSES}", "--out", str(out))
     assert r.returncode == 0, r.stderr

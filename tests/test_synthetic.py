@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from data.dataset import SegDataset, read_label
-from data.synthetic import generate, main
 from data.transforms import build_train_transform
+from tools.synthetic import generate, main
 from util.errors import SegKDError
 
 ARGS = {"train": 6, "val": 3, "classes": 5, "seed": 0}

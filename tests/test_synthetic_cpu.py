@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from data.dataset import SegDataset, read_image, read_label
-from data.synthetic import generate, main
-from data.synthetic_cpu import CPU_NAMES, render_cpu
 from tests.test_synthetic import _files
+from tools.synthetic import generate, main
+from tools.synthetic_cpu import CPU_NAMES, render_cpu
 from util.errors import SegKDError
 
 ARGS = {"train": 6, "val": 3, "classes": 8, "seed": 0, "preset": "cpu"}

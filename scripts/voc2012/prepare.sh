@@ -4,7 +4,7 @@
 #   scripts/voc2012/prepare.sh DEST --download
 #   scripts/voc2012/prepare.sh DEST --voc-tar VOCtrainval_11-May-2012.tar --sbd-tgz benchmark.tgz
 #
-# Runs `python -m data.prepare_voc --dest DEST ...` from the repository root (PYTHON overrides the
+# Runs `python -m tools.prepare_voc --dest DEST ...` from the repository root (PYTHON overrides the
 # interpreter). DEST, --voc-tar, --sbd-tgz and PYTHON may be relative to the directory you run it from.
 set -euo pipefail
 
@@ -13,7 +13,7 @@ if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
     exit 2
 fi
 
-# The script cds to the repo root so `-m data.prepare_voc` resolves; relative paths must not change meaning.
+# The script cds to the repo root so `-m tools.prepare_voc` resolves; relative paths must not change meaning.
 abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 
 dest=$(abspath "$1")
@@ -41,4 +41,4 @@ python=${PYTHON:-python}
 case "$python" in */*) python=$(abspath "$python") ;; esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-exec "$python" -m data.prepare_voc --dest "$dest" ${args[@]+"${args[@]}"}
+exec "$python" -m tools.prepare_voc --dest "$dest" ${args[@]+"${args[@]}"}

@@ -2,8 +2,8 @@
 
 Run::
 
-    python -m data.synthetic --out data/synthetic --train 1464 --val 300 --classes 21 --seed 0 --workers 2
-    python -m data.synthetic --out datasets/synthetic_cpu --preset cpu    # the CPU tier: 96x96, 8 classes
+    python -m tools.synthetic --out datasets/synthetic --train 1464 --val 300 --classes 21 --seed 0 --workers 2
+    python -m tools.synthetic --out datasets/synthetic_cpu --preset cpu    # the CPU tier: 96x96, 8 classes
 
 It writes ``JPEGImages/<id>.jpg`` (quality 90), ``SegmentationClassAug/<id>.png`` (palette PNGs of class
 indices with a 255 "void" band along object boundaries, like VOC), ``list/train_aug.txt`` and
@@ -14,7 +14,7 @@ the worker count does not change a byte. An existing directory made with other a
 
 Two tiers (``--preset``): ``voc`` (the default, described below: VOC-sized scenes for GPU tables) and
 ``cpu`` (96x96 scenes with 8 classes that a CPU learns in minutes, for ``make demo``: rules in
-data/synthetic_cpu.py; it also writes ``names.txt``, one class name per line, for ``data.names``).
+tools/synthetic_cpu.py; it also writes ``names.txt``, one class name per line, for ``data.names``).
 
 Scene rules of the voc tier (designed so that colour tells nothing and texture, shape and context tell the class):
 
@@ -50,8 +50,8 @@ import numpy as np
 from PIL import Image
 
 from data.palette import save_label_png
-from data.synthetic_cpu import CPU_NAMES, render_cpu
-from data.synthetic_scene import background, colours, shape_points, texture
+from tools.synthetic_cpu import CPU_NAMES, render_cpu
+from tools.synthetic_scene import background, colours, shape_points, texture
 from util.errors import SegKDError
 
 FORMAT_VERSION = 1

@@ -1,7 +1,7 @@
 """The CPU tier of the generated benchmark: small scenes (96x96) that a CPU can learn in minutes.
 
-Used by ``python -m data.synthetic --preset cpu`` (same VOC layout, lists and determinism rules as the
-VOC-sized tier; see data/synthetic.py). The scene rules, chosen so that colour tells nothing and only
+Used by ``python -m tools.synthetic --preset cpu`` (same VOC layout, lists and determinism rules as the
+VOC-sized tier; see tools/synthetic.py). The scene rules, chosen so that colour tells nothing and only
 texture and shape tell the class, with pairs that need more than a local look:
 
 * 96x96 images. The background (class 0) is two smooth colour fields split by a wavy horizon.
@@ -13,7 +13,7 @@ texture and shape tell the class, with pairs that need more than a local look:
   3 checker on an ellipse and 4 checker on a polygon (only the outline differs),
   5 small dots and 6 large dots (dot radius 0.2 or 0.36 of the period), 7 blurred noise.
 * Whole-image lighting gain, Gaussian noise and JPEG compression (quality 95, no chroma subsampling,
-  written by data/synthetic.py); a 3 px void (255) band along outlines.
+  written by tools/synthetic.py); a 3 px void (255) band along outlines.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 import cv2
 import numpy as np
 
-from data.synthetic_scene import background, colours, shape_points, texture
+from tools.synthetic_scene import background, colours, shape_points, texture
 
 SIZE = 96
 # name, texture family, texture extra, shapes, orientation (None: any)

@@ -1,7 +1,7 @@
 """Throughput benchmark: teacher training, student training, distillation, evaluation, and the data loader.
 
-    python -m util.benchmark --config config/voc2012/pspnet18_kd.yaml --crop 473 --batch 16 train.amp=true
-    python -m util.benchmark --config config/synthetic/pspnet18_kd.yaml --crop 65 --batch 2 --steps 3   # CPU smoke
+    python -m tools.benchmark --config config/voc2012/pspnet18_kd.yaml --crop 473 --batch 16 train.amp=true
+    python -m tools.benchmark --config config/synthetic/pspnet18_kd.yaml --crop 65 --batch 2 --steps 3   # CPU smoke
 
 Model steps run on random tensors (no dataset, no teacher checkpoint needed: both networks are randomly
 initialised, which costs the same). For each mode it reports images/s, step time, peak memory, achieved

@@ -1,4 +1,4 @@
-"""Drawing primitives shared by the generated benchmark's two tiers (data/synthetic.py, data/synthetic_cpu.py):
+"""Drawing primitives shared by the generated benchmark's two tiers (tools/synthetic.py, tools/synthetic_cpu.py):
 a colour palette shared by every class, texture fields, object outlines and the two-field background.
 Every function draws from the numpy Generator it is given, so a scene is a pure function of its seed."""
 

@@ -1,7 +1,7 @@
 """Build PASCAL VOC 2012 "aug" (VOC 2012 + SBD labels): 10,582 training and 1,449 validation images.
 
-    python -m data.prepare_voc --dest /data/voc2012 --download
-    python -m data.prepare_voc --dest /data/voc2012 \
+    python -m tools.prepare_voc --dest /data/voc2012 --download
+    python -m tools.prepare_voc --dest /data/voc2012 \
         --voc-tar VOCtrainval_11-May-2012.tar --sbd-tgz benchmark.tgz
     scripts/voc2012/prepare.sh /data/voc2012 --download      # the same, from any directory
 

@@ -1,7 +1,7 @@
 """Check a prepared dataset before training on it: every file there, readable, and labelled sensibly.
 
-    python -m data.check --config config/voc2012/pspnet50_teacher.yaml
-    python -m data.check --config config/voc2012/pspnet50_teacher.yaml data.root=/data/voc --max-problems 5
+    python -m tools.check --config config/voc2012/pspnet50_teacher.yaml
+    python -m tools.check --config config/voc2012/pspnet50_teacher.yaml data.root=/data/voc --max-problems 5
 
 For the train and val lists of the config it reports sample counts, the label modes (P palette / L index;
 RGB colour labels are an error), the label value histogram, image size statistics and one line per
