@@ -1,10 +1,12 @@
 """The training criterion for all three modes: supervised (no teacher) or distilled (frozen teacher).
 
-    total = ce_weight   * CE(out_s, y)          + aux_weight  * CE(aux_s, y)
-          + kd_weight   * KL_T(out_s || out_t)  + feat_weight * FEAT(aux_s, aux_t)
+    total = ce_weight   * CE(out_s, y)        + aux_weight  * CE(aux_s, y)
+          + kd_weight   * KD(out_s, out_t)    + feat_weight * FEAT(aux_s, aux_t)
 
-FEAT compares the student's aux logits with the *teacher's aux logits* (same shape by construction),
-with ``kl`` (the same temperature-scaled KL) or ``smoothl1``; ``none`` drops the term.
+KD (``distill.kd_loss``) compares the main logits: ``kl`` (temperature-scaled KL), ``dist`` or ``kl_std``.
+FEAT (``distill.feat_loss``) compares the student's aux logits with the *teacher's aux logits* (same shape
+by construction): ``kl``, ``smoothl1``, ``cwd``, ``dist`` or ``kl_std``; ``none`` drops the term. Each is a
+function of model/losses.py; :data:`KD_LOSSES` and :data:`FEAT_LOSSES` list them.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from model.losses import cross_entropy, kd_kl_loss, smooth_l1_logits_loss
+from model.losses import cross_entropy, cwd_loss, dist_loss, kd_kl_loss, kl_std_loss, smooth_l1_logits_loss
 from model.teacher_cache import TeacherCache
+
+KD_LOSSES = ("kl", "dist", "kl_std")
+FEAT_LOSSES = ("none", "kl", "smoothl1", "cwd", "dist", "kl_std")
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -42,22 +47,29 @@ class Distiller(nn.Module):
         aux_weight: float = 0.4,
         kd_weight: float = 1.0,
         temperature: float = 1.0,
+        kd_loss: str = "kl",
         feat_loss: str = "none",
         feat_weight: float = 0.4,
         smoothl1_beta: float = 1.0,
+        cwd_tau: float = 1.0,
+        dist_beta: float = 1.0,
+        dist_gamma: float = 1.0,
         ignore_index: int = 255,
         full_resolution: bool = False,
         teacher_cache: Optional[TeacherCache] = None,
     ):
         super().__init__()
-        if feat_loss not in ("none", "kl", "smoothl1"):
-            raise ValueError(f"distill.feat_loss must be none, kl or smoothl1, got {feat_loss!r}")
+        if kd_loss not in KD_LOSSES:
+            raise ValueError(f"distill.kd_loss must be one of {', '.join(KD_LOSSES)}, got {kd_loss!r}")
+        if feat_loss not in FEAT_LOSSES:
+            raise ValueError(f"distill.feat_loss must be one of {', '.join(FEAT_LOSSES)}, got {feat_loss!r}")
         self.student = student
         self.teacher = freeze(teacher) if teacher is not None else None
         self.weights = {"ce": ce_weight, "aux": aux_weight, "kd": kd_weight, "feat": feat_weight}
         self.temperature = temperature
-        self.feat_loss = feat_loss
-        self.smoothl1_beta = smoothl1_beta
+        self.kd_loss, self.feat_loss = kd_loss, feat_loss
+        self.params = {"smoothl1_beta": smoothl1_beta, "cwd_tau": cwd_tau, "dist_beta": dist_beta,
+                       "dist_gamma": dist_gamma}
         self.ignore_index = ignore_index
         self.full_resolution = full_resolution
         self.teacher_cache = teacher_cache
@@ -69,8 +81,9 @@ class Distiller(nn.Module):
         return cls(
             student, teacher,
             ce_weight=cfg.train.ce_weight, aux_weight=cfg.train.aux_weight,
-            kd_weight=d.kd_weight, temperature=d.temperature, feat_loss=d.feat_loss,
-            feat_weight=d.feat_weight, smoothl1_beta=d.smoothl1_beta,
+            kd_weight=d.kd_weight, temperature=d.temperature, kd_loss=d.kd_loss, feat_loss=d.feat_loss,
+            feat_weight=d.feat_weight, smoothl1_beta=d.smoothl1_beta, cwd_tau=d.cwd_tau, dist_beta=d.dist_beta,
+            dist_gamma=d.dist_gamma,
             ignore_index=cfg.data.ignore_label, full_resolution=d.full_resolution, teacher_cache=teacher_cache,
         )
 
@@ -103,11 +116,22 @@ class Distiller(nn.Module):
         terms = {"ce": cross_entropy(s["out"], target, ign), "aux": cross_entropy(s["aux"], target, ign)}
         if self.teacher is not None:
             t = self.teacher_logits(images)
-            full = self.full_resolution
-            terms["kd"] = kd_kl_loss(s["out"], t["out"], target, self.temperature, ign, full)
-            if self.feat_loss == "kl":
-                terms["feat"] = kd_kl_loss(s["aux"], t["aux"], target, self.temperature, ign, full)
-            elif self.feat_loss == "smoothl1":
-                terms["feat"] = smooth_l1_logits_loss(s["aux"], t["aux"], target, ign, self.smoothl1_beta, full)
+            terms["kd"] = self.compare(self.kd_loss, s["out"], t["out"], target)
+            if self.feat_loss != "none":
+                terms["feat"] = self.compare(self.feat_loss, s["aux"], t["aux"], target)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}
+
+    def compare(self, loss: str, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The distillation loss named ``loss`` between two N×K×h×w logit maps, with this distiller's
+        parameters (model/losses.py documents each)."""
+        ign, full, p = self.ignore_index, self.full_resolution, self.params
+        if loss == "kl":
+            return kd_kl_loss(student, teacher, target, self.temperature, ign, full)
+        if loss == "kl_std":
+            return kl_std_loss(student, teacher, target, self.temperature, ign, full)
+        if loss == "smoothl1":
+            return smooth_l1_logits_loss(student, teacher, target, ign, p["smoothl1_beta"], full)
+        if loss == "cwd":
+            return cwd_loss(student, teacher, target, p["cwd_tau"], ign, full)
+        return dist_loss(student, teacher, target, p["dist_beta"], p["dist_gamma"], ign, full)

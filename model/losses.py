@@ -1,8 +1,10 @@
 """Segmentation and distillation losses: small pure functions with documented shapes.
 
 Shapes: N batch, K classes, h×w logit resolution (1/8 of the crop for PSPNet), H×W label resolution.
-Every loss averages over the *valid* pixels (label != ignore_index), so its value does not depend on the
-batch size, the crop size or the number of classes. That is the bug these functions exist to avoid: a
+The per-pixel losses average over the *valid* pixels (label != ignore_index), so their value does not
+depend on the batch size, the crop size or the number of classes; CWD (a distribution over space per
+channel) and DIST's intra-class term (a correlation over the batch's pixels) say in their docstrings what
+they do with ignored pixels. That is the bug these functions exist to avoid: a
 ``'mean'`` reduction over N×K×h×w divides by K, and ``'batchmean'`` divides by N only and so grows with
 h×w (torchdistill, and the CIRKD-derived code this project replaces, which patched it with a factor 19).
 """
@@ -109,3 +111,91 @@ def smooth_l1_logits_loss(
     s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
     per_pixel = F.smooth_l1_loss(s.float(), t.float(), reduction="none", beta=beta).mean(dim=1)
     return _valid_mean(per_pixel, target, ignore_index)
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score over the class dimension (dim 1): (x - mean) / (std + eps), std with n - 1 as in Sun et al.'s
+    code. The result does not change when a pixel's logits are shifted or scaled by a positive factor."""
+    return (logits - logits.mean(dim=1, keepdim=True)) / (logits.std(dim=1, keepdim=True) + eps)
+
+
+def kl_std_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: Optional[torch.Tensor],
+    temperature: float = 1.0,
+    ignore_index: int = 255,
+    full_resolution: bool = False,
+) -> torch.Tensor:
+    """Logit-standardised KD (Sun et al., CVPR 2024): :func:`kd_kl_loss` on the per-pixel z-scores of both
+    logit maps (:func:`standardize`), so the student matches the teacher's logit relations, not their range.
+    Shapes and ignore handling as :func:`kd_kl_loss`; with ``full_resolution`` the logits are upsampled first."""
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
+    return kd_kl_loss(standardize(s.float()), standardize(t.float()), target, temperature, ignore_index)
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of x and y along ``dim`` (cosine similarity of the centred vectors)."""
+    x, y = x - x.mean(dim, keepdim=True), y - y.mean(dim, keepdim=True)
+    return (x * y).sum(dim) / (x.norm(dim=dim) * y.norm(dim=dim) + eps)
+
+
+def dist_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: Optional[torch.Tensor],
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    ignore_index: int = 255,
+    full_resolution: bool = False,
+) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022) on softmax probabilities, as its segmentation code applies it:
+    ``beta * (1 - inter) + gamma * (1 - intra)``. inter: the Pearson correlation between student and teacher
+    over the K classes of a pixel, averaged over the valid pixels; intra: the correlation over the valid
+    pixels of the batch for one class, averaged over the K classes. Ignored pixels are left out of both.
+
+    student_logits, teacher_logits: N×K×h×w; target as :func:`kd_kl_loss` (None: every pixel counts).
+    """
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
+    k = s.shape[1]
+    p_s = F.softmax(s.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, k)  # pixels × K
+    p_t = F.softmax(t.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, k)
+    if target is not None:
+        keep = (target != ignore_index).reshape(-1)
+        p_s, p_t = p_s[keep], p_t[keep]
+    if p_s.shape[0] == 0:
+        return s.float().sum() * 0.0  # every pixel ignored: 0 with a graph
+    inter = 1 - _pearson(p_s, p_t, dim=1).mean()
+    intra = 1 - _pearson(p_s, p_t, dim=0).mean()
+    return beta * inter + gamma * intra
+
+
+def cwd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: Optional[torch.Tensor],
+    tau: float = 1.0,
+    ignore_index: int = 255,
+    full_resolution: bool = False,
+) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021): each channel's map becomes a distribution over the
+    spatial positions, softmax(x / tau) over h×w; the loss is tau² · KL(teacher || student) summed over the
+    positions, averaged over the N×K maps (mmrazor's normalisation).
+
+    Ignored pixels are left out of the spatial softmax of both networks (they receive no probability, so
+    their logits change nothing); an image without a valid pixel is left out of the average. Shapes as
+    :func:`kd_kl_loss`; the value does not depend on the batch size, nor on tiling the same map.
+    """
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
+    s, t = s.float().flatten(2) / tau, t.float().flatten(2) / tau  # N × K × positions
+    if target is not None:
+        valid = (target != ignore_index).flatten(1)[:, None, :]
+        s, t = s.masked_fill(~valid, -1e9), t.masked_fill(~valid, -1e9)  # probability 0, finite logs
+        images = valid[:, 0].any(dim=1)
+    else:
+        images = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+    log_p_s, log_p_t = F.log_softmax(s, dim=2), F.log_softmax(t, dim=2)
+    per_map = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=2)  # N × K
+    if not images.any():
+        return per_map.sum() * 0.0
+    return per_map[images].mean() * tau**2

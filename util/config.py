@@ -46,7 +46,8 @@ NULL_TYPES: dict[str, tuple[type, ...]] = {
     "test.out_dir": (str,),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
-    "distill.feat_loss": ("none", "kl", "smoothl1"),
+    "distill.kd_loss": ("kl", "dist", "kl_std"),
+    "distill.feat_loss": ("none", "kl", "smoothl1", "cwd", "dist", "kl_std"),
     "train.amp_dtype": ("bfloat16", "float16"),
     "train.optimizer": ("sgd", "adamw"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -60,6 +61,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "teacher.layers": (lambda v: v in (18, 34, 50, 101), "one of 18, 34, 50, 101"),
     "distill.temperature": (lambda v: v > 0, "positive"),
+    "distill.cwd_tau": (lambda v: v > 0, "positive"),
+    "distill.dist_beta": (lambda v: v >= 0, "0 or more"),
+    "distill.dist_gamma": (lambda v: v >= 0, "0 or more"),
     "train.iters": _AT_LEAST_1,
     "train.stop_after": _AT_LEAST_1,
     "train.batch_size": _AT_LEAST_1,
