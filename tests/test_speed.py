@@ -9,6 +9,7 @@ import torch
 from data.dataset import SegDataset
 from data.loader import build_train_loader
 from data.transforms import IMAGENET_STD, build_train_transform, normalize
+from engine.flops import gflops
 from model.distiller import Distiller
 from model.pspnet import build_pspnet
 from tests.conftest import TINY_CLASSES, run_cli
@@ -106,5 +107,8 @@ def test_benchmark_runs_on_cpu(tiny_data, tmp_path):
     # a distillation step is a teacher forward plus a student step: more FLOPs than the student step alone
     assert by_mode["distill"]["gflop_per_image"] > by_mode["student_train"]["gflop_per_image"]
     assert by_mode["teacher_train"]["gflop_per_image"] > by_mode["distill"]["gflop_per_image"]
+    # the eval row is test.py's network: no aux head, the FLOPs the results tables report for it
+    assert by_mode["eval"]["gflop_per_image"] == pytest.approx(gflops(18, TINY_CLASSES, 65))
+    assert {m["dtype"] for m in result["models"]} == {"float32"} and result["optimizer"] == "sgd"
     assert [r["workers"] for r in result["loader"]] == [0, 1]
-    assert "| distill |" in r.stdout
+    assert "| distill | float32 |" in r.stdout

@@ -3,12 +3,20 @@
     python -m tools.benchmark --config config/voc2012/pspnet18_kd.yaml --crop 473 --batch 16 train.amp=true
     python -m tools.benchmark --config config/synthetic/pspnet18_kd.yaml --crop 65 --batch 2 --steps 3   # CPU smoke
 
-Model steps run on random tensors (no dataset, no teacher checkpoint needed: both networks are randomly
-initialised, which costs the same). For each mode it reports images/s, step time, peak memory, achieved
-TFLOP/s and the fraction of the device's peak. FLOPs per image are counted once with ``FlopCounterMode`` on
-the meta device (no compute); the peak is ``--peak-tflops`` or measured with a large matmul in the step's
-dtype. With ``data.root`` set, the data loader's images/s is measured for each ``--workers`` count.
-Prints a table and writes JSON (``--out``).
+(``python -m util.benchmark`` is the same command.) Model steps run on random tensors (no dataset, no teacher
+checkpoint needed: both networks are randomly initialised, which costs the same). Everything else is training's
+own code, so the benchmark cannot time something training does not run: the networks are built by
+``model.build.build_model`` (the teacher as ``load_teacher`` rebuilds it), put on the device, channels_last,
+SyncBN, compiled and wrapped by ``engine.setup.prepare_models``; the optimizer is ``engine.setup.build_optimizer``
+(``train.optimizer``, both parameter groups); a step is the trainer's (autocast, the float16 GradScaler); the
+loader is ``engine.setup.build_data``. ``--crop`` and ``--batch`` become ``train.crop_size`` and
+``train.batch_size``. The eval row is test.py's: the fp32 network without switches, ``window_probs`` on
+crop-sized windows (no aux head).
+
+For each mode it reports images/s, step time, peak memory, achieved TFLOP/s and the fraction of the device's
+peak. FLOPs per image are counted once with ``FlopCounterMode`` on the meta device (no compute); the peak is
+``--peak-tflops`` or measured with a large matmul in the step's dtype. With ``data.root`` set, the data loader's
+images/s is measured for each ``--workers`` count. Prints a table and writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -22,68 +30,87 @@ import time
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from engine.inference import window_probs
+from engine.setup import build_data, build_optimizer, prepare_models
+from model.build import build_model
 from model.distiller import Distiller
 from model.pspnet import build_pspnet
 from util.config import Config, load_config
-from util.distributed import pick_device
+from util.distributed import DistInfo, pick_device
 from util.errors import SegKDError
 
 MODES = ("teacher_train", "student_train", "distill", "eval")
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def make_step(mode: str, cfg: Config, device: torch.device, batch: int, crop: int, meta: bool = False):
-    """A closure running one step of ``mode`` on random data, and the models it uses."""
-    classes = cfg.data.classes
-    ctx = torch.device("meta") if meta else contextlib.nullcontext()
-    with ctx:
-        student = build_pspnet(cfg.teacher.layers if mode == "teacher_train" else cfg.model.layers, classes)
-        teacher = build_pspnet(cfg.teacher.layers, classes) if mode == "distill" else None
-    student, teacher = (student.to(device), teacher.to(device) if teacher is not None else None)
-    if cfg.train.channels_last:
-        student = student.to(memory_format=torch.channels_last)
-        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
-    if cfg.train.compile and not meta:
-        torch._dynamo.config.suppress_errors = True  # fall back to eager instead of failing
-        student.compile()
-        if teacher is not None:
-            teacher.compile()
-    distiller = Distiller.from_config(student, teacher, cfg)
-    opt = torch.optim.SGD(student.parameters(), lr=1e-4, momentum=0.9) if not meta else None
+def bench_config(args: argparse.Namespace, *extra: str) -> Config:
+    """The experiment's config with ``--crop``/``--batch`` as the training crop and batch."""
+    return load_config(args.config, [*args.overrides, f"train.crop_size={args.crop}",
+                                     f"train.batch_size={args.batch}", *extra])
+
+
+def build_networks(mode: str, cfg: Config) -> tuple[Config, nn.Module, Optional[nn.Module]]:
+    """(config the step trains with, network trained or evaluated, teacher for ``distill`` else None), randomly
+    initialised (ImageNet weights cost nothing per step and would need a download). ``teacher_train`` trains a
+    model of the teacher's depth; evaluation's network and the teacher are PSPNets as a checkpoint rebuilds
+    them (``model.build._rebuild``)."""
+    tree = cfg.to_dict()
+    tree["model"]["pretrained"] = False
+    if mode == "teacher_train":
+        tree["model"]["layers"] = cfg.teacher.layers  # a valid depth: teacher.layers has the same rule
+    cfg = Config(tree)
+    if mode == "eval":
+        return cfg, build_pspnet(cfg.model.layers, cfg.data.classes), None
+    teacher = build_pspnet(cfg.teacher.layers, cfg.data.classes) if mode == "distill" else None
+    return cfg, build_model(cfg), teacher
+
+
+def make_step(mode: str, cfg: Config, info: DistInfo, batch: int, crop: int) -> Callable[[], None]:
+    """A closure running one step of ``mode`` on random data, with networks, optimizer and step as training's."""
+    device = info.device
     x = torch.randn(batch, 3, crop, crop, device=device)
-    if cfg.train.channels_last:
+    cfg, student, teacher = build_networks(mode, cfg)
+    if mode == "eval":
+        model = student.to(device).eval()  # as test.py: fp32, no channels_last, not compiled
+        return lambda: window_probs(model, x, flip=False, batch=batch)
+    student, teacher = prepare_models(student, teacher, cfg, info)
+    distiller = Distiller.from_config(student, teacher, cfg).train()
+    optimizer = build_optimizer(distiller.student, cfg)
+    t = cfg.train
+    scaler = torch.amp.GradScaler(device.type, enabled=t.amp and t.amp_dtype == "float16")
+    if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch, crop, crop), device=device)
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.train.amp_dtype]
+    y = torch.randint(0, cfg.data.classes, (batch, crop, crop), device=device)
 
-    def autocast():
-        # FLOPs do not depend on the dtype: the meta-device count runs without autocast
-        use = cfg.train.amp and not meta
-        return torch.autocast(device.type, dtype=dtype) if use else contextlib.nullcontext()
-
-    def step() -> None:
-        if mode == "eval":
-            with torch.inference_mode(), autocast():
-                student.eval()(x)
-            return
-        distiller.train()
-        with autocast():
+    def step() -> None:  # engine.trainer.Trainer.step without the learning-rate schedule and the loss log
+        amp = torch.autocast(device.type, dtype=AMP_DTYPES[t.amp_dtype]) if t.amp else contextlib.nullcontext()
+        with amp:
             total, _ = distiller(x, y)
-        total.backward()
-        if opt is not None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return step
 
 
 def flops_per_image(mode: str, cfg: Config, crop: int) -> float:
-    """FLOPs of one step divided by the batch (2: BatchNorm needs more than one sample), on meta tensors."""
-    step = make_step(mode, cfg, torch.device("meta"), 2, crop, meta=True)
+    """FLOPs of one step divided by the batch (2: BatchNorm needs more than one sample), on meta tensors.
+    Neither the dtype nor channels_last nor compile changes the count, so none is applied."""
+    with torch.device("meta"):
+        cfg, student, teacher = build_networks(mode, cfg)
+        x = torch.empty(2, 3, crop, crop)
+        y = torch.zeros(2, crop, crop, dtype=torch.long)
     counter = FlopCounterMode(display=False)
     with counter:
-        step()
+        if mode == "eval":
+            window_probs(student.eval(), x, flip=False, batch=2)
+        else:
+            total, _ = Distiller.from_config(student, teacher, cfg).train()(x, y)
+            total.backward()
     return counter.get_total_flops() / 2
 
 
@@ -118,37 +145,34 @@ def measure_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     return max(matmul, conv) / 1e12
 
 
-def bench_models(cfg: Config, args, device: torch.device, peak: float) -> list[dict]:
-    rows = []
+def bench_models(args: argparse.Namespace, info: DistInfo, peak: Callable[[torch.dtype], float]) -> list[dict]:
+    """One row per mode; ``peak(dtype)`` is the device's peak TFLOP/s in the dtype the step computes in."""
+    device, rows = info.device, []
+    cfg = bench_config(args)
     for mode in args.modes:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        step = make_step(mode, cfg, device, args.batch, args.crop)
+        step = make_step(mode, cfg, info, args.batch, args.crop)
         seconds = time_steps(step, device, args.warmup, args.steps)
         flops = flops_per_image(mode, cfg, args.crop)
         tflops = flops * args.batch / seconds / 1e12
+        dtype = AMP_DTYPES[cfg.train.amp_dtype] if cfg.train.amp and mode != "eval" else torch.float32
         rows.append({
-            "mode": mode, "images_per_s": args.batch / seconds, "step_ms": seconds * 1e3,
+            "mode": mode, "dtype": str(dtype).replace("torch.", ""), "images_per_s": args.batch / seconds,
+            "step_ms": seconds * 1e3,
             "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            "gflop_per_image": flops / 1e9, "tflops": tflops, "fraction_of_peak": tflops / peak,
+            "gflop_per_image": flops / 1e9, "tflops": tflops, "fraction_of_peak": tflops / peak(dtype),
         })
         del step
     return rows
 
 
-def bench_loader(cfg: Config, args) -> list[dict]:
-    """Images/s of the training data pipeline (augmentation included) for each worker count."""
-    from data.dataset import SegDataset
-    from data.loader import build_train_loader
-    from data.transforms import build_train_transform
-
-    d = cfg.data
-    transform = build_train_transform(args.crop, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
-                                      d.ignore_label, uint8=cfg.train.uint8_batches)
-    dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform)
+def bench_loader(args: argparse.Namespace, info: DistInfo) -> list[dict]:
+    """Images/s of the training data pipeline (``engine.setup.build_data``: augmentation included, ``--batch``
+    images a batch) for each worker count."""
     rows = []
     for workers in args.workers:
-        loader, sampler = build_train_loader(dataset, args.batch, workers, 0, 0, 1, pin_memory=False)
+        loader, sampler = build_data(bench_config(args, f"train.workers={workers}"), info)
         sampler.set_epoch(0)
         batches = min(args.loader_batches, len(loader))
         it = iter(loader)
@@ -169,14 +193,16 @@ def environment(device: torch.device) -> dict:
 
 
 def format_tables(result: dict) -> str:
+    peaks = ", ".join(f"{d} {p:.2f}" for d, p in result["peak_tflops"].items())
     lines = [f"device: {result['env']['device']}  torch {result['env']['torch']}  crop {result['crop']}  "
-             f"batch {result['batch']}  amp {result['amp']}  channels_last {result['channels_last']}  "
-             f"compile {result['compile']}  peak {result['peak_tflops']:.2f} TFLOP/s ({result['peak_source']})",
-             "| mode | images/s | step ms | peak mem GiB | GFLOP/image | TFLOP/s | of peak |",
-             "|---|---|---|---|---|---|---|"]
+             f"batch {result['batch']}  amp {result['amp']}  optimizer {result['optimizer']}  "
+             f"channels_last {result['channels_last']}  compile {result['compile']}  "
+             f"peak TFLOP/s {peaks} ({result['peak_source']})",
+             "| mode | dtype | images/s | step ms | peak mem GiB | GFLOP/image | TFLOP/s | of peak |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
-        lines.append(f"| {r['mode']} | {r['images_per_s']:.2f} | {r['step_ms']:.1f} | {mem} "
+        lines.append(f"| {r['mode']} | {r['dtype']} | {r['images_per_s']:.2f} | {r['step_ms']:.1f} | {mem} "
                      f"| {r['gflop_per_image']:.0f} | {r['tflops']:.2f} | {r['fraction_of_peak'] * 100:.1f}% |")
     if result["loader"]:
         lines += ["", "| loader workers | images/s |", "|---|---|"]
@@ -197,31 +223,35 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--loader-batches", type=int, default=20)
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak; default: measured by a matmul")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may sit between the options
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg = load_config(args.config, args.overrides)
     bad = [m for m in args.modes if m not in MODES]
     if bad:
         raise SegKDError(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(MODES)}")
     if args.crop < 32 or args.batch < 2:
         raise SegKDError(f"--crop {args.crop} / --batch {args.batch}: need crop >= 32 and batch >= 2 (BatchNorm)")
-    device = pick_device(cfg.train.device, 0)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    dtype = torch.float32
-    if cfg.train.amp:
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.train.amp_dtype]
-    peak = args.peak_tflops or measure_peak_tflops(device, dtype)
-    result = {"env": environment(device), "crop": args.crop, "batch": args.batch,
-              "amp": cfg.train.amp and cfg.train.amp_dtype,
-              "channels_last": cfg.train.channels_last, "compile": cfg.train.compile, "peak_tflops": peak,
-              "peak_source": "given" if args.peak_tflops else f"measured: {dtype} matmul/conv",
-              "models": bench_models(cfg, args, device, peak),
-              "loader": bench_loader(cfg, args) if cfg.data.root is not None and args.workers else [],
-              "command": " ".join(sys.argv)}
-    return result
+    cfg = bench_config(args)
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=pick_device(cfg.train.device, 0))
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train.py: fixed crop size, autotune once
+    peaks: dict[torch.dtype, float] = {}
+
+    def peak(dtype: torch.dtype) -> float:
+        if dtype not in peaks:
+            peaks[dtype] = args.peak_tflops or measure_peak_tflops(info.device, dtype)
+        return peaks[dtype]
+
+    models = bench_models(args, info, peak)
+    return {"env": environment(info.device), "crop": args.crop, "batch": args.batch,
+            "amp": cfg.train.amp and cfg.train.amp_dtype, "optimizer": cfg.train.optimizer,
+            "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
+            "peak_tflops": {str(d).replace("torch.", ""): p for d, p in peaks.items()},
+            "peak_source": "given" if args.peak_tflops else "measured: matmul/conv in each row's dtype",
+            "models": models,
+            "loader": bench_loader(args, info) if cfg.data.root is not None and args.workers else [],
+            "command": " ".join(sys.argv)}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
