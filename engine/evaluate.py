@@ -16,7 +16,7 @@ from tqdm import tqdm
 from data.dataset import check_label, read_image, read_label, read_list
 from data.palette import colorize
 from engine.inference import predict
-from engine.preemption import worker_error_line
+from engine.preemption import release_workers, worker_error_line
 from util.config import Config
 from util.distributed import DistInfo
 from util.errors import SegKDError
@@ -74,13 +74,15 @@ def evaluate(
     mine = samples[info.rank::info.world_size]  # every image once over the processes, none twice
     loader = DataLoader(EvalImages(mine, cfg.data.classes, cfg.data.ignore_label), batch_size=None,
                         shuffle=False, num_workers=t.workers, collate_fn=_as_numpy)
-    items = iter(tqdm(loader, disable=not (progress and info.is_main), desc="eval", leave=False))
+    batches = iter(loader)
+    items = iter(tqdm(batches, total=len(loader), disable=not (progress and info.is_main), desc="eval", leave=False))
     while True:
         try:
             image, label, image_path = next(items)
         except StopIteration:
             break
         except SegKDError as e:  # a worker's error arrives wrapped in its traceback: keep the one line
+            release_workers(batches)
             raise SegKDError(worker_error_line(e)) from None
         pred = predict(model, image, cfg.data.classes, t.base_size, t.crop_size, t.scales, t.flip, t.stride_rate,
                        info.device)

@@ -25,7 +25,7 @@ import torch
 
 from data.loader import rng_state, set_rng_state
 from data.transforms import normalize
-from engine.preemption import StopRequest, shield_workers, worker_error_line
+from engine.preemption import StopRequest, release_workers, shield_workers, worker_error_line
 from engine.rundir import RunLog
 from engine.state import Checkpoints
 from model.distiller import Distiller
@@ -249,6 +249,7 @@ class Trainer:
             except StopIteration:
                 return
             except SegKDError as e:
+                release_workers(it)
                 raise SegKDError(f"{worker_error_line(e)} (python -m data.check finds every such file; fix "
                                  "it, then resume with train.resume=auto)") from None
             yield batch

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from engine.preemption import shield_workers, worker_error_line
+from engine.preemption import release_workers, shield_workers, worker_error_line
 from engine.rundir import RunLog
 from tests.conftest import REPO, tiny_overrides
 from tests.conftest import run_cli as _run_cli
@@ -225,8 +225,12 @@ class _Samples(Dataset):
 def test_worker_error_is_one_line():
     loader = DataLoader(_Samples(), batch_size=None, sampler=[1], num_workers=1)
     shield_workers(loader)
+    it = iter(loader)
     with pytest.raises(SegKDError) as caught:
-        next(iter(loader))
+        next(it)
+    assert any(w.is_alive() for w in it._workers)  # left alone, the iterator's shutdown waits 5 s per join
+    release_workers(it)
+    assert not any(w.is_alive() for w in it._workers)
     assert "Traceback" in str(caught.value)  # DataLoader's re-raise carries the worker's traceback...
     assert worker_error_line(caught.value) == "/data/img/b.jpg: cannot read image (truncated)"  # ...we cut it
     assert worker_error_line(SegKDError("plain: message")) == "plain: message"
