@@ -1,4 +1,5 @@
-"""data/check.py on a tiny fabricated dataset: clean, then with one problem at a time."""
+"""tools/check.py on a tiny fabricated dataset: clean, then with one problem at a time. The problem lines carry the
+training dataset's own error messages (data/dataset.py's readers and check_label) after the list line."""
 
 from __future__ import annotations
 
@@ -84,10 +85,10 @@ def _to_rgb(path: str) -> None:
 
 @pytest.mark.parametrize("damage, target, needle", [
     (os.remove, "JPEGImages/a3.jpg", "missing image"),
-    (_truncate, "JPEGImages/a1.jpg", "unreadable image"),
-    (_out_of_range, "Labels/b1.png", "values outside 0..20 that are not ignore_label 255: [21, 40]"),
+    (_truncate, "JPEGImages/a1.jpg", "cannot read image"),
+    (_out_of_range, "Labels/b1.png", "label values [21, 40] are outside 0..20 and not ignore_label 255"),
     (_resize, "Labels/a2.png", "is 10x14 (HxW) but label"),
-    (_to_rgb, "Labels/a1.png", "is mode RGB"),
+    (_to_rgb, "Labels/a1.png", "label has mode RGB"),
 ])
 def test_each_problem_exits_1_naming_the_file(dataset, capsys, damage, target, needle):
     root, config = dataset

@@ -3,11 +3,14 @@
     python -m tools.check --config config/voc2012/pspnet50_teacher.yaml
     python -m tools.check --config config/voc2012/pspnet50_teacher.yaml data.root=/data/voc --max-problems 5
 
-For the train and val lists of the config it reports sample counts, the label modes (P palette / L index;
-RGB colour labels are an error), the label value histogram, image size statistics and one line per
-problem naming ``list:line`` and the file: missing or unreadable (e.g. truncated) files, duplicate
-entries, label values outside ``0..classes-1`` that are not ``ignore_label``, image/label size
-mismatches. Exit status 0 when clean, 1 when there are problems, 2 on a bad config.
+(``python -m data.check`` is the same command.) For the train and val lists of the config it reports sample
+counts, the label modes (P palette / L index; RGB colour labels are an error), the label value histogram, image
+size statistics and one line per problem naming ``list:line`` and the file: missing or unreadable (e.g.
+truncated) files, duplicate entries, label values outside ``0..classes-1`` that are not ``ignore_label``,
+image/label size mismatches. Exit status 0 when clean, 1 when there are problems, 2 on a bad config.
+
+The rules are the training dataset's own (data/dataset.py): its list resolution, its image and label readers
+and ``check_label``, whose errors become problem lines here instead of stopping at the first one.
 """
 
 from __future__ import annotations
@@ -18,16 +21,14 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
 
+from data.dataset import _resolve_list, check_label, read_image, read_label
 from util.config import load_config
 from util.errors import SegKDError
-
-# Modes whose pixel values are class indices (P: through a palette). Anything else is not a label map.
-INDEX_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 @dataclass
@@ -60,56 +61,60 @@ class _Sample:
     problems: list[str] = field(default_factory=list)
 
 
-def _load(path: str, what: str, where: str, out: _Sample, inspect: Callable[[Image.Image], Any]) -> Any:
-    """``inspect`` of the fully decoded image (``load`` catches truncated files), or None and a problem."""
+def _read(path: str, what: str, where: str, out: _Sample, reader: Callable[[str], np.ndarray]) -> Optional[np.ndarray]:
+    """``reader(path)`` (data.dataset's), or None and a problem naming ``where`` (the list line)."""
     if not os.path.isfile(path):
         out.problems.append(f"{where}: missing {what} {path}")
         return None
     try:
-        with Image.open(path) as image:
-            image.load()
-            return inspect(image)
-    except (OSError, SyntaxError, ValueError) as e:
-        out.problems.append(f"{where}: unreadable {what} {path} ({e})")
+        return reader(path)
+    except SegKDError as e:
+        out.problems.append(f"{where}: {e}")
         return None
 
 
-def _check_label(image: Image.Image, path: str, where: str, classes: int, ignore: int,
-                 out: _Sample) -> tuple[int, int]:
-    """Record the label's mode, value counts and bad values; return its (W, H)."""
-    out.mode = image.mode
-    if image.mode not in INDEX_MODES:
-        out.problems.append(f"{where}: label {path} is mode {image.mode} (colour?), not a P/L index PNG")
-        return image.size
-    label = np.asarray(image)  # P mode gives the palette indices, not the colours
-    if label.dtype == np.uint8:
-        counts = np.bincount(label.ravel(), minlength=256)
-        values = np.flatnonzero(counts)
-        counts = counts[values]
-    else:
-        values, counts = np.unique(label, return_counts=True)
-    out.values.update(dict(zip(values.tolist(), counts.tolist())))
-    bad = [int(v) for v in values if not (0 <= v < classes or v == ignore)]
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-        out.problems.append(f"{where}: label {path} has values outside 0..{classes - 1} "
-                            f"that are not ignore_label {ignore}: [{shown}]")
-    return image.size
+def _label_mode(path: str) -> Optional[str]:
+    """The PNG's mode from its header (for the report's mode column; read_label decides what is allowed)."""
+    try:
+        with Image.open(path) as image:
+            return image.mode
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 def _check_sample(root: str, entry: tuple[int, str, str, str], classes: int, ignore: int) -> _Sample:
     _, where, image_rel, label_rel = entry
     out = _Sample()
     image_path, label_path = os.path.join(root, image_rel), os.path.join(root, label_rel)
-    image_wh = _load(image_path, "image", where, out, lambda im: im.size)
-    label_wh = _load(label_path, "label", where, out,
-                     lambda im: _check_label(im, label_path, where, classes, ignore, out))
-    if image_wh is not None:
-        out.size = (image_wh[1], image_wh[0])
-    if image_wh is not None and label_wh is not None and image_wh != label_wh:
-        out.problems.append(f"{where}: image {image_path} is {image_wh[1]}x{image_wh[0]} (HxW) "
-                            f"but label {label_path} is {label_wh[1]}x{label_wh[0]}")
+    image = _read(image_path, "image", where, out, read_image)
+    if os.path.isfile(label_path):
+        out.mode = _label_mode(label_path)
+    label = _read(label_path, "label", where, out, read_label)
+    if image is not None:
+        out.size = image.shape[:2]
+    if label is not None:
+        counts = np.bincount(label.ravel(), minlength=256)
+        out.values.update({int(v): int(counts[v]) for v in np.flatnonzero(counts)})
+        try:
+            check_label(label, classes, ignore, label_path)
+        except SegKDError as e:
+            out.problems.append(f"{where}: {e}")
+    if image is not None and label is not None and image.shape[:2] != label.shape:
+        out.problems.append(f"{where}: image {image_path} is {image.shape[0]}x{image.shape[1]} (HxW) "
+                            f"but label {label_path} is {label.shape[0]}x{label.shape[1]}")
     return out
+
+
+def _fields(line: str, where: str) -> tuple[str, str]:
+    """``image label`` of one list line, both relative; SegKDError as data.dataset's list parser words it."""
+    # TODO(issue 13): data.dataset.parse_line(line, where, root, check_files=False) once it exists
+    fields = line.split()
+    if len(fields) != 2:
+        raise SegKDError(f"{where}: expected 'image_path label_path', got {len(fields)} field(s): {line.strip()!r}")
+    for rel in fields:
+        if rel.startswith("/"):
+            raise SegKDError(f"{where}: path {rel!r} must be relative to the dataset root")
+    return fields[0], fields[1]
 
 
 def _read_entries(list_path: str, problems: list[tuple[int, str]]) -> list[tuple[int, str, str, str]]:
@@ -117,35 +122,26 @@ def _read_entries(list_path: str, problems: list[tuple[int, str]]) -> list[tuple
     entries, seen = [], {}
     with open(list_path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
-            fields, where = line.split(), f"{list_path}:{lineno}"
-            if not fields:
+            where = f"{list_path}:{lineno}"
+            if not line.strip():
                 continue
-            if len(fields) != 2:
-                bad = f"expected 'image_path label_path', got {len(fields)} field(s)"
-            elif any(os.path.isabs(p) for p in fields):
-                bad = f"paths must be relative to the dataset root: {line.strip()!r}"
-            elif fields[0] in seen:
-                bad = f"duplicate entry {fields[0]} (first on line {seen[fields[0]]})"
-            else:
-                seen[fields[0]] = lineno
-                entries.append((lineno, where, fields[0], fields[1]))
+            try:
+                image, label = _fields(line, where)
+            except SegKDError as e:
+                problems.append((lineno, str(e)))
                 continue
-            problems.append((lineno, f"{where}: {bad}"))
+            if image in seen:  # the dataset would train on it twice
+                problems.append((lineno, f"{where}: duplicate entry {image} (first on line {seen[image]})"))
+                continue
+            seen[image] = lineno
+            entries.append((lineno, where, image, label))
     return entries
-
-
-def _resolve_list(root: str, list_file: str) -> str:
-    # Same rule as data.dataset: absolute as given, else under the root, else relative to the cwd.
-    if os.path.isabs(list_file):
-        return list_file
-    under_root = os.path.join(root, list_file)
-    return under_root if os.path.isfile(under_root) or not os.path.isfile(list_file) else list_file
 
 
 def check_split(root: str, name: str, list_file: str, classes: int, ignore_label: int,
                 workers: int = 8) -> SplitReport:
     """Check every sample of one list; results and problems come in list order whatever ``workers`` is."""
-    list_path = _resolve_list(root, list_file)
+    list_path = _resolve_list(root, list_file)  # the dataset's rule: absolute, under root, else the cwd
     report = SplitReport(name, list_path)
     if not os.path.isfile(list_path):
         report.problems.append(f"{list_path}: list file not found")
