@@ -1,4 +1,5 @@
-"""data/prepare_voc.py on fabricated VOC and SBD archives (a few 12x16 images, no downloads)."""
+"""tools/prepare_voc.py and tools/voc_archives.py on fabricated VOC and SBD archives (a few 12x16 images, no
+downloads)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from tools import prepare_voc
-from tools.prepare_voc import SBD_ROOT, VOC_ROOT, main, prepare
+from tools import prepare_voc, voc_archives
+from tools.prepare_voc import main, prepare
+from tools.voc_archives import SBD_ROOT, VOC_ROOT
 from util.errors import SegKDError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,7 +150,7 @@ def test_wrong_md5_names_the_file_and_both_sums(tmp_path, capsys):
     with open(voc_tar, "rb") as f:
         actual = hashlib.md5(f.read()).hexdigest()
     assert err.startswith("error: ") and voc_tar in err
-    assert actual in err and prepare_voc.VOC.md5 in err
+    assert actual in err and voc_archives.VOC.md5 in err
     assert not os.path.exists(tmp_path / "voc" / "raw" / "voc")
 
 
@@ -220,9 +222,9 @@ def test_download_resumes_after_an_interruption(tmp_path, honour_range):
     server, path = _FakeServer(data, honour_range), str(tmp_path / "dl" / "archive.tar")
     md5 = hashlib.md5(data).hexdigest()
     with pytest.raises(SegKDError, match="interrupted at 524288 bytes"):
-        prepare_voc.download("http://x/archive.tar", path, md5, opener=server)
+        voc_archives.download("http://x/archive.tar", path, md5, opener=server)
     assert not os.path.exists(path) and os.path.getsize(path + ".part") == len(data) // 2
-    prepare_voc.download("http://x/archive.tar", path, md5, opener=server)
+    voc_archives.download("http://x/archive.tar", path, md5, opener=server)
     assert server.ranges == [None, f"bytes={len(data) // 2}-"]
     with open(path, "rb") as f:
         assert f.read() == data
@@ -233,7 +235,7 @@ def test_download_with_wrong_md5_is_removed(tmp_path):
     path = str(tmp_path / "archive.tar")
     server = _FakeServer(b"abc" * 10, break_first=False)
     with pytest.raises(SegKDError, match="archive.tar.part: md5 .* does not match the expected 0+"):
-        prepare_voc.download("http://x/archive.tar", path, "0" * 32, opener=server)
+        voc_archives.download("http://x/archive.tar", path, "0" * 32, opener=server)
     assert not os.path.exists(path) and not os.path.exists(path + ".part")
 
 
