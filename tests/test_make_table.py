@@ -1,5 +1,5 @@
-"""scripts/make_table.py on fabricated metrics.json files: means, sample stds, missing runs, group-by, CSV, paired
-differences to the baseline, iterations."""
+"""scripts/make_table.py (with scripts/table_stats.py, which it imports) on fabricated metrics.json files: means,
+sample stds, missing runs, group-by, CSV, paired differences to the baseline, iterations."""
 
 import csv
 import importlib.util
@@ -16,6 +16,7 @@ _spec = importlib.util.spec_from_file_location("make_table", os.path.join(REPO, 
 make_table = importlib.util.module_from_spec(_spec)
 sys.modules["make_table"] = make_table  # dataclasses look their module up there
 _spec.loader.exec_module(make_table)
+table_stats = sys.modules["table_stats"]  # imported by make_table from its own folder
 
 # row dir -> (mode, layers, feat_loss, {seed: (mIoU, mAcc, allAcc)}); aux KL has no runs at all.
 PAPER = {
@@ -80,7 +81,7 @@ def test_paper_table_means_stds_and_missing(paper_runs, tmp_path, capsys):
     assert code == 0
     assert out == md.read_text()
     rows = read_csv(out_csv)
-    assert list(rows) == [name for name, _, _ in make_table.PAPER_ROWS]
+    assert list(rows) == [name for name, _, _ in table_stats.PAPER_ROWS]
     for row, seeds in (("pspnet18_baseline", [1, 2, 3]), ("pspnet18_kd", [1, 2]),
                        ("pspnet18_kd_aux_smoothl1", [1, 2, 3])):
         for index, score in enumerate(("mIoU", "mAcc", "allAcc")):
