@@ -82,10 +82,9 @@ def _label_mode(path: str) -> Optional[str]:
         return None
 
 
-def _check_sample(root: str, entry: tuple[int, str, str, str], classes: int, ignore: int) -> _Sample:
-    _, where, image_rel, label_rel = entry
+def _check_sample(entry: tuple[int, str, str, str], classes: int, ignore: int) -> _Sample:
+    _, where, image_path, label_path = entry
     out = _Sample()
-    image_path, label_path = os.path.join(root, image_rel), os.path.join(root, label_rel)
     image = _read(image_path, "image", where, out, read_image)
     if os.path.isfile(label_path):
         out.mode = _label_mode(label_path)
@@ -105,20 +104,20 @@ def _check_sample(root: str, entry: tuple[int, str, str, str], classes: int, ign
     return out
 
 
-def _fields(line: str, where: str) -> tuple[str, str]:
-    """``image label`` of one list line, both relative; SegKDError as data.dataset's list parser words it."""
-    # TODO(issue 13): data.dataset.parse_line(line, where, root, check_files=False) once it exists
+def _parse_line(line: str, where: str, root: str) -> tuple[str, str]:
+    """``(root/image, root/label)`` of one list line, existing or not; SegKDError worded as data.dataset's.
+    To be data.dataset.parse_line(line, where, root, check_files=False) once the dataset exports it (issue 13)."""
     fields = line.split()
     if len(fields) != 2:
-        raise SegKDError(f"{where}: expected 'image_path label_path', got {len(fields)} field(s): {line.strip()!r}")
+        raise SegKDError(f"{where}: expected 'image_path label_path', got {len(fields)} field(s): {line!r}")
     for rel in fields:
         if rel.startswith("/"):
-            raise SegKDError(f"{where}: path {rel!r} must be relative to the dataset root")
-    return fields[0], fields[1]
+            raise SegKDError(f"{where}: path {rel!r} must be relative to the dataset root {root}")
+    return os.path.join(root, fields[0]), os.path.join(root, fields[1])
 
 
-def _read_entries(list_path: str, problems: list[tuple[int, str]]) -> list[tuple[int, str, str, str]]:
-    """``(line, list:line, image, label)`` per sample; malformed and duplicate lines go to ``problems``."""
+def _read_entries(root: str, list_path: str, problems: list[tuple[int, str]]) -> list[tuple[int, str, str, str]]:
+    """``(line, list:line, image path, label path)`` per sample; malformed and duplicate lines go to ``problems``."""
     entries, seen = [], {}
     with open(list_path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -126,12 +125,13 @@ def _read_entries(list_path: str, problems: list[tuple[int, str]]) -> list[tuple
             if not line.strip():
                 continue
             try:
-                image, label = _fields(line, where)
+                image, label = _parse_line(line.strip(), where, root)
             except SegKDError as e:
                 problems.append((lineno, str(e)))
                 continue
             if image in seen:  # the dataset would train on it twice
-                problems.append((lineno, f"{where}: duplicate entry {image} (first on line {seen[image]})"))
+                problems.append((lineno, f"{where}: duplicate entry {os.path.relpath(image, root)} "
+                                         f"(first on line {seen[image]})"))
                 continue
             seen[image] = lineno
             entries.append((lineno, where, image, label))
@@ -147,13 +147,13 @@ def check_split(root: str, name: str, list_file: str, classes: int, ignore_label
         report.problems.append(f"{list_path}: list file not found")
         return report
     problems: list[tuple[int, str]] = []
-    entries = _read_entries(list_path, problems)
+    entries = _read_entries(root, list_path, problems)
     report.samples = len(entries)
     if not entries:
         problems.append((0, f"{list_path}: no samples"))
     # PIL releases the GIL while decoding, so threads scale without pickling images between processes.
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        samples = pool.map(lambda e: _check_sample(root, e, classes, ignore_label), entries)
+        samples = pool.map(lambda e: _check_sample(e, classes, ignore_label), entries)
         for entry, sample in zip(entries, samples):
             problems.extend((entry[0], p) for p in sample.problems)
             report.label_values.update(sample.values)
