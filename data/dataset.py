@@ -24,7 +24,7 @@ _TO_TENSOR = ToTensor()
 _LABEL_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-def _resolve_list(root: str, list_file: str) -> str:
+def resolve_list(root: str, list_file: str) -> str:
     """The list file's path: absolute as given, else relative to root, else relative to the cwd."""
     if os.path.isabs(list_file):
         return list_file
@@ -34,7 +34,10 @@ def _resolve_list(root: str, list_file: str) -> str:
     return list_file
 
 
-def _parse_line(line: str, where: str, root: str) -> tuple[str, str]:
+def parse_line(line: str, where: str, root: str, check_files: bool = True) -> tuple[str, str]:
+    """``(root/image, root/label)`` of one list line; ``where`` (``list:line``) names it in errors. With
+    ``check_files`` a missing file is an error too (the loader's rule; the dataset checker reports files
+    itself, so it parses with ``check_files=False``)."""
     fields = line.split()
     if len(fields) != 2:
         raise SegKDError(f"{where}: expected 'image_path label_path', got {len(fields)} field(s): {line!r}")
@@ -43,7 +46,7 @@ def _parse_line(line: str, where: str, root: str) -> tuple[str, str]:
         if rel.startswith("/"):
             raise SegKDError(f"{where}: path {rel!r} must be relative to the dataset root {root}")
         path = os.path.join(root, rel)
-        if not os.path.isfile(path):
+        if check_files and not os.path.isfile(path):
             raise SegKDError(f"{where}: file not found: {path}")
         paths.append(path)
     return paths[0], paths[1]
@@ -56,7 +59,7 @@ def read_list(root: str, list_file: str) -> list[tuple[str, str]]:
     """
     if not os.path.isdir(root):
         raise SegKDError(f"{root}: dataset root not found")
-    path = _resolve_list(root, list_file)
+    path = resolve_list(root, list_file)
     if not os.path.isfile(path):
         raise SegKDError(f"{path}: list file not found")
     root = os.path.abspath(root)
@@ -64,7 +67,7 @@ def read_list(root: str, list_file: str) -> list[tuple[str, str]]:
     with open(path, encoding="utf-8", newline=None) as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
-                samples.append(_parse_line(line.strip(), f"{path}:{lineno}", root))
+                samples.append(parse_line(line.strip(), f"{path}:{lineno}", root))
     if not samples:
         raise SegKDError(f"{path}: list file has no samples")
     return samples
@@ -156,3 +159,6 @@ class SegDataset(torch.utils.data.Dataset):
         if isinstance(image, np.ndarray):
             image, label = _TO_TENSOR(image, label)
         return image, label
+
+
+_resolve_list = resolve_list  # the name tools/check.py imported before both were public
