@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from data.dataset import _resolve_list, check_label, read_image, read_label
+from data.dataset import check_label, parse_line, read_image, read_label, resolve_list
 from util.config import load_config
 from util.errors import SegKDError
 
@@ -104,18 +104,6 @@ def _check_sample(entry: tuple[int, str, str, str], classes: int, ignore: int) -
     return out
 
 
-def _parse_line(line: str, where: str, root: str) -> tuple[str, str]:
-    """``(root/image, root/label)`` of one list line, existing or not; SegKDError worded as data.dataset's.
-    To be data.dataset.parse_line(line, where, root, check_files=False) once the dataset exports it (issue 13)."""
-    fields = line.split()
-    if len(fields) != 2:
-        raise SegKDError(f"{where}: expected 'image_path label_path', got {len(fields)} field(s): {line!r}")
-    for rel in fields:
-        if rel.startswith("/"):
-            raise SegKDError(f"{where}: path {rel!r} must be relative to the dataset root {root}")
-    return os.path.join(root, fields[0]), os.path.join(root, fields[1])
-
-
 def _read_entries(root: str, list_path: str, problems: list[tuple[int, str]]) -> list[tuple[int, str, str, str]]:
     """``(line, list:line, image path, label path)`` per sample; malformed and duplicate lines go to ``problems``."""
     entries, seen = [], {}
@@ -125,7 +113,7 @@ def _read_entries(root: str, list_path: str, problems: list[tuple[int, str]]) ->
             if not line.strip():
                 continue
             try:
-                image, label = _parse_line(line.strip(), where, root)
+                image, label = parse_line(line.strip(), where, root, check_files=False)  # files: reported below
             except SegKDError as e:
                 problems.append((lineno, str(e)))
                 continue
@@ -141,7 +129,7 @@ def _read_entries(root: str, list_path: str, problems: list[tuple[int, str]]) ->
 def check_split(root: str, name: str, list_file: str, classes: int, ignore_label: int,
                 workers: int = 8) -> SplitReport:
     """Check every sample of one list; results and problems come in list order whatever ``workers`` is."""
-    list_path = _resolve_list(root, list_file)  # the dataset's rule: absolute, under root, else the cwd
+    list_path = resolve_list(root, list_file)  # the dataset's rule: absolute, under root, else the cwd
     report = SplitReport(name, list_path)
     if not os.path.isfile(list_path):
         report.problems.append(f"{list_path}: list file not found")
