@@ -159,6 +159,3 @@ class SegDataset(torch.utils.data.Dataset):
         if isinstance(image, np.ndarray):
             image, label = _TO_TENSOR(image, label)
         return image, label
-
-
-_resolve_list = resolve_list  # the name tools/check.py imported before both were public
