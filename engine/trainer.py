@@ -250,7 +250,7 @@ class Trainer:
                 return
             except SegKDError as e:
                 release_workers(it)
-                raise SegKDError(f"{worker_error_line(e)} (python -m data.check finds every such file; fix "
+                raise SegKDError(f"{worker_error_line(e)} (python -m tools.check finds every such file; fix "
                                  "it, then resume with train.resume=auto)") from None
             yield batch
 
