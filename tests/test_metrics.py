@@ -59,3 +59,31 @@ def test_out_of_range_label_is_an_error():
         assert "5" in str(e)
     else:
         raise AssertionError("expected ValueError")
+
+
+def _reduce_rank(rank, init_file, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        cm = ConfusionMatrix(2)
+        if rank == 0:
+            cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))  # predictions, labels
+        else:
+            cm.update(torch.tensor([1]), torch.tensor([0]))
+        cm.reduce()
+        torch.save(cm.mat, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_reduce_sums_the_matrices_of_every_process(tmp_path):
+    """Under torchrun each process holds the matrix of its share of the images; reduce() leaves the sum on
+    every rank (one all_reduce through util.distributed), still int64."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_reduce_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    mats = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # rank 0: (0->0), (1->1), (0->1); rank 1: (0->1)
+    expected = torch.tensor([[1, 2], [0, 1]])
+    assert all(m.dtype == torch.int64 and torch.equal(m, expected) for m in mats)

@@ -8,7 +8,8 @@ hszhao/semseg and torchvision's references.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from util.distributed import all_reduce_sum
 
 
 class ConfusionMatrix:
@@ -35,10 +36,7 @@ class ConfusionMatrix:
 
     def reduce(self) -> None:
         """Sum the matrices of all processes (no-op outside torch.distributed)."""
-        if dist.is_available() and dist.is_initialized():
-            mat = self.mat.to("cuda") if dist.get_backend() == "nccl" else self.mat
-            dist.all_reduce(mat)
-            self.mat = mat.cpu()
+        self.mat = all_reduce_sum(self.mat)
 
     def compute(self) -> dict[str, object]:
         """Per-class IoU and accuracy, their means (mIoU, mAcc) and pixel accuracy (allAcc).
