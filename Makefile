@@ -25,7 +25,8 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# The CPU benchmark (under 30 min on 2 cores from a fresh clone): the CPU tier of the generated dataset, the
-# teacher once, four student rows x 3 seeds, evaluation, table with paired differences, figure.
+# The CPU benchmark (24-35 min on 2 cores from a fresh clone, by CPU: README, Results): the CPU tier of the
+# generated dataset, the teacher once, four student rows x 3 seeds, evaluation, table with paired differences,
+# figure.
 demo: $(STAMP)
 	SCALE=demo PYTHON=$(abspath $(PY)) bash scripts/synthetic/table.sh
