@@ -2,6 +2,7 @@
 without losing finished runs, and the next call resumes it; scripts/sweep.sh over the new feature losses."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -140,7 +141,5 @@ def test_sweep_ablates_the_new_feature_losses(tmp_path, tiny_data):
 
 
 def baseline_miou(tmp_path):
-    import json
-
     path = tmp_path / "runs" / "sweep" / "synthetic_baseline" / "seed1" / "eval" / "ss" / "metrics.json"
     return 100 * json.loads(path.read_text())["mIoU"]

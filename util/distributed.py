@@ -77,11 +77,12 @@ def all_reduce_mean(values: torch.Tensor, world_size: int) -> torch.Tensor:
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """The sum over processes of a tensor, on the tensor's own device (``values`` itself without a process
-    group). NCCL reduces only CUDA tensors, so a CPU tensor makes the round trip through this rank's GPU."""
+    """The sum over processes of a tensor, as a new tensor on the tensor's own device (``values`` itself
+    without a process group); ``values`` is left unchanged. NCCL reduces only CUDA tensors, so a CPU tensor
+    makes the round trip through this rank's GPU."""
     if not (dist.is_available() and dist.is_initialized()):
         return values
-    out = values.to("cuda") if dist.get_backend() == "nccl" else values.clone()
+    out = values.to("cuda", copy=True) if dist.get_backend() == "nccl" else values.clone()
     dist.all_reduce(out)
     return out.to(values.device)
 
