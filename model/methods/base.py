@@ -1,0 +1,102 @@
+"""What a distillation method is: a term between a student tensor and the teacher's tensor of the same name.
+
+    @register
+    class AT(Method):
+        name, paper = "at", "Zagoruyko and Komodakis, ICLR 2017"
+        default_tensor, default_weight = "out_feat", 10000.0
+        params = {"p": Param(2.0, lambda v: v > 0, "positive")}
+
+        def forward(self, student, teacher, target): ...
+
+A method declares what it compares (``default_tensor``, overridden by ``distill.<name>.tensor``: one of
+:data:`TENSORS`), its parameters (``params``: config keys ``distill.<name>.<key>`` with their defaults and
+checks; ``config/defaults.yaml`` lists the same defaults, tests/test_methods_registry.py keeps them equal)
+and any trainable module it needs, built in ``__init__`` (e.g. FitNets' connector): those parameters train
+with the student at the new-layer learning rate (``train.base_lr * train.head_lr_mult``), are saved in
+``last.pth`` under ``distill_modules`` and restored on resume, and are never part of the student's
+evaluated or exported network.
+
+``forward(student, teacher, target)`` gets the two tensors (N x C_s x h x w and N x C_t x h x w; for the
+logit tensors ``out`` and ``aux``, C = K classes) and the N x H x W labels (``ignore_index`` marks pixels
+without a label), and returns a scalar. The teacher tensor carries no gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from util.errors import SegKDError
+
+# The tensors a segmentor returns by name (model/pspnet.py): the backbone's four stages, the tensor before
+# each classifier (the 3x3 conv + BN + ReLU of the main head after the PPM, and of the aux head on layer3),
+# and the two logit maps.
+FEATURES = ("layer1", "layer2", "layer3", "layer4", "out_feat", "aux_feat")
+LOGITS = ("out", "aux")
+TENSORS = FEATURES + LOGITS
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method: its default, the check a value must pass and how the error says it."""
+
+    default: Any
+    check: Callable[[Any], bool] = lambda v: True
+    rule: str = "valid"
+
+
+class Method(nn.Module):
+    """Base class of the registered methods (see the module docstring)."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    default_tensor: ClassVar[str]
+    default_weight: ClassVar[float]
+    params: ClassVar[dict[str, Param]] = {}
+    logits_only: ClassVar[bool] = False  # compares class logits: ``tensor`` must be ``out`` or ``aux``
+    same_channels: ClassVar[bool] = False  # needs C_s == C_t (there is no connector to bridge them)
+
+    def __init__(self, student_channels: int, teacher_channels: int, classes: int, ignore_index: int = 255,
+                 **params: Any):
+        super().__init__()
+        self.student_channels, self.teacher_channels = student_channels, teacher_channels
+        self.classes, self.ignore_index = classes, ignore_index
+        unknown = set(params) - set(self.params)
+        if unknown:
+            raise SegKDError(f"distill.{self.name}: unknown parameter(s) {', '.join(sorted(unknown))}")
+        for key, spec in self.params.items():
+            setattr(self, key, params.get(key, spec.default))
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``distill.terms: [<cls.name>]``."""
+    if cls.name in METHODS:
+        raise ValueError(f"distillation method {cls.name!r} registered twice")
+    if cls.default_tensor not in TENSORS:
+        raise ValueError(f"{cls.name}: default_tensor {cls.default_tensor!r} is not one of {TENSORS}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered method ``name``; an unknown name lists the known ones."""
+    if name not in METHODS:
+        raise SegKDError(f"distill.terms: unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def check_params(name: str, values: dict[str, Any]) -> None:
+    """Each ``distill.<name>.<key>`` value against the method's declared check (one line naming the key)."""
+    cls = method_class(name)
+    for key, spec in cls.params.items():
+        if key in values and not spec.check(values[key]):
+            raise SegKDError(f"distill.{name}.{key}={values[key]!r}: must be {spec.rule}")
