@@ -11,3 +11,4 @@ __all__ = ["FEATURES", "LOGITS", "METHODS", "TENSORS", "Method", "Param", "check
 # Registration: importing a method's file registers it.
 from model.methods import at  # noqa: E402,F401,I001
 from model.methods import fitnet  # noqa: E402,F401,I001
+from model.methods import skd  # noqa: E402,F401,I001
