@@ -4,9 +4,10 @@ Zagoruyko and Komodakis, "Paying More Attention to Attention: Improving the Perf
 Neural Networks via Attention Transfer", ICLR 2017. The activation-based attention map of a feature is
 F(A) = sum_c |A_c|^p, flattened over the positions and L2-normalised; here the channels are averaged instead
 of summed (the normalisation cancels the factor). The paper's loss (eq. 2) is the L2 norm of the difference
-of the normalised maps, ``beta/2 ||a_s - a_t||_2``; the authors' code (``attention-transfer/utils.py``)
-and CIRKD's segmentation benchmark (``losses/at.py``), which this follows, use the squared difference
-averaged over the N x h*w entries instead.
+of the normalised maps, ``beta/2 ||a_s - a_t||_2``; the authors' code (szagoruyko/attention-transfer,
+``at_loss``) and CIRKD's segmentation benchmark (``losses/at.py``), which this follows, use the squared
+difference averaged over the N x h*w entries instead. Both fix p = 2 and square the signed feature; for
+p = 2 that is |f|^p, for other p the paper's absolute value is kept.
 
 That mean makes the value scale as 1/(h w): the normalised map has unit norm per image, so its squared
 entries average 1/(h w). Hence the large weight, and a weight tuned at one feature size is 4x stronger at
