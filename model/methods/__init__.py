@@ -10,4 +10,5 @@ __all__ = ["FEATURES", "LOGITS", "METHODS", "TENSORS", "Method", "Param", "check
 
 # Registration: importing a method's file registers it.
 from model.methods import cirkd  # noqa: E402,F401,I001
+from model.methods import dkd  # noqa: E402,F401,I001
 from model.methods import ifvd  # noqa: E402,F401,I001
