@@ -41,7 +41,7 @@ def run(cfg: Config, info: DistInfo) -> int:
     seed_everything(cfg.train.seed)  # identical initial weights on every rank and every run
     distiller = build_distiller(cfg, info)
     seed_everything(cfg.train.seed + info.rank)  # dropout differs across ranks, reproducibly
-    optimizer = build_optimizer(distiller.student, cfg)
+    optimizer = build_optimizer(distiller.student, cfg, distiller.trainable_parameters())
     mode = "distill" if distiller.teacher is not None else "supervised"
     resume, state = agreed_resume(cfg, info)
     log = RunLog(cfg.output.dir, cfg) if info.is_main else None

@@ -40,7 +40,9 @@ def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
     cache = None
     if teacher is not None and cfg.distill.teacher_cache is not None:
         cache = TeacherCache(cfg.distill.teacher_cache, file_digest(cfg.teacher.checkpoint))
-    return Distiller.from_config(student, teacher, cfg, cache)
+    distiller = Distiller.from_config(student, teacher, cfg, cache)
+    distiller.methods.to(info.device)  # the methods' connectors, beside the student
+    return distiller
 
 
 def prepare_models(student: torch.nn.Module, teacher: Optional[torch.nn.Module], cfg: Config,
@@ -65,13 +67,18 @@ def prepare_models(student: torch.nn.Module, teacher: Optional[torch.nn.Module],
     return student, teacher
 
 
-def build_optimizer(student: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def build_optimizer(student: torch.nn.Module, cfg: Config,
+                    extra: Optional[list[torch.nn.Parameter]] = None) -> torch.optim.Optimizer:
     """``train.optimizer`` (SGD with momentum, or AdamW), backbone at base_lr and the new layers (PPM,
-    heads) at base_lr * head_lr_mult."""
+    heads) at base_lr * head_lr_mult; ``extra`` (the distillation methods' connectors, new layers too) in a
+    third group at base_lr * head_lr_mult, present only when there are any."""
     t = cfg.train
     backbone, heads = unwrap(student).param_groups()
+    head_lr = t.base_lr * t.head_lr_mult
     groups = [{"params": backbone, "lr": t.base_lr, "initial_lr": t.base_lr},
-              {"params": heads, "lr": t.base_lr * t.head_lr_mult, "initial_lr": t.base_lr * t.head_lr_mult}]
+              {"params": heads, "lr": head_lr, "initial_lr": head_lr}]
+    if extra:
+        groups.append({"params": list(extra), "lr": head_lr, "initial_lr": head_lr})
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.base_lr, betas=(0.9, 0.999), weight_decay=t.weight_decay)
     return torch.optim.SGD(groups, lr=t.base_lr, momentum=t.momentum, weight_decay=t.weight_decay)

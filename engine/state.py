@@ -35,15 +35,18 @@ class Checkpoints:
         self.resumed_from: Optional[str] = None
 
     def snapshot(self, student: torch.nn.Module, optimizer, scaler, iteration: int, epoch: int,
-                 total_iters: int) -> dict[str, Any]:
-        """The checkpoint dict (collective: every rank's RNG states are gathered)."""
+                 total_iters: int, methods: Optional[torch.nn.Module] = None) -> dict[str, Any]:
+        """The checkpoint dict (collective: every rank's RNG states are gathered). ``methods``: the
+        distillation methods' modules (connectors), saved under ``distill_modules`` when they have any state;
+        final.pth is written without them (its network is the student alone)."""
         rngs = [rng_state()]
         if self.info.distributed:  # every rank's dropout RNG, so a resume is exact on each of them
             rngs = all_gather_objects(rng_state(), self.info.world_size)
         return {**self.meta, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 "scheduler": {"type": "poly", "power": self.cfg.train.power, "total_iters": total_iters},
-                "epoch": epoch, "iteration": iteration, "rng": rngs, "config": self.cfg.to_dict()}
+                "epoch": epoch, "iteration": iteration, "rng": rngs, "config": self.cfg.to_dict(),
+                **({"distill_modules": methods.state_dict()} if methods is not None and methods.state_dict() else {})}
 
     def write(self, name: str, state: dict[str, Any]) -> None:
         """Write ``model/<name>`` on rank 0 (collective). If the write fails, every rank stops."""
@@ -67,9 +70,10 @@ class Checkpoints:
                 "is kept")
 
     def restore(self, state: dict[str, Any], path: str, student: torch.nn.Module, optimizer, scaler,
-                total_iters: int) -> int:
-        """Continue from a ``last.pth`` of this same run: weights, optimizer, scaler, RNGs; returns the
-        iteration. Any mismatch is a SegKDError raised before anything is written."""
+                total_iters: int, methods: Optional[torch.nn.Module] = None) -> int:
+        """Continue from a ``last.pth`` of this same run: weights, the distillation methods' connectors,
+        optimizer, scaler, RNGs; returns the iteration. Any mismatch is a SegKDError raised before anything
+        is written."""
         missing = [k for k in RESUME_KEYS if k not in state]
         if state.get("format") != "segkd" or missing:
             raise SegKDError(f"{path}: not a segkd last.pth (missing {', '.join(missing) or 'format'}) - "
@@ -88,6 +92,10 @@ class Checkpoints:
             raise SegKDError(f"{path}: was trained for {state['scheduler']['total_iters']} iterations, this run "
                              f"has {total_iters} (batch size or data changed?)")
         load_state_strict(student, state["model"], path)
+        if methods is not None and methods.state_dict():
+            if "distill_modules" not in state:
+                raise SegKDError(f"{path}: holds no distill_modules for this run's connectors; cannot resume")
+            load_state_strict(methods, state["distill_modules"], path)
         try:
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])

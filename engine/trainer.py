@@ -30,7 +30,15 @@ from engine.rundir import RunLog
 from engine.state import Checkpoints
 from model.distiller import Distiller
 from util.config import Config
-from util.distributed import DistInfo, all_gather_objects, all_reduce_max, all_reduce_mean, broadcast_flag, unwrap
+from util.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_max,
+    all_reduce_mean,
+    average_gradients,
+    broadcast_flag,
+    unwrap,
+)
 from util.errors import SegKDError
 
 # Exit statuses: 0 finished, 2 bad input, non-finite loss or failed checkpoint write (SegKDError), 3 stopped
@@ -136,6 +144,8 @@ class Trainer:
                                                                                 for v in terms.values())]))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        if self.info.distributed:  # DDP averages the student's gradients; the methods' connectors are ours
+            average_gradients(self.distiller.trainable_parameters(), self.info.world_size)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.iteration += 1
@@ -197,13 +207,14 @@ class Trainer:
         if name == "last.pth" and self.checkpoints.saved_at == self.iteration:
             return  # already written at this iteration (a checkpoint_every multiple at an epoch end)
         state = self.checkpoints.snapshot(unwrap(self.distiller.student), self.optimizer, self.scaler, self.iteration,
-                                          self.iteration // self.iters_per_epoch, self.total_iters)
+                                          self.iteration // self.iters_per_epoch, self.total_iters,
+                                          self.distiller.methods if name == "last.pth" else None)
         self.checkpoints.write(name, state)
 
     def restore(self, state: dict[str, Any], path: str) -> None:
         """Continue from ``path``'s state (engine/state.py checks it is this same run)."""
         self.iteration = self.checkpoints.restore(state, path, unwrap(self.distiller.student), self.optimizer,
-                                                  self.scaler, self.total_iters)
+                                                  self.scaler, self.total_iters, self.distiller.methods)
 
     # ---------------------------------------------------------------- helpers of fit()
     def preflight(self) -> None:

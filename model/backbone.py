@@ -11,7 +11,7 @@ Offline machines: put the torchvision file (e.g. ``resnet18-f37072fd.pth``) into
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Union
 
 import torch
@@ -51,7 +51,8 @@ class ResNetBackbone(nn.Module):
         zero_init_residual: zero the last BatchNorm's weight in every residual block (random init only).
 
     Attributes:
-        channels: ``{"layer3": C3, "layer4": C4}``: 256/512 for ResNet-18/34, 1024/2048 for 50/101.
+        channels: ``{"layer1": C1, ..., "layer4": C4}``: 64/128/256/512 for ResNet-18/34, 256/512/1024/2048
+            for 50/101.
     """
 
     def __init__(self, layers: int, pretrained: bool | str | None = False, weights: str = "IMAGENET1K_V1",
@@ -71,7 +72,7 @@ class ResNetBackbone(nn.Module):
         self.relu = resnet.relu
         self.maxpool = resnet.maxpool
         expansion = 4 if bottleneck else 1
-        self.channels: dict[str, int] = {"layer3": 256 * expansion, "layer4": 512 * expansion}
+        self.channels: dict[str, int] = {f"layer{i + 1}": c * expansion for i, c in enumerate((64, 128, 256, 512))}
         if pretrained is True:
             load_backbone_weights(self, imagenet_state_dict(layers, weights), f"ImageNet ResNet-{layers}")
         elif isinstance(pretrained, str):
@@ -81,14 +82,21 @@ class ResNetBackbone(nn.Module):
         elif pretrained not in (False, None):
             raise SegKDError(f"model.pretrained must be false, true or a path, got {pretrained!r}")
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, keep: Collection[str] = ()) -> dict[str, Tensor]:
         """x: N x 3 x H x W -> {"layer3": N x C3 x h x w, "layer4": N x C4 x h x w}, h = H/8 rounded up
-        through the stem (473 -> 60, 65 -> 9, 32 -> 4)."""
+        through the stem (473 -> 60, 65 -> 9, 32 -> 4); plus "layer1" (N x C1 x H/4 x W/4) and "layer2"
+        (N x C2 x h x w) when named in ``keep`` (a feature loss asks for them; otherwise they are not held)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        c3 = self.layer3(x)
+        c1 = self.layer1(x)
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
         c4 = self.layer4(c3)
-        return {"layer3": c3, "layer4": c4}
+        out = {"layer3": c3, "layer4": c4}
+        if "layer1" in keep:
+            out["layer1"] = c1
+        if "layer2" in keep:
+            out["layer2"] = c2
+        return out
 
 
 def _dilate_layer(layer: nn.Sequential, dilation: int) -> None:

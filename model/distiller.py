@@ -11,16 +11,31 @@ function of model/losses.py; :data:`KD_LOSSES` and :data:`FEAT_LOSSES` list them
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from model.losses import cross_entropy, cwd_loss, dist_loss, kd_kl_loss, kl_std_loss, smooth_l1_logits_loss
+from model.methods import LOGITS, METHODS, TENSORS, Method, check_params, method_class
 from model.teacher_cache import TeacherCache
+from util.distributed import unwrap
+from util.errors import SegKDError
 
 KD_LOSSES = ("kl", "dist", "kl_std")
 FEAT_LOSSES = ("none", "kl", "smoothl1", "cwd", "dist", "kl_std")
+
+
+@dataclass
+class Term:
+    """One registered method applied to the tensor ``tensor`` of both networks, with its loss weight."""
+
+    name: str
+    method: Method
+    tensor: str
+    weight: float
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -57,6 +72,7 @@ class Distiller(nn.Module):
         ignore_index: int = 255,
         full_resolution: bool = False,
         teacher_cache: Optional[TeacherCache] = None,
+        terms: Sequence[Term] = (),
     ):
         super().__init__()
         if kd_loss not in KD_LOSSES:
@@ -73,11 +89,19 @@ class Distiller(nn.Module):
         self.ignore_index = ignore_index
         self.full_resolution = full_resolution
         self.teacher_cache = teacher_cache
+        if teacher is None and terms:
+            raise ValueError("distillation terms need a teacher")
+        # the methods' trainable modules (connectors) live here: trained, checkpointed, never in the student
+        self.methods = nn.ModuleDict({t.name: t.method for t in terms})
+        self.term_tensors = {t.name: t.tensor for t in terms}
+        self.weights.update({t.name: t.weight for t in terms})
+        self.features = tuple(sorted({t.tensor for t in terms} - set(LOGITS)))
 
     @classmethod
     def from_config(cls, student: nn.Module, teacher: Optional[nn.Module], cfg,
                     teacher_cache: Optional[TeacherCache] = None) -> Distiller:
         d = cfg.distill
+        terms = build_terms(cfg, student, teacher) if teacher is not None else []
         return cls(
             student, teacher,
             ce_weight=cfg.train.ce_weight, aux_weight=cfg.train.aux_weight,
@@ -85,6 +109,7 @@ class Distiller(nn.Module):
             feat_weight=d.feat_weight, smoothl1_beta=d.smoothl1_beta, cwd_tau=d.cwd_tau, dist_beta=d.dist_beta,
             dist_gamma=d.dist_gamma,
             ignore_index=cfg.data.ignore_label, full_resolution=d.full_resolution, teacher_cache=teacher_cache,
+            terms=terms,
         )
 
     def train(self, mode: bool = True) -> Distiller:
@@ -93,25 +118,29 @@ class Distiller(nn.Module):
             self.teacher.eval()  # a frozen teacher never updates BN statistics
         return self
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The methods' own parameters (connectors): optimised with the student, never part of it."""
+        return list(self.methods.parameters())
+
     @torch.inference_mode()
-    def _teacher_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.teacher(images)
+    def _teacher_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.teacher(images, features=self.features) if self.features else self.teacher(images)
 
     def teacher_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Teacher {'out','aux'} logits as ordinary tensors (inference tensors cannot enter autograd), from
-        the teacher cache when it holds this exact batch."""
+        """Teacher {'out','aux'} logits (and the tensors the terms name) as ordinary tensors (inference
+        tensors cannot enter autograd), from the teacher cache when it holds this exact batch."""
         cache = self.teacher_cache
-        key = cache.key(images) if cache is not None else None  # hashing the batch once
+        key = cache.key(images, self.features) if cache is not None else None  # hashing the batch once
         cached = cache.get(key, images.device) if cache is not None else None
         if cached is not None:
             return cached
-        logits = {k: v.clone() for k, v in self._teacher_logits(images).items()}
+        logits = {k: v.clone() for k, v in self._teacher_outputs(images).items()}
         if cache is not None:
             cache.put(key, logits)
         return logits
 
     def forward(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        s = self.student(images)
+        s = self.student(images, features=self.features) if self.features else self.student(images)
         ign = self.ignore_index
         terms = {"ce": cross_entropy(s["out"], target, ign), "aux": cross_entropy(s["aux"], target, ign)}
         if self.teacher is not None:
@@ -119,6 +148,9 @@ class Distiller(nn.Module):
             terms["kd"] = self.compare(self.kd_loss, s["out"], t["out"], target)
             if self.feat_loss != "none":
                 terms["feat"] = self.compare(self.feat_loss, s["aux"], t["aux"], target)
+            for name, method in self.methods.items():
+                tensor = self.term_tensors[name]
+                terms[name] = method(s[tensor], t[tensor], target)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}
 
@@ -135,3 +167,41 @@ class Distiller(nn.Module):
         if loss == "cwd":
             return cwd_loss(student, teacher, target, p["cwd_tau"], ign, full)
         return dist_loss(student, teacher, target, p["dist_beta"], p["dist_gamma"], ign, full)
+
+
+def build_terms(cfg, student: nn.Module, teacher: nn.Module) -> list[Term]:
+    """The ``distill.terms`` of a config as :class:`Term` s, every key checked before any training: an unknown
+    method or tensor name, a bad parameter, or tensors the method cannot compare is one line naming the key."""
+    d, classes = cfg.distill, cfg.data.classes
+    names = list(d.terms)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SegKDError(f"distill.terms names {', '.join(twice)} more than once")
+    s_channels, t_channels = _channels(student, classes), _channels(teacher, classes)
+    terms = []
+    for name in names:
+        cls = method_class(name)
+        section: dict[str, Any] = getattr(d, name).to_dict()
+        weight, tensor = section.pop("weight"), section.pop("tensor")
+        check_params(name, section)
+        if tensor not in TENSORS:
+            raise SegKDError(f"distill.{name}.tensor={tensor!r}: must be one of {', '.join(TENSORS)}")
+        if cls.logits_only and tensor not in LOGITS:
+            raise SegKDError(f"distill.{name}.tensor={tensor!r}: {name} compares class logits, use out or aux")
+        if tensor not in s_channels or tensor not in t_channels:
+            raise SegKDError(f"distill.{name}.tensor={tensor!r}: the student or the teacher has no such tensor")
+        cs, ct = s_channels[tensor], t_channels[tensor]
+        if cls.same_channels and cs != ct:
+            raise SegKDError(f"distill.{name}.tensor={tensor!r}: the student's has {cs} channels, the teacher's "
+                             f"{ct}, and {name} has no connector (fitnet has)")
+        method = cls(cs, ct, classes, cfg.data.ignore_label, **section)
+        terms.append(Term(name, method, tensor, float(weight)))
+    return terms
+
+
+def _channels(model: nn.Module, classes: int) -> dict[str, int]:
+    """Channels of every tensor a network can return by name (its logits have ``classes``)."""
+    return {**getattr(unwrap(model), "feature_channels", {}), **{name: classes for name in LOGITS}}
+
+
+__all__ = ["Distiller", "FEAT_LOSSES", "KD_LOSSES", "METHODS", "Term", "build_terms", "freeze"]

@@ -3,6 +3,7 @@
     model = build_pspnet(layers=18, classes=21, pretrained=True)
     logits = model(images)  # {"out": N x 21 x h x w, "aux": N x 21 x h x w}, h = H/8 (473 -> 60)
     logits = model(images, aux=False)  # {"out": ...}: evaluation skips the aux head
+    feats = model(images, features=("layer4", "out_feat"))  # logits plus named tensors for feature losses
     backbone_params, head_params = model.param_groups()  # for the 1x / 10x learning rates
 
 The model never computes a loss and never upsamples its output: losses and evaluation resize the logits
@@ -11,7 +12,7 @@ to whatever resolution they need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,16 +86,44 @@ class PSPNet(nn.Module):
         self.head = _head(self.ppm.out_channels, 512, classes, dropout)
         self.aux_head = _head(channels["layer3"], 256, classes, dropout)
 
-    def forward(self, x: Tensor, aux: bool = True) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, aux: bool = True, features: Collection[str] = ()) -> dict[str, Tensor]:
         """x: N x 3 x H x W -> {"out": N x K x h x w, "aux": N x K x h x w} logits at the feature resolution
         (h = H/8 through the stem), NOT upsampled. ``aux=False`` skips the aux head and returns only "out":
         evaluation does that (the aux head is a training device); a distilled student's loss uses the
-        teacher's aux logits, so the default computes them in eval mode too."""
-        feats = self.backbone(x)
-        out = {"out": self.head(self.ppm(feats["layer4"]))}
-        if aux:
+        teacher's aux logits, so the default computes them in eval mode too.
+
+        ``features`` adds named intermediate tensors for the feature losses (model/methods): "layer1"
+        (N x C1 x H/4 x W/4), "layer2".."layer4" (N x C x h x w), "out_feat" (N x 512 x h x w, the main head's
+        3x3 conv + BN + ReLU after the PPM, before dropout and the classifier) and "aux_feat" (N x 256 x h x w,
+        the same in the aux head; computed even with ``aux=False``). Asking for none costs nothing: the
+        computation is the same, only more tensors are returned."""
+        unknown = set(features) - set(self.feature_channels)
+        if unknown:
+            raise ValueError(f"unknown feature name(s) {sorted(unknown)}; known: {list(self.feature_channels)}")
+        keep = [name for name in features if name in ("layer1", "layer2")]
+        feats = self.backbone(x, keep=keep) if keep else self.backbone(x)  # an injected backbone needs no `keep`
+        out: dict[str, Tensor] = {}
+        if "out_feat" in features:
+            hidden = self.head[:3](self.ppm(feats["layer4"]))  # the same modules as head(...), split at dropout
+            out["out"], out["out_feat"] = self.head[3:](hidden), hidden
+        else:
+            out["out"] = self.head(self.ppm(feats["layer4"]))
+        if "aux_feat" in features:
+            hidden = self.aux_head[:3](feats["layer3"])
+            out["aux_feat"] = hidden
+            if aux:
+                out["aux"] = self.aux_head[3:](hidden)
+        elif aux:
             out["aux"] = self.aux_head(feats["layer3"])
+        out.update({name: feats[name] for name in features if name.startswith("layer")})
         return out
+
+    @property
+    def feature_channels(self) -> dict[str, int]:
+        """Channels of every tensor ``forward(features=...)`` can return."""
+        c = self.backbone.channels
+        return {**{f"layer{i}": c[f"layer{i}"] for i in range(1, 5) if f"layer{i}" in c},
+                "out_feat": self.head[0].out_channels, "aux_feat": self.aux_head[0].out_channels}
 
     def inference_parameters(self) -> list[nn.Parameter]:
         """The parameters of the network evaluated and deployed: everything but the aux head."""

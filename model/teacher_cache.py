@@ -4,16 +4,18 @@ Runs that distil from one teacher on identical batches (the distilled rows of on
 augmented crops, data/loader.py) need the teacher's forward pass once, not once per run: on a CPU it costs
 about as much as the student's whole training step. ``distill.teacher_cache=DIR`` turns it on.
 
-The key is a SHA-256 of the teacher's identity (its checkpoint's bytes), whether autocast is on, and the
-batch itself (dtype, shape and bytes of the normalised images), so a hit is the teacher's output for
-exactly these pixels and a different teacher, crop or augmentation can never hit. Files are written
-atomically (``<key>.pt.<pid>.tmp`` then rename), so concurrent runs and a killed run leave only whole entries.
+The key is a SHA-256 of the teacher's identity (its checkpoint's bytes), whether autocast is on, the names
+of the intermediate tensors stored with the logits (model/methods asks for them), and the batch itself
+(dtype, shape and bytes of the normalised images), so a hit is the teacher's output for exactly these pixels
+and a different teacher, crop or augmentation can never hit. Files are written atomically
+(``<key>.pt.<pid>.tmp`` then rename), so concurrent runs and a killed run leave only whole entries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -48,9 +50,13 @@ class TeacherCache:
         except OSError as e:
             raise SegKDError(f"{directory}: cannot create distill.teacher_cache ({e.strerror})") from None
 
-    def key(self, images: torch.Tensor) -> str:
+    def key(self, images: torch.Tensor, features: Sequence[str] = ()) -> str:
+        """The entry of this batch; ``features``: the intermediate tensors stored beside the logits (a
+        logit-only entry keeps the key it always had)."""
         h = hashlib.sha256(self.teacher_id.encode())
         h.update(f"{images.dtype}|{tuple(images.shape)}|autocast={_autocast_on(images.device.type)}".encode())
+        if features:
+            h.update(f"|features={','.join(sorted(features))}".encode())
         h.update(images.detach().contiguous().cpu().numpy().tobytes())
         return h.hexdigest()
 

@@ -35,8 +35,8 @@ def test_backbone_feature_shapes(backbone, size):
 
 
 def test_channels_by_depth():
-    assert ResNetBackbone(18).channels == {"layer3": 256, "layer4": 512}
-    assert ResNetBackbone(50).channels == {"layer3": 1024, "layer4": 2048}
+    assert ResNetBackbone(18).channels == {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+    assert ResNetBackbone(50).channels == {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
 
 
 @pytest.mark.parametrize("depth", DEPTHS)

@@ -78,7 +78,8 @@ def make_step(mode: str, cfg: Config, info: DistInfo, batch: int, crop: int) -> 
         return lambda: window_probs(model, x, flip=False, batch=batch)
     student, teacher = prepare_models(student, teacher, cfg, info)
     distiller = Distiller.from_config(student, teacher, cfg).train()
-    optimizer = build_optimizer(distiller.student, cfg)
+    distiller.methods.to(device)
+    optimizer = build_optimizer(distiller.student, cfg, distiller.trainable_parameters())
     t = cfg.train
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp and t.amp_dtype == "float16")
     if t.channels_last:

@@ -45,6 +45,8 @@ NULL_TYPES: dict[str, tuple[type, ...]] = {
     "test.list": (str,),
     "test.out_dir": (str,),
 }
+# Item types of list keys whose default is an empty list.
+LIST_ITEMS: dict[str, type] = {"distill.terms": str}
 CHOICES: dict[str, tuple[str, ...]] = {
     "distill.kd_loss": ("kl", "dist", "kl_std"),
     "distill.feat_loss": ("none", "kl", "smoothl1", "cwd", "dist", "kl_std"),
@@ -163,8 +165,9 @@ def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
         raise SegKDError(f"{source}: {key}={value!r}: must be {RULES[key][1]}")
     if isinstance(default, float) and isinstance(value, int):
         value = float(value)
-    if isinstance(default, list) and isinstance(value, list) and default:
-        item_type = (float,) if isinstance(default[0], float) else (type(default[0]),)
+    if isinstance(default, list) and isinstance(value, list) and (default or key in LIST_ITEMS):
+        item_type = (LIST_ITEMS[key],) if key in LIST_ITEMS else (
+            (float,) if isinstance(default[0], float) else (type(default[0]),))
         bad = [v for v in value if not _type_ok(v, item_type)]
         if bad:
             raise SegKDError(f"{source}: {key} items must be {item_type[0].__name__}, got {bad[0]!r}")
@@ -198,7 +201,16 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     for text in overrides:
         key, value = parse_override(text)
         flat[key] = _check(key, value, defaults, "command line")
+    _check_terms(flat, defaults, path or "command line")
     return Config(_unflatten(flat))
+
+
+def _check_terms(flat: dict[str, Any], defaults: dict[str, Any], source: str) -> None:
+    """``distill.terms`` names methods: each one a ``distill.<name>`` section (weight, tensor) of the defaults."""
+    known = sorted({k.split(".")[1] for k in defaults if k.startswith("distill.") and k.endswith(".tensor")})
+    for name in flat["distill.terms"]:
+        if name not in known:
+            raise SegKDError(f"{source}: distill.terms: unknown method {name!r}; known: {', '.join(known)}")
 
 
 def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:

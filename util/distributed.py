@@ -87,6 +87,18 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return out.to(values.device)
 
 
+def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Average the gradients of parameters that DDP does not own (the distillation methods' connectors)
+    over the processes, in place, in one collective, so every rank takes the same optimizer step."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world_size < 2 or not grads or not (dist.is_available() and dist.is_initialized()):
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = all_reduce_sum(flat) / world_size
+    for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(chunk.view_as(g))
+
+
 def broadcast_flag(flag: bool, device: torch.device) -> bool:
     """True on every rank if it is True on any rank (used to stop all ranks together)."""
     if not (dist.is_available() and dist.is_initialized()):
