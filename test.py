@@ -86,8 +86,9 @@ def run(cfg: Config, info: DistInfo) -> dict:
         "mode": ckpt.get("mode"), "layers": ckpt["layers"], "classes": ckpt["classes"],
         "list": list_file, "images": len(read_list(cfg.data.root, list_file)),
         "protocol": protocol(cfg), "params": count_params(model),
-        "gflops": gflops(ckpt["layers"], cfg.data.classes, cfg.train.crop_size),
-        "gflops_crop_size": cfg.train.crop_size,
+        # what evaluation computes per sliding window: the network without its aux head on a test.crop_size crop
+        "gflops": gflops(ckpt["layers"], cfg.data.classes, cfg.test.crop_size),
+        "gflops_crop_size": cfg.test.crop_size,
         "config": ckpt.get("config"),
     }
     if info.is_main:
