@@ -5,9 +5,12 @@
     python test.py --config ... test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] test.flip=true   # multi-scale + flip
     torchrun --nproc_per_node=8 test.py --config ...                                 # images sharded over GPUs
 
-Writes to ``test.out_dir`` (default ``output.dir/eval/<ss|ms>[_flip]``): ``gray/<id>.png`` (class indices),
-``color/<id>.png`` (VOC palette) and ``metrics.json``, and prints a per-class table. Only the student's
-checkpoint is needed: no teacher, no ImageNet weights.
+Writes to ``test.out_dir``: ``gray/<id>.png`` (class indices), ``color/<id>.png`` (VOC palette) and
+``metrics.json``, and prints a per-class table. Without ``test.out_dir`` the output goes to the evaluated
+checkpoint's run, ``eval/<ss|ms>[_flip]`` beside its ``model/`` folder: ``output.dir/eval/...`` for the
+default checkpoint, the other run's for ``test.checkpoint=OTHER/model/final.pth`` (beside the file itself when
+it is not in a ``model/`` folder), so another run's scores never land in this config's run directory. Only the
+student's checkpoint is needed: no teacher, no ImageNet weights.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from util.errors import SegKDError
 
 
 def resolve_paths(cfg: Config) -> tuple[str, str]:
-    """(checkpoint, output folder) from test.checkpoint / test.out_dir or their output.dir defaults."""
+    """(checkpoint, output folder): test.checkpoint (default output.dir/model/final.pth) and test.out_dir
+    (default ``eval/<protocol>`` in the checkpoint's run directory, :func:`checkpoint_run_dir`)."""
     ckpt = cfg.test.checkpoint
     if ckpt is None:  # check_testing made sure one of the two is set
         ckpt = os.path.join(cfg.output.dir, "model", "final.pth")
@@ -39,9 +43,16 @@ def resolve_paths(cfg: Config) -> tuple[str, str]:
         raise SegKDError(f"{ckpt}: checkpoint not found (set test.checkpoint or output.dir)")
     out_dir = cfg.test.out_dir
     if out_dir is None:
-        run_dir = cfg.output.dir or os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+        run_dir = cfg.output.dir if cfg.test.checkpoint is None else checkpoint_run_dir(ckpt)
         out_dir = os.path.join(run_dir, "eval", protocol_name(cfg))
     return ckpt, out_dir
+
+
+def checkpoint_run_dir(ckpt: str) -> str:
+    """The run a checkpoint belongs to: ``RUN`` for ``RUN/model/x.pth``, else the checkpoint's own folder. Its scores
+    go there, never into this config's ``output.dir`` (scripts/make_table.py would take them for that run's)."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    return os.path.dirname(folder) if os.path.basename(folder) == "model" else folder
 
 
 def class_names(cfg: Config) -> list[str]:
@@ -82,12 +93,17 @@ def run(cfg: Config, info: DistInfo) -> dict:
     metrics = {
         "mIoU": result["mIoU"], "mAcc": result["mAcc"], "allAcc": result["allAcc"],
         "per_class": {n: {"iou": i, "acc": a} for n, i, a in zip(names, result["iou"], result["acc"])},
-        "checkpoint": os.path.abspath(ckpt_path), "iteration": ckpt.get("iteration"),
+        # where the scores come from: scripts/make_table.py refuses a row whose checkpoint is not in its run
+        # (the relative path still holds when the run directory is moved or copied)
+        "checkpoint": os.path.abspath(ckpt_path),
+        "checkpoint_relative": os.path.relpath(os.path.abspath(ckpt_path), os.path.abspath(out_dir)),
+        "iteration": ckpt.get("iteration"),
         "mode": ckpt.get("mode"), "layers": ckpt["layers"], "classes": ckpt["classes"],
         "list": list_file, "images": len(read_list(cfg.data.root, list_file)),
         "protocol": protocol(cfg), "params": count_params(model),
-        "gflops": gflops(ckpt["layers"], cfg.data.classes, cfg.train.crop_size),
-        "gflops_crop_size": cfg.train.crop_size,
+        # what evaluation computes per sliding window: the network without its aux head on a test.crop_size crop
+        "gflops": gflops(ckpt["layers"], cfg.data.classes, cfg.test.crop_size),
+        "gflops_crop_size": cfg.test.crop_size,
         "config": ckpt.get("config"),
     }
     if info.is_main:

@@ -4,11 +4,14 @@ Runs that distil from one teacher on identical batches (the distilled rows of on
 augmented crops, data/loader.py) need the teacher's forward pass once, not once per run: on a CPU it costs
 about as much as the student's whole training step. ``distill.teacher_cache=DIR`` turns it on.
 
-The key is a SHA-256 of the teacher's identity (its checkpoint's bytes), whether autocast is on, the names
-of the intermediate tensors stored with the logits (model/methods asks for them), and the batch itself
-(dtype, shape and bytes of the normalised images), so a hit is the teacher's output for exactly these pixels
-and a different teacher, crop or augmentation can never hit. Files are written atomically
-(``<key>.pt.<pid>.tmp`` then rename), so concurrent runs and a killed run leave only whole entries.
+The key is a SHA-256 of the teacher's identity (its checkpoint's bytes), the device type, the autocast
+dtype of that device (float16 and bfloat16 runs compute different logits; ``off`` without autocast), the
+names of the intermediate tensors stored with the logits (model/methods asks for them; none for a logit-only
+entry), and the batch itself (dtype, shape and bytes of the normalised images), so a hit is the teacher's
+output for exactly these pixels computed the same way, and a different teacher, crop, augmentation or
+precision can never hit. (Entries written before the key named the device and precision are never read
+again.) Files are written atomically (``<key>.pt.<pid>.tmp`` then rename), so concurrent runs and a killed
+run leave only whole entries.
 """
 
 from __future__ import annotations
@@ -29,11 +32,18 @@ def file_digest(path: str) -> str:
     return file_hash(path, "sha256")
 
 
-def _autocast_on(device_type: str) -> bool:
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast computes in on ``device_type`` here, None when autocast is off there."""
     try:
-        return torch.is_autocast_enabled(device_type)
+        on = torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+        on = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+    if not on:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
 
 
 class TeacherCache:
@@ -51,10 +61,12 @@ class TeacherCache:
             raise SegKDError(f"{directory}: cannot create distill.teacher_cache ({e.strerror})") from None
 
     def key(self, images: torch.Tensor, features: Sequence[str] = ()) -> str:
-        """The entry of this batch; ``features``: the intermediate tensors stored beside the logits (a
-        logit-only entry keeps the key it always had)."""
+        """Everything that decides the teacher's output for this batch, hashed (the one place the key is
+        built); ``features``: the intermediate tensors stored beside the logits."""
+        device = images.device.type
+        amp = _autocast_dtype(device)
         h = hashlib.sha256(self.teacher_id.encode())
-        h.update(f"{images.dtype}|{tuple(images.shape)}|autocast={_autocast_on(images.device.type)}".encode())
+        h.update(f"{images.dtype}|{tuple(images.shape)}|device={device}|autocast={amp or 'off'}".encode())
         if features:
             h.update(f"|features={','.join(sorted(features))}".encode())
         h.update(images.detach().contiguous().cpu().numpy().tobytes())

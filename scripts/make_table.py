@@ -10,7 +10,8 @@ Each argument is a run directory (holding ``eval/<EVAL>/metrics.json``), a ``met
 for run directories. A run in ``.../<name>/seed<k>`` belongs to row ``<name>``, any other run to the row named
 after its directory; ``--group-by KEY`` makes the rows the values of a config key instead. The five rows of the
 paper (teacher, R18 baseline, + logit KD, + aux KL, + aux SmoothL1) are recognised by their config names and
-checked against the mode, depth and ``distill.feat_loss`` their checkpoints record. Scores are in %, as
+checked against the mode, depth and ``distill.feat_loss`` their checkpoints record; a ``metrics.json`` that names a
+checkpoint outside its run directory (another run's model scored into this folder) is refused. Scores are in %, as
 mean ± sample standard deviation (n - 1) over seeds; the CSV holds the same numbers unrounded. Each student row
 also shows its paired difference to the baseline (``pspnet18_baseline``, or the runs of ``--baseline``): the mean
 ± sample std over the seeds both have of row mIoU - baseline mIoU, in points, and its training iterations.

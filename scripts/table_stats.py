@@ -78,7 +78,26 @@ def load_run(metrics_path: str) -> Run:
     seed = config_value(metrics, "train.seed", metrics_path)
     # metrics.json sits in <run>/eval/<protocol>/
     run_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(metrics_path))))
+    check_checkpoint(metrics, metrics_path, run_dir)
     return Run(metrics_path, run_dir, int(seed), metrics)
+
+
+def check_checkpoint(metrics: dict[str, Any], metrics_path: str, run_dir: str) -> None:
+    """Refuse the scores of a checkpoint outside ``run_dir``: another run's model evaluated into this run's eval
+    folder would be read as this run's row. ``checkpoint_relative`` (the checkpoint from the metrics.json's
+    folder, recorded by test.py) holds when the run directory is moved or copied; a metrics.json without it is
+    checked by its absolute ``checkpoint``; one without either is not checked."""
+    recorded = metrics.get("checkpoint")
+    relative = metrics.get("checkpoint_relative")
+    if not isinstance(recorded, str) and not isinstance(relative, str):
+        return
+    here = os.path.dirname(os.path.abspath(metrics_path))
+    ckpt = os.path.normpath(os.path.join(here, relative)) if isinstance(relative, str) else recorded
+    ckpt_real, root = os.path.realpath(ckpt), os.path.realpath(run_dir)
+    if os.path.commonpath([ckpt_real, root]) != root:
+        raise SegKDError(f"{metrics_path}: the scores of {ckpt}, a checkpoint outside this run directory {run_dir} "
+                         "(another run's test.checkpoint?); leave this file out, or evaluate that run into its own "
+                         "eval folder")
 
 
 def config_value(metrics: dict[str, Any], key: str, where: str) -> Any:

@@ -1,5 +1,8 @@
-"""Shared fixtures: a tiny generated dataset in VOC's layout and helpers to run the CLIs."""
+"""Shared fixtures: a tiny generated dataset in VOC's layout and helpers to run the CLIs. And the fast tier's
+promise, enforced: a test that starts a process or trains must be marked ``slow`` (see :func:`forbid_slow_work`)."""
 
+import contextlib
+import multiprocessing.process
 import os
 import subprocess
 import sys
@@ -32,3 +35,53 @@ def run_cli(*args, env=None, timeout=600):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=full_env,
                           timeout=timeout)
+
+
+# ---------------------------------------------------------------- what `make test-fast` skips
+class NotMarkedSlow(Exception):
+    """A test outside the slow tier started a process or a training step."""
+
+
+@contextlib.contextmanager
+def forbid_slow_work(test: str):
+    """Inside, starting a process (``subprocess``, hence ``torchrun`` and any script; ``multiprocessing``: pools,
+    ``spawn``, DataLoader workers; ``os.fork``) or a training step (``engine.trainer.Trainer.step``, also through
+    ``train.main`` in-process) raises :class:`NotMarkedSlow` naming ``test``. Yields the list of what was tried,
+    so a caller can fail a test that caught the exception."""
+    from engine.trainer import Trainer
+
+    tried: list = []
+
+    def refuse(what):
+        def stop(*args, **kwargs):
+            tried.append(what)
+            raise NotMarkedSlow(f"{test} {what}: mark it @pytest.mark.slow (make test-fast must skip it)")
+        return stop
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess.Popen, "_execute_child", refuse("starts a subprocess"))
+        mp.setattr(multiprocessing.process.BaseProcess, "start", refuse("starts a multiprocessing process"))
+        mp.setattr(os, "fork", refuse("forks"))
+        mp.setattr(Trainer, "step", refuse("runs a training step"))
+        yield tried
+
+
+def _unless_slow(item):
+    """Run a test phase under :func:`forbid_slow_work` unless the test is marked slow."""
+    if item.get_closest_marker("slow") is not None:
+        return (yield)
+    with forbid_slow_work(item.nodeid) as tried:
+        result = yield
+    if tried:  # raised, then caught by the code under test: still the test's doing
+        raise NotMarkedSlow(f"{item.nodeid} {tried[0]}: mark it @pytest.mark.slow (make test-fast must skip it)")
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _unless_slow(item))  # fixtures too: a fixture that trains makes its tests slow
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _unless_slow(item))

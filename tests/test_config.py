@@ -78,3 +78,86 @@ def test_every_shipped_config_loads():
         assert cfg.output.dir is not None, path
         assert (cfg.teacher.checkpoint is not None) == ("kd" in path), path
         assert flat_dict(cfg)["data.classes"] >= 2
+
+
+# ---------------------------------------------------------------- list keys (found in config/defaults.yaml)
+def list_keys():
+    from util.config import DEFAULTS_PATH, _flatten, _read_yaml
+
+    keys = sorted(k for k, v in _flatten(_read_yaml(DEFAULTS_PATH)).items() if isinstance(v, list) and v)
+    assert keys, "config/defaults.yaml has no list key: these tests would test nothing"
+    return keys
+
+
+def item_type(key):
+    from util.config import DEFAULTS_PATH, _flatten, _read_yaml
+
+    return type(_flatten(_read_yaml(DEFAULTS_PATH))[key][0])
+
+
+LIST_KEYS = list_keys()
+
+
+@pytest.mark.parametrize("key", LIST_KEYS)
+@pytest.mark.parametrize("where", ["command line", "file"])
+def test_list_key_refuses_a_string_item_in_one_line(key, where, tmp_path):
+    if item_type(key) is str:
+        pytest.skip(f"{key}: a string is a valid item")
+    section, leaf = key.split(".")
+    path = write(tmp_path, f"{section}:\n  {leaf}: [1, a]\n") if where == "file" else None
+    overrides = [] if where == "file" else [f"{key}=[1,a]"]
+    source = path if where == "file" else "command line"
+    with pytest.raises(SegKDError) as err:
+        load_config(path, overrides)
+    assert str(err.value) == f"{source}: {key} items must be {item_type(key).__name__}, got 'a'"
+
+
+@pytest.mark.parametrize("key", LIST_KEYS)
+@pytest.mark.parametrize("where", ["command line", "file"])
+def test_list_key_reads_an_exponent_float(key, where, tmp_path):
+    """YAML 1.1 reads 5e-1 (no dot) as a string: a float item is converted like a single float key."""
+    section, leaf = key.split(".")
+    path = write(tmp_path, f"{section}:\n  {leaf}: [5e-1, 1]\n") if where == "file" else None
+    overrides = [] if where == "file" else [f"{key}=[5e-1,1]"]
+    if item_type(key) is float:
+        value = flat_dict(load_config(path, overrides))[key]
+        assert value == [0.5, 1.0] and all(type(v) is float for v in value)
+    else:
+        with pytest.raises(SegKDError, match=f"{key} items must be {item_type(key).__name__}, got '5e-1'"):
+            load_config(path, overrides)
+
+
+@pytest.mark.parametrize("key", LIST_KEYS)
+def test_list_key_empty_list_follows_its_rule(key):
+    from util.config import RULES
+
+    if key in RULES and "non-empty" in RULES[key][1]:
+        with pytest.raises(SegKDError, match=rf"^command line: {key}=\[\]: must be {RULES[key][1]}$"):
+            load_config(None, [f"{key}=[]"])
+    else:
+        assert flat_dict(load_config(None, [f"{key}=[]"]))[key] == []
+
+
+@pytest.mark.parametrize("key", LIST_KEYS)
+@pytest.mark.parametrize("item", ["null", "true", "[1]"])
+def test_list_key_refuses_null_bool_and_nested_items(key, item):
+    with pytest.raises(SegKDError, match=f"^command line: {key} items must be "):
+        load_config(None, [f"{key}=[{item}]"])
+
+
+@pytest.mark.slow
+def test_bad_list_item_on_the_real_command_line_is_one_line():
+    """train.py and test.py (concurrently: each is mostly imports): exit 2, the one line, no traceback."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import run_cli
+
+    key = LIST_KEYS[0]
+    args = ["--config", "config/synthetic/pspnet18_baseline.yaml", f"{key}=[5e-1,a]"]
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(("train.py", "test.py"), pool.map(lambda s: run_cli(s, *args, timeout=120),
+                                                            ("train.py", "test.py"))))
+    for script, r in results.items():
+        assert r.returncode == 2, script + ": " + r.stderr[-2000:]
+        assert "Traceback" not in r.stderr, script
+        assert r.stderr.strip().splitlines() == [f"error: command line: {key} items must be float, got 'a'"], script

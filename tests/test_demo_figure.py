@@ -172,6 +172,7 @@ def test_missing_row_is_skipped_with_a_note(fab, capsys):
     assert grid_pixel(figure, 5, 0, 2, 13, 48, 3) == colour(marker(4, 1))  # aux SmoothL1 moved left
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.parametrize("broken", ["data", "root", "seed"])
 def test_bad_inputs_exit_2_with_one_line(fab, tmp_path, broken):
     data, root = fab

@@ -17,6 +17,7 @@ from util.distributed import DistInfo
 from util.errors import SegKDError
 
 BASELINE = os.path.join(REPO, "config/synthetic/pspnet18_baseline.yaml")
+pytestmark = pytest.mark.slow  # every test starts test.workers loader processes
 
 
 def info(rank=0, world_size=1):

@@ -222,6 +222,7 @@ class _Samples(Dataset):
         return torch.zeros(1)
 
 
+@pytest.mark.slow  # a DataLoader worker process
 def test_worker_error_is_one_line():
     loader = DataLoader(_Samples(), batch_size=None, sampler=[1], num_workers=1)
     shield_workers(loader)
@@ -236,6 +237,7 @@ def test_worker_error_is_one_line():
     assert worker_error_line(SegKDError("plain: message")) == "plain: message"
 
 
+@pytest.mark.slow  # a DataLoader worker process
 def test_shielded_workers_survive_a_group_sigterm():
     loader = DataLoader(_Samples(), batch_size=None, sampler=[0, 0], num_workers=1)
     shield_workers(loader)
@@ -244,7 +246,10 @@ def test_shielded_workers_survive_a_group_sigterm():
 
 
 # ---------------------------------------------------------------- run directory
-def test_runlog_writes_nothing_before_its_first_message_and_repairs_a_cut_line(tmp_path):
+def test_runlog_writes_nothing_before_its_first_message_and_repairs_a_cut_line(tmp_path, monkeypatch):
+    from engine import rundir
+
+    monkeypatch.setattr(rundir, "git_commit", lambda: "c0ffee (stub)")  # no git subprocess: a fast test
     cfg = load_config(os.path.join(REPO, BASELINE), [f"output.dir={tmp_path / 'run'}"])
     log = RunLog(str(tmp_path / "run"), cfg)
     log.error("a check failed before the run started")
@@ -261,6 +266,7 @@ def test_runlog_writes_nothing_before_its_first_message_and_repairs_a_cut_line(t
     assert [row["iteration"] for row in rows] == [1, 2]
     assert "error: stopped" in (tmp_path / "run" / "train.log").read_text()
     assert (tmp_path / "run" / "config.yaml").exists()
+    assert " c0ffee (stub) " in (tmp_path / "run" / "git_commit.txt").read_text()
 
 
 EXIT_SCRIPT = """
@@ -288,6 +294,7 @@ print("exiting", flush=True)
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_shielded_workers_do_not_hang_interpreter_exit(tmp_path):
     script = tmp_path / "exit.py"
     script.write_text(EXIT_SCRIPT.format(repo=REPO))
@@ -296,6 +303,7 @@ def test_shielded_workers_do_not_hang_interpreter_exit(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # trains (in-process train.main)
 def test_nonfinite_loss_found_at_a_later_flush_names_its_own_iteration(tiny_data, tmp_path):
     """Loss terms reach the host every train.log_every iterations (and before each checkpoint): a term that
     went non-finite in between is still reported at the iteration it happened, and nothing is written."""

@@ -30,16 +30,21 @@ PAPER = {
 
 
 def write_run(run_dir, scores, seed, mode="distill", layers=18, feat="none", temperature=1.0, eval_name="ss",
-              iteration=None):
+              iteration=None, checkpoint=None, relative=True):
     """A run directory as train.py + test.py leave it: config.yaml and eval/<eval_name>/metrics.json (with the
-    checkpoint's ``iteration`` unless None)."""
+    checkpoint's ``iteration`` unless None). The checkpoint evaluated is ``run_dir/model/final.pth`` unless given;
+    ``relative=False`` leaves out ``checkpoint_relative``, as test.py did before it recorded it."""
     out = os.path.join(run_dir, "eval", eval_name)
     os.makedirs(out, exist_ok=True)
+    checkpoint = os.path.abspath(checkpoint or os.path.join(run_dir, "model", "final.pth"))
     config = {"train": {"seed": seed, "crop_size": 129},
               "distill": {"feat_loss": feat, "temperature": temperature}}
     metrics = {"mIoU": scores[0], "mAcc": scores[1], "allAcc": scores[2], "mode": mode, "layers": layers,
                "params": 16_750_000 if layers == 18 else 48_940_000, "gflops": 2.5 if layers == 18 else 7.5,
-               "gflops_crop_size": 129, "protocol": {"scales": [1.0], "flip": False}, "config": config}
+               "gflops_crop_size": 129, "protocol": {"scales": [1.0], "flip": False}, "config": config,
+               "checkpoint": checkpoint}
+    if relative:
+        metrics["checkpoint_relative"] = os.path.relpath(checkpoint, os.path.abspath(out))
     if iteration is not None:
         metrics["iteration"] = iteration
     with open(os.path.join(out, "metrics.json"), "w") as f:
@@ -172,6 +177,40 @@ def test_bad_inputs_name_the_file(paper_runs, tmp_path, capsys):
     assert code == 2 and "eval/ms_flip/metrics.json" in err
     code, _, err = run_main([tmp_path / "x", "--seeds", "one two"], capsys)
     assert code == 2 and "--seeds" in err
+
+
+def test_scores_of_another_runs_checkpoint_are_refused(paper_runs, tmp_path, capsys):
+    """test.py --config X test.checkpoint=OTHER/... used to write OTHER's scores into X/eval/: such a row is
+    refused, naming the metrics.json, with or without the relative path test.py now records."""
+    other = str(paper_runs / "pspnet18_baseline" / "seed1" / "model" / "final.pth")
+    for relative in (True, False):
+        run_dir = paper_runs / "pspnet18_kd" / "seed3"
+        write_run(str(run_dir), (0.5, 0.5, 0.5), 3, checkpoint=other, relative=relative)
+        code, out, err = run_main([paper_runs], capsys)
+        metrics = str(run_dir / "eval" / "ss" / "metrics.json")
+        assert code == 2 and out == ""
+        assert err.splitlines() == [f"error: {metrics}: the scores of {other}, a checkpoint outside this run "
+                                    f"directory {run_dir} (another run's test.checkpoint?); leave this file out, "
+                                    "or evaluate that run into its own eval folder"]
+    # any checkpoint inside the run directory is its own, whatever its name
+    write_run(str(run_dir), (0.5, 0.5, 0.5), 3, checkpoint=str(run_dir / "model" / "last.pth"))
+    assert run_main([paper_runs], capsys)[0] == 0
+
+
+def test_a_copied_run_directory_still_names_its_own_checkpoint(paper_runs, tmp_path, capsys):
+    """checkpoint_relative holds in a copy (as TABLES.md copies the demo's teacher); the absolute path of a file
+    written before it was recorded points at the original, outside the copy, and is refused."""
+    import shutil
+
+    copy = tmp_path / "copy" / "synthetic"
+    shutil.copytree(paper_runs, copy)
+    code, out, _ = run_main([copy, "--out-csv", tmp_path / "t.csv"], capsys)
+    assert code == 0 and read_csv(tmp_path / "t.csv")["pspnet18_baseline"]["n"] == "3"
+    legacy = copy / "pspnet50_teacher"
+    write_run(str(legacy), (0.7, 0.8, 0.9), 1, "supervised", 50,
+              checkpoint=str(paper_runs / "pspnet50_teacher" / "model" / "final.pth"), relative=False)
+    code, _, err = run_main([copy], capsys)
+    assert code == 2 and str(legacy / "eval" / "ss" / "metrics.json") in err and "outside this run" in err
 
 
 def test_same_path_twice_counts_once(paper_runs, tmp_path, capsys):

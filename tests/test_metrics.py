@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from util.metrics import ConfusionMatrix
@@ -77,6 +78,7 @@ def _reduce_rank(rank, init_file, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes
 def test_reduce_sums_the_matrices_of_every_process(tmp_path):
     """Under torchrun each process holds the matrix of its share of the images; reduce() leaves the sum on
     every rank (one all_reduce through util.distributed), still int64."""

@@ -102,7 +102,7 @@ def _read_list(path: str) -> list[str]:
         return f.read().splitlines()
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])  # 2: a process pool
 def test_prepare_builds_lists_and_labels_and_rerun_is_a_noop(tmp_path, capsys, workers):
     voc_tar, sbd_tgz, expected = make_archives(str(tmp_path))
     dest = str(tmp_path / "voc")
@@ -239,6 +239,7 @@ def test_download_with_wrong_md5_is_removed(tmp_path):
     assert not os.path.exists(path) and not os.path.exists(path + ".part")
 
 
+@pytest.mark.slow  # a bash subprocess
 def test_prepare_sh_resolves_relative_paths(tmp_path):
     make_archives(str(tmp_path))
     env = {**os.environ, "PYTHON": sys.executable}

@@ -74,6 +74,7 @@ def loader_batches(root, workers, uint8=False):
     return [b for _, b in zip(range(3), loader)]
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_data_pipeline_same_samples_for_any_worker_count(tiny_data):
     a, b = loader_batches(tiny_data, 0), loader_batches(tiny_data, 2)
     for (ia, la), (ib, lb) in zip(a, b):

@@ -34,6 +34,7 @@ def tiny(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # a process pool
 def test_same_seed_same_bytes_any_worker_count(tiny, tmp_path):
     again = str(tmp_path / "b")
     generate(again, workers=2, **ARGS)

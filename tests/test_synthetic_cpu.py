@@ -22,6 +22,7 @@ def cpu_set(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # a process pool
 def test_same_arguments_same_bytes_any_worker_count(cpu_set, tmp_path):
     again = str(tmp_path / "b")
     generate(again, workers=2, **ARGS)

@@ -94,6 +94,7 @@ def test_tiny_table_skip_fail_resume(tmp_path):
     assert records["pspnet18_kd"]["notes"] == "missing: seed 2"
 
 
+@pytest.mark.slow  # bash subprocesses
 def test_bad_arguments_fail_before_any_run(tmp_path):
     r = run_table(tmp_path, SCALE="huge")
     assert r.returncode != 0 and "SCALE=huge" in r.stderr

@@ -87,3 +87,52 @@ def test_file_digest_tracks_content(tmp_path):
     b.write_bytes(b"x" * 9 + b"y")
     assert file_digest(str(a)) != file_digest(str(b))
     assert file_digest(str(a)) == file_digest(str(a))
+
+
+PRECISIONS = {"off": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def under(precision):
+    dtype = PRECISIONS[precision]
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
+
+
+def test_key_names_the_autocast_dtype(tmp_path):
+    cache = TeacherCache(str(tmp_path / "c"), "teacher-a")
+    images, _ = batch(1)
+    keys = {}
+    for precision in PRECISIONS:
+        with under(precision):
+            keys[precision] = cache.key(images)
+    assert len(set(keys.values())) == 3, keys  # fp16, bf16 and fp32 logits never share an entry
+    assert cache.key(images) == keys["off"]  # outside any autocast context: the fp32 key
+    with torch.autocast("cpu", dtype=torch.float16, enabled=False):  # a disabled context is fp32, whatever dtype
+        assert cache.key(images) == keys["off"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cache.key(images) == keys["bfloat16"]  # and the key is stable
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the same batch on another device type")
+def test_key_names_the_device_type(tmp_path):
+    cache = TeacherCache(str(tmp_path / "c"), "teacher-a")
+    images, _ = batch(1)
+    assert cache.key(images) != cache.key(images.cuda())
+
+
+@pytest.mark.parametrize("first, second", [("float16", "bfloat16"), ("bfloat16", "float16"), ("float16", "off")])
+def test_a_run_at_another_precision_does_not_hit(tmp_path, first, second):
+    """A bf16 run after an fp16 one (same teacher, same batch) runs its own teacher; a rerun at the first
+    precision still hits, with exactly the logits that run computed."""
+    directory, (images, target) = str(tmp_path / "c"), batch(1)
+    runs = {}
+    for name, precision in (("first", first), ("second", second), ("again", first)):
+        runs[name] = make(TeacherCache(directory, "teacher-a"))
+        with under(precision):
+            runs[name](images, target)
+    assert runs["first"].teacher.calls == 1 and runs["first"].teacher_cache.misses == 1
+    assert runs["second"].teacher.calls == 1 and runs["second"].teacher_cache.hits == 0
+    assert runs["again"].teacher.calls == 0 and runs["again"].teacher_cache.hits == 1
+    with under(first):
+        expected = make(None).teacher_logits(images)
+        cached = runs["again"].teacher_logits(images)
+    assert all(torch.equal(cached[k], expected[k]) for k in expected)

@@ -6,7 +6,9 @@
 Rules (each violation is a :class:`SegKDError` naming the key):
 - every key must exist in ``config/defaults.yaml`` (the message suggests the closest known key);
 - a value must have the default's type (an int is accepted where a float is expected, never a bool where
-  a number is expected); keys whose default is null take the type in :data:`NULL_TYPES`;
+  a number is expected); keys whose default is null take the type in :data:`NULL_TYPES`; the items of a list
+  take the type of the default's items (a float written ``5e-1``, which YAML 1.1 reads as a string, is a float),
+  checked before the key's rule;
 - a value must satisfy its key's rule in :data:`RULES` (``train.crop_size`` at least 32, ...);
 - overrides are ``section.key=value`` with the value parsed as YAML, so ``test.scales=[0.5,1.0]`` works.
 Sections are never flattened: ``test.crop_size`` cannot touch ``train.crop_size``.
@@ -161,18 +163,27 @@ def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
         raise SegKDError(f"{source}: {key} cannot be null")
     if key in CHOICES and value not in CHOICES[key]:
         raise SegKDError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if isinstance(default, list) and isinstance(value, list) and (default or key in LIST_ITEMS):
+        example = default[0] if default else LIST_ITEMS[key]()
+        value = _check_items(key, value, example, source)  # before RULES: a rule compares the items
     if key in RULES and not RULES[key][0](value):
         raise SegKDError(f"{source}: {key}={value!r}: must be {RULES[key][1]}")
     if isinstance(default, float) and isinstance(value, int):
         value = float(value)
-    if isinstance(default, list) and isinstance(value, list) and (default or key in LIST_ITEMS):
-        item_type = (LIST_ITEMS[key],) if key in LIST_ITEMS else (
-            (float,) if isinstance(default[0], float) else (type(default[0]),))
-        bad = [v for v in value if not _type_ok(v, item_type)]
-        if bad:
-            raise SegKDError(f"{source}: {key} items must be {item_type[0].__name__}, got {bad[0]!r}")
-        value = [float(v) if item_type == (float,) else v for v in value]
     return value
+
+
+def _check_items(key: str, items: list[Any], example: Any, source: str) -> list[Any]:
+    """The items of a list key, each of the type of the default's first item (``5e-1`` read as a float, an
+    int made a float where floats are expected); a null, a bool or a string where numbers are expected is
+    refused naming the key and the item."""
+    item_type = (float,) if isinstance(example, float) else (type(example),)
+    if item_type == (float,):
+        items = [_as_float(v) if isinstance(v, str) else v for v in items]  # YAML 1.1 reads 5e-1 as a string
+    for v in items:
+        if v is None or not _type_ok(v, item_type):
+            raise SegKDError(f"{source}: {key} items must be {item_type[0].__name__}, got {v!r}")
+    return [float(v) if item_type == (float,) else v for v in items]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
