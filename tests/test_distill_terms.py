@@ -1,0 +1,172 @@
+"""distill.terms: the registry against config/defaults.yaml, the segmentor's named tensors, what the teacher
+computes, how terms are weighted and logged, the connectors' optimizer group, and the one-line errors."""
+
+import importlib
+import os
+
+import pytest
+import torch
+import yaml
+
+from engine.setup import build_optimizer
+from model.distiller import Distiller, build_terms
+from model.methods import FEATURES, METHODS, TENSORS
+from model.pspnet import build_pspnet
+from util.config import DEFAULTS_PATH, load_config
+from util.errors import SegKDError
+
+KD = "config/synthetic_cpu/pspnet18_kd.yaml"
+K = 5
+
+
+def test_every_registered_method_has_its_file_its_paper_and_its_defaults_block():
+    with open(DEFAULTS_PATH) as f:
+        distill = yaml.safe_load(f)["distill"]
+    sections = {k for k, v in distill.items() if isinstance(v, dict)}
+    assert sections == set(METHODS) == {"fitnet", "at", "skd", "ifvd", "cirkd", "dkd"}
+    for name, cls in METHODS.items():
+        assert cls.__module__ == f"model.methods.{name}"  # one file per method
+        assert cls.paper and cls.paper.split()[0] in importlib.import_module(cls.__module__).__doc__
+        declared = {"weight": cls.default_weight, "tensor": cls.default_tensor,
+                    **{k: p.default for k, p in cls.params.items()}}
+        assert distill[name] == declared, name
+        assert cls.default_tensor in TENSORS
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    return build_pspnet(18, K), build_pspnet(50, K)
+
+
+def test_named_tensors_change_nothing_and_have_the_declared_channels(nets):
+    student, _ = nets
+    x = torch.randn(2, 3, 65, 65)
+    student.train()
+    torch.manual_seed(3)
+    plain = student(x)
+    torch.manual_seed(3)  # the same dropout draws
+    named = student(x, features=FEATURES)
+    assert set(named) == {"out", "aux", *FEATURES}
+    assert torch.equal(plain["out"], named["out"]) and torch.equal(plain["aux"], named["aux"])
+    for name in FEATURES:
+        assert named[name].shape[:2] == (2, student.feature_channels[name]), name
+    assert named["layer1"].shape[-1] == 17 and named["layer4"].shape[-1] == named["out"].shape[-1] == 9
+    assert student.feature_channels["out_feat"] == 512 and student.feature_channels["aux_feat"] == 256
+    with pytest.raises(ValueError, match="layer9"):
+        student(x, features=("layer9",))
+
+
+class Recorder(torch.nn.Module):
+    """The teacher, recording the ``features`` of each call."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, []
+
+    @property
+    def feature_channels(self):
+        return self.net.feature_channels
+
+    def forward(self, x, features=None):
+        self.calls.append(features)
+        return self.net(x) if features is None else self.net(x, features=features)
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 3, 65, 65, generator=g), torch.randint(0, K, (2, 65, 65), generator=g)
+    y[:, :8] = 255
+    return x, y
+
+
+def distiller(nets, *overrides):
+    cfg = load_config(KD, [f"data.classes={K}", *overrides])
+    student, teacher = nets
+    teacher = Recorder(teacher)
+    return Distiller.from_config(student, teacher, cfg).train(), teacher
+
+
+def test_the_teacher_computes_only_the_tensors_the_terms_name(nets):
+    d, teacher = distiller(nets)
+    d(*batch())
+    assert teacher.calls == [None] and d.features == ()  # logits only, as before distill.terms
+    d, teacher = distiller(nets, "distill.terms=[fitnet,at,dkd]", "distill.fitnet.tensor=layer4")
+    d(*batch())
+    assert teacher.calls == [("layer4", "out_feat")]  # dkd compares logits: nothing more
+
+
+def test_each_term_is_its_method_on_its_tensor_times_its_weight(nets):
+    d, _ = distiller(nets, "distill.terms=[fitnet,at,dkd]", "distill.fitnet.tensor=layer4", "distill.fitnet.weight=3",
+                     "distill.at.weight=700", "distill.dkd.weight=0.25", "distill.dkd.beta=2")
+    x, y = batch()
+    torch.manual_seed(5)
+    total, terms = d(x, y)
+    assert list(terms) == ["ce", "aux", "kd", "fitnet", "at", "dkd"]
+    torch.manual_seed(5)
+    s = d.student(x, features=("layer4", "out_feat"))
+    with torch.no_grad():
+        t = d.teacher.net(x, features=("layer4", "out_feat"))
+    assert d.methods["dkd"].beta == 2.0
+    for name, tensor in (("fitnet", "layer4"), ("at", "out_feat"), ("dkd", "out")):
+        assert torch.equal(terms[name], d.methods[name](s[tensor], t[tensor], y).detach()), name
+    weights = {"ce": 1.0, "aux": 0.4, "kd": 1.0, "fitnet": 3.0, "at": 700.0, "dkd": 0.25}
+    assert torch.allclose(total, sum(weights[n] * v for n, v in terms.items()), rtol=1e-6)
+
+
+def test_connectors_train_in_their_own_group_and_get_gradients(nets):
+    student, teacher = build_pspnet(18, K), nets[1]
+    cfg = load_config(KD, [f"data.classes={K}", "distill.terms=[fitnet,at]", "distill.fitnet.tensor=layer4"])
+    d = Distiller.from_config(student, teacher, cfg).train()
+    connector = d.trainable_parameters()
+    assert connector and all(id(p) not in {id(q) for q in student.parameters()} for p in connector)
+    assert d.methods["fitnet"].connector[0].weight.shape == (2048, 512, 1, 1)  # R18 layer4 -> R50 layer4
+    opt = build_optimizer(student, cfg, connector)
+    assert len(opt.param_groups) == 3
+    assert opt.param_groups[2]["params"] == connector
+    assert opt.param_groups[2]["lr"] == cfg.train.base_lr * cfg.train.head_lr_mult
+    before = [p.detach().clone() for p in connector]
+    total, _ = d(*batch())
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in connector)
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, connector))
+    assert not any(k.startswith("fitnet") or "connector" in k for k in student.state_dict())
+    assert len(build_optimizer(student, load_config(KD, [f"data.classes={K}"])).param_groups) == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distill.terms=[nope]"], "distill.terms: unknown method 'nope'; known: at, cirkd, dkd, fitnet, ifvd, skd"),
+    (["distill.terms=[at,at]"], "distill.terms names at more than once"),
+    (["distill.terms=[at]", "distill.at.tensor=layer9"], "distill.at.tensor='layer9': must be one of layer1"),
+    (["distill.terms=[dkd]", "distill.dkd.tensor=layer4"], "distill.dkd.tensor='layer4': dkd compares class logits"),
+    (["distill.terms=[at]", "distill.at.p=-1"], "distill.at.p=-1.0: must be"),
+    (["distill.terms=[skd]", "distill.skd.pool=0"], "distill.skd.pool=0: must be"),
+    (["distill.terms=[cirkd]", "distill.cirkd.tau=0"], "distill.cirkd.tau=0.0: must be"),
+    (["distill.fitnet.weight=heavy"], "distill.fitnet.weight must be float"),
+    (["distill.at.tensors=out"], "unknown config key 'distill.at.tensors' (did you mean distill.at.tensor?)"),
+])
+def test_bad_terms_are_one_line_errors_naming_the_key(nets, overrides, message):
+    with pytest.raises(SegKDError) as e:
+        cfg = load_config(KD, [f"data.classes={K}", *overrides])
+        build_terms(cfg, *nets)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_terms_fail_before_the_run_directory_exists(tiny_data, tmp_path):
+    from tests.conftest import tiny_overrides
+    from tests.test_bad_inputs import run_in_process
+
+    teacher = tmp_path / "teacher.pth"
+    from model.build import checkpoint_meta
+    from util.checkpoint import save_checkpoint
+    cfg = load_config("config/synthetic/pspnet50_teacher.yaml", ["data.classes=4"])
+    save_checkpoint({**checkpoint_meta(cfg.model, cfg, "supervised"), "model": build_pspnet(50, 4).state_dict()},
+                    str(teacher))
+    run_dir = tmp_path / "run"
+    r = run_in_process(["--config", "config/synthetic/pspnet18_kd.yaml", *tiny_overrides(tiny_data, str(run_dir)),
+                        f"teacher.checkpoint={teacher}", "distill.terms=[dkd]", "distill.dkd.tensor=out_feat"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: distill.dkd.tensor='out_feat': dkd compares class logits, use out or aux"]
+    assert not os.path.exists(run_dir)
