@@ -137,6 +137,8 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
     for run in runs:
         if group_by is not None:
             value = config_value(run.metrics, group_by, run.metrics_path)
+            if isinstance(value, list):  # distill.terms: [fitnet, at] -> fitnet,at (as the command line says it)
+                value = ",".join(str(v) for v in value)
             key = f"{group_by}={value}"
             label = key
         else:

@@ -14,10 +14,11 @@ from model.pspnet import build_pspnet
 from util.config import load_config
 
 
-def main(out_path: str, root: str) -> None:
+def main(out_path: str, configs_root: str) -> None:
+    """The configs of ``configs_root`` (the older tree's, so both trees run the same files)."""
     out = {}
-    for cfg_path in sorted(glob.glob(f"{root}/config/*/pspnet18_kd*.yaml")):
-        name = cfg_path[len(root) + 1:]
+    for cfg_path in sorted(glob.glob(f"{configs_root}/config/*/pspnet18_kd*.yaml")):
+        name = cfg_path[len(configs_root) + 1:]
         for full in ("false", "true"):
             cfg = load_config(cfg_path, ["data.classes=5", f"distill.full_resolution={full}"])
             torch.manual_seed(0)

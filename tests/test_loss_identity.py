@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 BEFORE = "a88c4e5"
 
 
-def values(tree, out):
+def values(tree, out, configs):
     env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "loss_values.py"), str(out), tree],
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "loss_values.py"), str(out), configs],
                        cwd=tree, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return torch.load(out, weights_only=True)
@@ -29,7 +29,8 @@ def test_shipped_configs_give_the_same_bits_as_before(tmp_path):
     if archive.returncode != 0:
         pytest.skip(f"commit {BEFORE} is not in this clone (shallow?): {archive.stderr.decode().strip()}")
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-    before, after = values(str(old), tmp_path / "old.pt"), values(REPO, tmp_path / "new.pt")
+    before = values(str(old), tmp_path / "old.pt", str(old))
+    after = values(REPO, tmp_path / "new.pt", str(old))  # the same (older) config files, this tree's code
     assert len(before) >= 20 and before.keys() == after.keys()  # 10+ configs x two resolutions
     for run, terms in before.items():
         assert terms.keys() == after[run].keys(), run

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -113,32 +114,37 @@ def test_bad_arguments_fail_before_any_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_ablates_the_new_feature_losses(tmp_path, tiny_data):
-    """scripts/sweep.sh over distill.feat_loss with the losses beyond the seed: one row per value, each paired
-    with the baseline the sweep trains for the same seed, and each run trained with the value it names."""
+@pytest.mark.parametrize("key, values, resolved_value", [
+    ("distill.feat_loss", ["cwd", "dist", "kl_std"], lambda v: v),
+    ("distill.terms", ["fitnet", "dkd"], lambda v: [v]),  # the registered methods, one row each
+])
+def test_sweep_ablates_the_new_feature_losses(tmp_path, tiny_data, key, values, resolved_value):
+    """scripts/sweep.sh over distill.feat_loss with the losses beyond the seed, and over distill.terms with the
+    registered methods: one row per value, each paired with the baseline the sweep trains for the same seed,
+    and each run trained with the value it names."""
     teacher = tmp_path / "teacher"
     r = subprocess.run([sys.executable, "train.py", "--config", "config/synthetic/pspnet50_teacher.yaml",
                         f"data.root={tiny_data}", "data.classes=4", "train.iters=1", "train.batch_size=2",
                         "train.crop_size=65", "train.workers=0", f"output.dir={teacher}"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    values = ["cwd", "dist", "kl_std"]
     env = {**os.environ, "SCALE": "tiny", "PYTHON": sys.executable, "NPROC": "0", "RUNS": str(tmp_path / "runs"),
            "DATA": tiny_data, "TEACHER": str(teacher / "model" / "final.pth"), "OMP_NUM_THREADS": "2"}
     config = os.path.join(REPO, "config", "synthetic", "pspnet18_kd.yaml")
-    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "sweep.sh"), config, "distill.feat_loss", *values],
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "sweep.sh"), config, key, *values],
                        cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     root = tmp_path / "runs" / "sweep" / "pspnet18_kd"
-    with open(root / "distill.feat_loss.csv", newline="") as f:
+    with open(root / f"{key}.csv", newline="") as f:
         records = list(csv.DictReader(f))
-    assert [rec["row"] for rec in records] == [f"distill.feat_loss={v}" for v in values]
+    assert [rec["row"] for rec in records] == [f"{key}={v}" for v in values]
     for rec in records:
         assert rec["n"] == "1" and rec["d_pairs"] == "1" and rec["d_mIoU"] != ""
         assert float(rec["d_mIoU"]) == pytest.approx(float(rec["mIoU"]) - baseline_miou(tmp_path), abs=1e-6)
     for v in values:
-        resolved = (root / f"distill.feat_loss={v}" / "seed1" / "config.yaml").read_text()
-        assert f"feat_loss: {v}" in resolved and str(teacher) in resolved
+        resolved = yaml.safe_load((root / f"{key}={v}" / "seed1" / "config.yaml").read_text())
+        assert resolved["distill"][key.split(".")[1]] == resolved_value(v)
+        assert resolved["teacher"]["checkpoint"] == str(teacher / "model" / "final.pth")
 
 
 def baseline_miou(tmp_path):

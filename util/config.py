@@ -47,7 +47,7 @@ NULL_TYPES: dict[str, tuple[type, ...]] = {
     "test.list": (str,),
     "test.out_dir": (str,),
 }
-# Item types of list keys whose default is an empty list.
+# Item types of list keys whose default is an empty list; one item alone stands for a list of one.
 LIST_ITEMS: dict[str, type] = {"distill.terms": str}
 CHOICES: dict[str, tuple[str, ...]] = {
     "distill.kd_loss": ("kl", "dist", "kl_std"),
@@ -156,6 +156,8 @@ def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
     expected = NULL_TYPES.get(key) or (type(default),)
     if expected == (float,) and isinstance(value, str):
         value = _as_float(value)  # YAML 1.1 reads 1e6 (no dot) as a string
+    if key in LIST_ITEMS and isinstance(value, LIST_ITEMS[key]):
+        value = [value]  # distill.terms=fitnet is [fitnet] (what scripts/sweep.sh passes)
     if not _type_ok(value, expected):
         names = " or ".join(t.__name__ for t in expected)
         raise SegKDError(f"{source}: {key} must be {names}, got {value!r} ({type(value).__name__})")
