@@ -64,7 +64,7 @@ def test_student_learns_an_easy_task(tmp_path):
 
 @pytest.mark.slow
 def test_cpu_tier_is_learnable(tmp_path):
-    """The CPU benchmark's task (python -m data.synthetic --preset cpu) with its own recipe
+    """The CPU benchmark's task (python -m tools.synthetic --preset cpu) with its own recipe
     (config/synthetic_cpu): R18 for 60 iterations must beat predicting background everywhere, on 40 val
     images, by the margin measured when this test was written (see the assert)."""
     from data.dataset import read_label, read_list

@@ -3,7 +3,7 @@
     python -m tools.benchmark --config config/voc2012/pspnet18_kd.yaml --crop 473 --batch 16 train.amp=true
     python -m tools.benchmark --config config/synthetic/pspnet18_kd.yaml --crop 65 --batch 2 --steps 3   # CPU smoke
 
-(``python -m util.benchmark`` is the same command.) Model steps run on random tensors (no dataset, no teacher
+Model steps run on random tensors (no dataset, no teacher
 checkpoint needed: both networks are randomly initialised, which costs the same). Everything else is training's
 own code, so the benchmark cannot time something training does not run: the networks are built by
 ``model.build.build_model`` (the teacher as ``load_teacher`` rebuilds it), put on the device, channels_last,

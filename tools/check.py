@@ -3,7 +3,7 @@
     python -m tools.check --config config/voc2012/pspnet50_teacher.yaml
     python -m tools.check --config config/voc2012/pspnet50_teacher.yaml data.root=/data/voc --max-problems 5
 
-(``python -m data.check`` is the same command.) For the train and val lists of the config it reports sample
+For the train and val lists of the config it reports sample
 counts, the label modes (P palette / L index; RGB colour labels are an error), the label value histogram, image
 size statistics and one line per problem naming ``list:line`` and the file: missing or unreadable (e.g.
 truncated) files, duplicate entries, label values outside ``0..classes-1`` that are not ``ignore_label``,

@@ -12,9 +12,9 @@ for images in both: they are the finer annotation and the one the val protocol s
 
 Rerunning does nothing twice: archives are extracted into ``raw/<name>.partial`` and renamed when
 complete, later stages leave a stamp in ``.stamps/``, and every output file is written under a temporary
-name and renamed, so an interrupted run never leaves a half-written file behind. (``python -m data.prepare_voc``
-is the same command.) The archives themselves (sources, md5s, resumable download, safe extraction) are
-tools/voc_archives.py; this module turns them into the dataset.
+name and renamed, so an interrupted run never leaves a half-written file behind. The archives themselves
+(sources, md5s, resumable download, safe extraction) are tools/voc_archives.py; this module turns them into
+the dataset.
 """
 
 from __future__ import annotations

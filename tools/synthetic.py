@@ -5,8 +5,6 @@ Run::
     python -m tools.synthetic --out datasets/synthetic --train 1464 --val 300 --classes 21 --seed 0 --workers 2
     python -m tools.synthetic --out datasets/synthetic_cpu --preset cpu    # the CPU tier: 96x96, 8 classes
 
-(``python -m data.synthetic`` is the same command.)
-
 It writes ``JPEGImages/<id>.jpg`` (quality 90), ``SegmentationClassAug/<id>.png`` (palette PNGs of class
 indices with a 255 "void" band along object boundaries, like VOC), ``list/train_aug.txt`` and
 ``list/val.txt`` (``JPEGImages/<id>.jpg SegmentationClassAug/<id>.png``), ``ImageSets/Segmentation/
