@@ -87,6 +87,12 @@ def distiller(nets, *overrides):
     return Distiller.from_config(student, teacher, cfg).train(), teacher
 
 
+def test_one_method_name_on_the_command_line_is_a_list_of_one():
+    assert load_config(KD, ["distill.terms=fitnet"]).distill.terms == ["fitnet"]
+    assert load_config(KD, ["distill.terms=[fitnet,dkd]"]).distill.terms == ["fitnet", "dkd"]
+    assert load_config(KD).distill.terms == []
+
+
 def test_the_teacher_computes_only_the_tensors_the_terms_name(nets):
     d, teacher = distiller(nets)
     d(*batch())

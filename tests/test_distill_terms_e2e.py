@@ -19,7 +19,7 @@ from util.config import load_config
 
 pytestmark = pytest.mark.slow
 KD_CFG = "config/synthetic/pspnet18_kd.yaml"
-ITERS = 8
+ITERS = 6
 ENV = {"OMP_NUM_THREADS": "2"}
 
 
