@@ -574,3 +574,17 @@ def test_pair_root_is_a_valid_dataset(tmp_path):
     assert len(ds) == 2 and ds[1][0].shape == (3, 80, 80) and int(ds[1][1].max()) < TINY_CLASSES
     shutil.rmtree(root)
 
+
+@pytest.mark.parametrize("refusal", ["Unsupported class io.open",  # torch 2.3, the floor
+                                     "Unsupported global: GLOBAL io.open was not an allowed global by default"])
+def test_the_refused_global_is_named_in_both_wordings(tmp_path, monkeypatch, refusal):
+    path = tmp_path / "evil.pth"
+    path.write_bytes(b"PK")
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with `weights_only` set to "
+                                     f"`False` will likely succeed ... WeightsUnpickler error: {refusal}")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(SegKDError, match=r"weights_only=True: it would import io\.open\)$"):
+        load_checkpoint(str(path))
