@@ -8,13 +8,14 @@ import itertools
 
 import pytest
 import torch
+from torch import nn
 
 from model.distiller import Distiller
 from model.losses import cross_entropy, cwd_loss, dist_loss, kd_kl_loss, kl_std_loss, smooth_l1_logits_loss
-from tests.test_speed import CLASSES, tiny_pspnet
-from util.config import load_config
+from util.config import Config, load_config
 
 CONFIG = "config/synthetic/pspnet18_kd.yaml"
+CLASSES = 3
 IGNORE = 250
 VALUES = {  # none of them is its default (config/defaults.yaml), no two are equal
     "distill.kd_weight": 1.7,
@@ -59,10 +60,23 @@ def expected(kd, feat, full, s, t, target, v=VALUES):
     return terms, sum(weights[k] * x for k, x in terms.items())
 
 
+class Segmentor(nn.Module):
+    """The distiller's view of a network: images -> {"out", "aux"} logits at 1/8 resolution (one conv here)."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, 2 * CLASSES, 8, stride=8)
+
+    def forward(self, x):
+        out, aux = self.conv(x).split(CLASSES, dim=1)
+        return {"out": out, "aux": aux}
+
+
 @pytest.fixture(scope="module")
 def nets():
-    """Student and teacher (different weights) in eval mode, a batch with ignored pixels, and their logits."""
-    student, teacher = tiny_pspnet(0).eval(), tiny_pspnet(1).eval()
+    """Student and teacher (different weights), a batch with ignored pixels, and their logits."""
+    student, teacher = Segmentor(0), Segmentor(1)
     g = torch.Generator().manual_seed(3)
     images = torch.randn(2, 3, 33, 33, generator=g)
     target = torch.randint(0, CLASSES, (2, 33, 33), generator=g)
@@ -78,21 +92,33 @@ def get(cfg, key):
     return cfg[section][name]
 
 
-def config(kd, feat, full):
+@pytest.fixture(scope="module")
+def base():
+    """The config with VALUES, loaded (and checked) once; each case sets its three choices on a copy."""
     overrides = [f"{k}={v}" for k, v in VALUES.items()]
-    return load_config(CONFIG, [f"data.classes={CLASSES}", f"data.ignore_label={IGNORE}", f"distill.kd_loss={kd}",
-                                f"distill.feat_loss={feat}", f"distill.full_resolution={str(full).lower()}",
-                                *overrides])
+    return load_config(CONFIG, [f"data.classes={CLASSES}", f"data.ignore_label={IGNORE}", *overrides]).to_dict()
+
+
+def config(base, kd, feat, full):
+    tree = {**base, "distill": {**base["distill"], "kd_loss": kd, "feat_loss": feat, "full_resolution": full}}
+    return Config(tree)
+
+
+def test_the_choices_are_the_configs():
+    """The parametrisation covers every choice the config accepts (util/config.py)."""
+    from util.config import CHOICES
+
+    assert CHOICES["distill.kd_loss"] == KD_LOSSES and CHOICES["distill.feat_loss"] == FEAT_LOSSES
 
 
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("feat", FEAT_LOSSES)
 @pytest.mark.parametrize("kd", KD_LOSSES)
-def test_from_config_gives_each_term_its_keys(nets, kd, feat, full):
+def test_from_config_gives_each_term_its_keys(nets, base, kd, feat, full):
     student, teacher, images, target, s, t = nets
-    cfg = config(kd, feat, full)
+    cfg = config(base, kd, feat, full)
     assert all(get(cfg, k) == v for k, v in VALUES.items())
-    d = Distiller.from_config(student, teacher, cfg).eval()
+    d = Distiller.from_config(student, teacher, cfg)
     total, terms = d(images, target)
     want, want_total = expected(kd, feat, full, s, t, target)
     assert set(terms) == set(want)
