@@ -295,6 +295,42 @@ def _(ctx):
     return Case(args, [run_dir, "notes.txt"], run_dir)
 
 
+def resumable_run(ctx, total_iters, optimizer=None):
+    """A baseline run of one 6-iteration epoch stopped at iteration 1, as train.py leaves it (config.yaml and
+    model/last.pth, the trainer's own snapshot of the run's student and optimizer), made without training. The
+    checkpoint says it was trained for ``total_iters``; ``optimizer`` (student -> optimizer) replaces the run's."""
+    from engine.setup import build_optimizer
+    from engine.state import Checkpoints
+    from model.build import build_model, checkpoint_meta
+
+    run_dir = existing_run(ctx, "train.epochs=1")
+    args, _ = ctx.run("train.epochs=1", "train.resume=auto")
+    cfg = load_config(os.path.join(REPO, BASELINE), args[2:])
+    student = build_model(cfg)
+    opt = optimizer(student) if optimizer else build_optimizer(student, cfg)
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    checkpoints = Checkpoints(cfg, info, checkpoint_meta(cfg.model, cfg, "supervised"))
+    state = checkpoints.snapshot(student, opt, torch.amp.GradScaler("cpu", enabled=False), 1, 0, total_iters)
+    checkpoints.write("last.pth", state)
+    return args, run_dir, os.path.join(run_dir, "model", "last.pth")
+
+
+@case(FAST, "resume_trained_for_other_iterations")
+def _(ctx):
+    """The same config, but the train list has changed length since the checkpoint: its poly schedule no longer
+    fits (16 images made 8 iterations an epoch, the 12 now 6)."""
+    args, run_dir, last = resumable_run(ctx, total_iters=8)
+    return Case(args, [last, "was trained for 8 iterations, this run has 6"], run_dir)
+
+
+@case(FAST, "resume_optimizer_does_not_fit")
+def _(ctx):
+    """A last.pth whose optimizer has one parameter group (this run's has two: backbone and heads at 10x)."""
+    args, run_dir, last = resumable_run(ctx, total_iters=6,
+                                        optimizer=lambda student: torch.optim.SGD(student.parameters(), lr=0.01))
+    return Case(args, [last, "optimizer state does not fit this run", "parameter groups"], run_dir)
+
+
 # ---------------------------------------------------------------- trained checkpoints in the wrong place
 @case(SLOW, "teacher_of_another_depth")
 def _(ctx):
@@ -537,3 +573,18 @@ def test_pair_root_is_a_valid_dataset(tmp_path):
     ds = SegDataset(root, "list/train.txt", TINY_CLASSES)
     assert len(ds) == 2 and ds[1][0].shape == (3, 80, 80) and int(ds[1][1].max()) < TINY_CLASSES
     shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("refusal", ["Unsupported class io.open",  # torch 2.3, the floor
+                                     "Unsupported global: GLOBAL io.open was not an allowed global by default"])
+def test_the_refused_global_is_named_in_both_wordings(tmp_path, monkeypatch, refusal):
+    path = tmp_path / "evil.pth"
+    path.write_bytes(b"PK")
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with `weights_only` set to "
+                                     f"`False` will likely succeed ... WeightsUnpickler error: {refusal}")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(SegKDError, match=r"weights_only=True: it would import io\.open\)$"):
+        load_checkpoint(str(path))

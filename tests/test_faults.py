@@ -1,5 +1,6 @@
 """Fault injection: SIGKILL and SIGTERM mid-run then train.resume=auto (bitwise identical to an
-uninterrupted run on the CPU), a non-finite loss, a full disk, a crash in the middle of a checkpoint write."""
+uninterrupted run on the CPU, for the supervised SGD baseline and a distilled AdamW run), a non-finite loss, a
+full disk, a crash in the middle of a checkpoint write."""
 
 import errno
 import json
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.preemption import release_workers, shield_workers, worker_error_line
 from engine.rundir import RunLog
-from tests.conftest import REPO, tiny_overrides
+from model.pspnet import build_pspnet
+from tests.conftest import REPO, TINY_CLASSES, tiny_overrides
 from tests.conftest import run_cli as _run_cli
 from util import checkpoint as ckpt_module
 from util.checkpoint import load_checkpoint, save_checkpoint
@@ -152,6 +154,43 @@ def test_resume_at_the_end_of_a_partial_epoch(tiny_data, tmp_path):
     final = torch.load(run_dir / "model" / "final.pth", weights_only=True)
     assert final["iteration"] == 3 and "iter 4" not in r.stdout
     assert_same_weights(run_dir / "model" / "final.pth", run_dir / "model" / "last.pth")
+
+
+@pytest.mark.slow
+def test_distilled_adamw_run_resumes_exactly(tiny_data, tmp_path):
+    """The CPU benchmark's recipe (AdamW, linear warmup, zero-initialised residual BNs; KD and aux KL from a
+    frozen teacher, R18 here to keep it short) on 4 images (2 iterations an epoch), stopped inside the warmup of
+    the first epoch and resumed across the epoch's end: the student and the AdamW state (moments, step counts,
+    learning rates) of final.pth are bitwise the uninterrupted run's."""
+    from tests.test_bad_inputs import run_in_process
+
+    teacher = str(tmp_path / "teacher.pth")
+    torch.manual_seed(1)
+    save_checkpoint({"format": "segkd", "mode": "supervised", "layers": 18, "classes": TINY_CLASSES,
+                     "model": build_pspnet(18, TINY_CLASSES).state_dict()}, teacher)
+    train_list = tmp_path / "train4.txt"
+    with open(os.path.join(tiny_data, "list", "train_aug.txt")) as f:
+        train_list.write_text("".join(f.readlines()[:4]))
+
+    def args(run_dir, *extra):
+        return ["--config", "config/synthetic_cpu/pspnet18_kd_aux_kl.yaml", *tiny_overrides(tiny_data, str(run_dir)),
+                f"data.train_list={train_list}", "data.names=null", "teacher.layers=18",
+                f"teacher.checkpoint={teacher}", "train.crop_size=33", "train.iters=3", "train.warmup_iters=2", *extra]
+
+    r = run_in_process(args(tmp_path / "straight"))
+    assert r.returncode == 0, r.stderr
+    assert run_in_process(args(tmp_path / "resumed", "train.stop_after=1")).returncode == 3
+    r = run_in_process(args(tmp_path / "resumed", "train.resume=auto"))
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and "at iteration 1/3" in r.stdout and "epoch 2/2 iter 3/3" in r.stdout
+    a, b = (load_checkpoint(str(tmp_path / name / "model" / "final.pth")) for name in ("straight", "resumed"))
+    assert a["mode"] == "distill" and a["config"]["train"]["optimizer"] == "adamw"
+    assert_same_weights(tmp_path / "straight" / "model" / "final.pth", tmp_path / "resumed" / "model" / "final.pth")
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and {"exp_avg", "exp_avg_sq", "step"} <= set(sa[0])
+    assert [(i, k) for i in sa for k in sa[i] if not torch.equal(sa[i][k], sb[i][k])] == []
+    assert float(sa[0]["step"]) == 3
 
 
 # ---------------------------------------------------------------- checkpoint writes

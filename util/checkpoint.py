@@ -83,7 +83,8 @@ def _load_error(e: Exception) -> str:
     refused global instead."""
     text = str(e)
     if "Weights only load failed" in text:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # torch 2.3 says "Unsupported class io.open", later releases "Unsupported global: GLOBAL io.open"
+        found = re.search(r"Unsupported (?:global: GLOBAL|class) (\S+)", text)
         what = f"it would import {found.group(1)}" if found else "it holds more than tensors and plain values"
         return f"refused by the safe loader, weights_only=True: {what}"
     lines = text.strip().splitlines()

@@ -1,0 +1,118 @@
+"""What docs/VOC.md says matches hszhao/semseg (its model/pspnet.py and config/voc2012/voc2012_pspnet50.yaml), pinned:
+PPM bins 1-2-3-6 with branches of C/4 channels and align_corners upsampling, heads of 512 and 256 channels with
+Dropout2d 0.1, aux weight 0.4, 10x lr for PPM and heads, and the rest of the recipe in config/defaults.yaml and
+every config/voc2012/*.yaml; plus the distillation weights each VOC config cites."""
+
+import glob
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.setup import build_optimizer
+from model.pspnet import PPM, build_pspnet
+from tests.conftest import REPO
+from util.config import load_config
+
+VOC = sorted(glob.glob(os.path.join(REPO, "config", "voc2012", "*.yaml")))
+SEMSEG = {  # voc2012_pspnet50.yaml (TRAIN and TEST sections); model.dropout is PSPNet's default there
+    "data.classes": 21, "data.ignore_label": 255, "data.scale_min": 0.5, "data.scale_max": 2.0,
+    "data.rotate_min": -10.0, "data.rotate_max": 10.0, "data.train_list": "list/train_aug.txt",
+    "data.val_list": "list/val.txt", "model.dropout": 0.1, "train.crop_size": 473, "train.epochs": 50,
+    "train.iters": None, "train.batch_size": 16, "train.optimizer": "sgd", "train.base_lr": 0.01,
+    "train.head_lr_mult": 10.0, "train.momentum": 0.9, "train.weight_decay": 0.0001, "train.power": 0.9,
+    "train.warmup_iters": 0, "train.ce_weight": 1.0, "train.aux_weight": 0.4, "train.sync_bn": True,
+    "train.uint8_batches": False, "test.base_size": 512, "test.crop_size": 473, "test.stride_rate": 2 / 3,
+    "test.scales": [1.0],
+}
+DISTILL = {  # the values each config's comment cites (docs/VOC.md for the first three)
+    "pspnet18_kd": {"kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none"},
+    "pspnet18_kd_aux_kl": {"kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "kl",
+                           "feat_weight": 0.4},
+    "pspnet18_kd_aux_smoothl1": {"kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "smoothl1",
+                                 "feat_weight": 0.4, "smoothl1_beta": 1.0},
+    "pspnet18_kd_aux_cwd": {"kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "cwd",
+                            "feat_weight": 5.0, "cwd_tau": 1.0},
+    "pspnet18_kd_aux_dist": {"kd_loss": "dist", "kd_weight": 1.0, "feat_loss": "dist", "feat_weight": 0.4,
+                             "dist_beta": 1.0, "dist_gamma": 1.0},
+    "pspnet18_kd_aux_kl_std": {"kd_loss": "kl_std", "kd_weight": 1.0, "temperature": 2.0, "feat_loss": "kl_std",
+                               "feat_weight": 0.4},
+}
+
+
+def get(cfg, key):
+    section, name = key.split(".")
+    return cfg[section][name]
+
+
+def layout(seq):
+    """A head or PPM branch as (layer, its defining numbers)."""
+    out = []
+    for m in seq:
+        if isinstance(m, nn.Conv2d):
+            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size, m.padding, m.bias is not None))
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(("bn", m.num_features))
+        elif isinstance(m, nn.Dropout2d):
+            out.append(("dropout2d", m.p))
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            out.append(("pool", m.output_size))
+        else:
+            out.append((type(m).__name__,))
+    return out
+
+
+@pytest.mark.parametrize("layers, c3, c4", [(18, 256, 512), (50, 1024, 2048)])
+def test_pspnet_is_semsegs(layers, c3, c4):
+    with torch.device("meta"):  # structure only: no weights allocated
+        net = build_pspnet(layers, 21)
+    assert [layout(b) for b in net.ppm.branches] == [
+        [("pool", b), ("conv", c4, c4 // 4, (1, 1), (0, 0), False), ("bn", c4 // 4), ("ReLU",)] for b in (1, 2, 3, 6)]
+    assert layout(net.head) == [("conv", 2 * c4, 512, (3, 3), (1, 1), False), ("bn", 512), ("ReLU",),
+                                ("dropout2d", 0.1), ("conv", 512, 21, (1, 1), (0, 0), True)]
+    assert layout(net.aux_head) == [("conv", c3, 256, (3, 3), (1, 1), False), ("bn", 256), ("ReLU",),
+                                    ("dropout2d", 0.1), ("conv", 256, 21, (1, 1), (0, 0), True)]
+
+
+def test_ppm_upsamples_with_align_corners():
+    torch.manual_seed(0)
+    ppm = PPM(8).eval()
+    x = torch.randn(1, 8, 7, 7)
+    with torch.no_grad():
+        want = torch.cat([x, *(F.interpolate(b(x), size=(7, 7), mode="bilinear", align_corners=True)
+                               for b in ppm.branches)], dim=1)
+        assert torch.equal(ppm(x), want)
+        shifted = F.interpolate(ppm.branches[1](x), size=(7, 7), mode="bilinear", align_corners=False)
+        assert not torch.allclose(ppm(x)[:, 10:12], shifted)  # the two conventions differ here
+
+
+@pytest.mark.parametrize("path", [None, *VOC], ids=lambda p: "defaults" if p is None else os.path.basename(p))
+def test_defaults_and_voc_configs_keep_semsegs_recipe(path):
+    cfg = load_config(path)
+    wrong = {k: get(cfg, k) for k, v in SEMSEG.items() if get(cfg, k) != pytest.approx(v)}
+    assert wrong == {}
+    if path is None:
+        return
+    name = os.path.splitext(os.path.basename(path))[0]
+    assert cfg.model.layers == (50 if name == "pspnet50_teacher" else 18)
+    assert cfg.model.pretrained is True and cfg.model.weights == "IMAGENET1K_V1"
+    assert cfg.output.dir == f"runs/voc2012/{name}"
+    if name.startswith("pspnet18_kd"):
+        assert cfg.teacher.layers == 50 and cfg.teacher.checkpoint == "runs/voc2012/pspnet50_teacher/model/final.pth"
+        assert {k: cfg.distill[k] for k in DISTILL[name]} == DISTILL[name]
+        assert cfg.distill.full_resolution is False
+    else:
+        assert cfg.teacher.checkpoint is None
+
+
+def test_ppm_and_heads_get_ten_times_the_lr():
+    cfg = load_config(os.path.join(REPO, "config", "voc2012", "pspnet18_baseline.yaml"))
+    with torch.device("meta"):
+        net = build_pspnet(18, 21)
+    backbone, heads = build_optimizer(net, cfg).param_groups
+    assert (backbone["lr"], heads["lr"], backbone["momentum"], backbone["weight_decay"]) == (0.01, 0.1, 0.9, 0.0001)
+    new_layers = [*net.ppm.parameters(), *net.head.parameters(), *net.aux_head.parameters()]
+    assert {id(p) for p in heads["params"]} == {id(p) for p in new_layers}
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in net.backbone.parameters()}
