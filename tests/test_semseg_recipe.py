@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.setup import build_optimizer
+from model.methods import METHODS
 from model.pspnet import PPM, build_pspnet
 from tests.conftest import REPO
 from util.config import load_config
@@ -40,6 +41,11 @@ DISTILL = {  # the values each config's comment cites (docs/VOC.md for the first
     "pspnet18_kd_aux_kl_std": {"kd_loss": "kl_std", "kd_weight": 1.0, "temperature": 2.0, "feat_loss": "kl_std",
                                "feat_weight": 0.4},
 }
+for _name, _cls in METHODS.items():  # logit KD plus one method at the weight its paper's code publishes
+    DISTILL[f"pspnet18_kd_{_name}"] = {
+        "kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none", "terms": [_name],
+        _name: {"weight": _cls.default_weight, "tensor": _cls.default_tensor,
+                **{k: p.default for k, p in _cls.params.items()}}}
 
 
 def get(cfg, key):
@@ -101,7 +107,8 @@ def test_defaults_and_voc_configs_keep_semsegs_recipe(path):
     assert cfg.output.dir == f"runs/voc2012/{name}"
     if name.startswith("pspnet18_kd"):
         assert cfg.teacher.layers == 50 and cfg.teacher.checkpoint == "runs/voc2012/pspnet50_teacher/model/final.pth"
-        assert {k: cfg.distill[k] for k in DISTILL[name]} == DISTILL[name]
+        got = {k: cfg.distill[k] for k in DISTILL[name]}
+        assert {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in got.items()} == DISTILL[name]
         assert cfg.distill.full_resolution is False
     else:
         assert cfg.teacher.checkpoint is None
