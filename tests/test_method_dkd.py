@@ -8,17 +8,10 @@ import torch
 from model.losses import kd_kl_loss
 from model.methods import METHODS, check_params
 from model.methods.dkd import DKD, dkd_loss
+from tests.numpy_refs import np_sample
 from util.errors import SegKDError
 
 IGNORE = 255
-
-
-def np_sample(target, size):
-    """Labels at the logit centres: logit (i, j) sits at pixel (round(i (H-1)/(h-1)), round(j (W-1)/(w-1)))."""
-    (big_h, big_w), (h, w) = target.shape[-2:], size
-    rows = [int(np.round(i * (big_h - 1) / (h - 1))) for i in range(h)]
-    cols = [int(np.round(j * (big_w - 1) / (w - 1))) for j in range(w)]
-    return target[:, rows][:, :, cols]
 
 
 def np_softmax(x):

@@ -7,16 +7,9 @@ import torch
 
 from model.methods import METHODS
 from model.methods.ifvd import IFVD, ifvd_loss
+from tests.numpy_refs import np_sample
 
 IGNORE = 255
-
-
-def np_sample(target, size):
-    """Labels at the feature centres: feature (i, j) sits at pixel (round(i (H-1)/(h-1)), round(j (W-1)/(w-1)))."""
-    (big_h, big_w), (h, w) = target.shape[-2:], size
-    rows = [int(np.round(i * (big_h - 1) / (h - 1))) for i in range(h)]
-    cols = [int(np.round(j * (big_w - 1) / (w - 1))) for j in range(w)]
-    return target[:, rows][:, :, cols]
 
 
 def np_sample_torch(target, size):
