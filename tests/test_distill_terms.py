@@ -75,8 +75,8 @@ class Recorder(torch.nn.Module):
 
 def batch():
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(2, 3, 65, 65, generator=g), torch.randint(0, K, (2, 65, 65), generator=g)
-    y[:, :8] = 255
+    x, y = torch.randn(2, 3, 33, 33, generator=g), torch.randint(0, K, (2, 33, 33), generator=g)
+    y[:, :5] = 255
     return x, y
 
 
@@ -166,12 +166,13 @@ def test_bad_terms_fail_before_the_run_directory_exists(tiny_data, tmp_path):
     teacher = tmp_path / "teacher.pth"
     from model.build import checkpoint_meta
     from util.checkpoint import save_checkpoint
-    cfg = load_config("config/synthetic/pspnet50_teacher.yaml", ["data.classes=4"])
-    save_checkpoint({**checkpoint_meta(cfg.model, cfg, "supervised"), "model": build_pspnet(50, 4).state_dict()},
+    cfg = load_config("config/synthetic/pspnet50_teacher.yaml", ["data.classes=4", "model.layers=18"])
+    save_checkpoint({**checkpoint_meta(cfg.model, cfg, "supervised"), "model": build_pspnet(18, 4).state_dict()},
                     str(teacher))
     run_dir = tmp_path / "run"
     r = run_in_process(["--config", "config/synthetic/pspnet18_kd.yaml", *tiny_overrides(tiny_data, str(run_dir)),
-                        f"teacher.checkpoint={teacher}", "distill.terms=[dkd]", "distill.dkd.tensor=out_feat"])
+                        f"teacher.checkpoint={teacher}", "teacher.layers=18", "distill.terms=[dkd]",
+                        "distill.dkd.tensor=out_feat"])
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "error: distill.dkd.tensor='out_feat': dkd compares class logits, use out or aux"]
