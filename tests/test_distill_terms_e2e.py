@@ -25,19 +25,20 @@ ENV = {"OMP_NUM_THREADS": "2"}
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """An untrained R50 teacher checkpoint (what it teaches does not matter here, only what is saved)."""
-    cfg = load_config("config/synthetic/pspnet50_teacher.yaml", [f"data.classes={TINY_CLASSES}"])
+    """An untrained R34 teacher checkpoint (what it teaches does not matter here, only what is saved; R34's
+    layer4 has R18's 512 channels, so the connector is 512 -> 512 and cheap)."""
+    cfg = load_config("config/synthetic/pspnet50_teacher.yaml", [f"data.classes={TINY_CLASSES}", "model.layers=34"])
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("teacher") / "final.pth")
     save_checkpoint({**checkpoint_meta(cfg.model, cfg, "supervised"),
-                     "model": build_pspnet(50, TINY_CLASSES).state_dict()}, path)
+                     "model": build_pspnet(34, TINY_CLASSES).state_dict()}, path)
     return path
 
 
 def args(root, run_dir, teacher):
     return ["train.py", "--config", KD_CFG, *tiny_overrides(root, str(run_dir)), f"train.iters={ITERS}",
-            "train.checkpoint_every=2", f"teacher.checkpoint={teacher}", "distill.terms=[fitnet,at,dkd]",
-            "distill.fitnet.tensor=layer4"]
+            "train.checkpoint_every=2", f"teacher.checkpoint={teacher}", "teacher.layers=34",
+            "distill.terms=[fitnet,at,dkd]", "distill.fitnet.tensor=layer4"]
 
 
 @pytest.fixture(scope="module")
