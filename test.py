@@ -102,7 +102,7 @@ def run(cfg: Config, info: DistInfo) -> dict:
         "list": list_file, "images": len(read_list(cfg.data.root, list_file)),
         "protocol": protocol(cfg), "params": count_params(model),
         # what evaluation computes per sliding window: the network without its aux head on a test.crop_size crop
-        "gflops": gflops(ckpt["layers"], cfg.data.classes, cfg.test.crop_size),
+        "gflops": gflops(ckpt["layers"], cfg.data.classes, cfg.test.crop_size, ckpt),
         "gflops_crop_size": cfg.test.crop_size,
         "config": ckpt.get("config"),
     }

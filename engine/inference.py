@@ -20,6 +20,7 @@ from torch import nn
 
 from data.transforms import IMAGENET_MEAN, normalize
 from model.losses import resize_logits
+from util.distributed import unwrap
 
 
 def _to_network(image: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -30,13 +31,15 @@ def _to_network(image: np.ndarray, device: torch.device) -> torch.Tensor:
 
 @torch.inference_mode()
 def window_probs(model: nn.Module, windows: torch.Tensor, flip: bool, batch: int = 8) -> torch.Tensor:
-    """Softmax probabilities B×K×h×w of B×3×h×w windows at window resolution (flip-averaged if asked)."""
+    """Softmax probabilities B×K×h×w of B×3×h×w windows at window resolution (flip-averaged if asked); the
+    logits are zoomed with the model's ``align_corners`` (True for a model without the attribute)."""
     outs = []
+    ac = getattr(unwrap(model), "align_corners", True)
     for chunk in windows.split(batch):
-        logits = resize_logits(model(chunk, aux=False)["out"], tuple(chunk.shape[-2:]))
+        logits = resize_logits(model(chunk, aux=False)["out"], tuple(chunk.shape[-2:]), ac)
         probs = F.softmax(logits.float(), dim=1)
         if flip:
-            flipped = resize_logits(model(chunk.flip(3), aux=False)["out"], tuple(chunk.shape[-2:]))
+            flipped = resize_logits(model(chunk.flip(3), aux=False)["out"], tuple(chunk.shape[-2:]), ac)
             probs = (probs + F.softmax(flipped.float(), dim=1).flip(3)) / 2
         outs.append(probs)
     return torch.cat(outs)

@@ -15,7 +15,7 @@ import torch
 
 from data.loader import rng_state, set_rng_state
 from engine.rundir import experiment_diff
-from model.build import describe_checkpoint
+from model.build import arch_of, describe_checkpoint
 from util.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from util.config import Config, flat_dict
 from util.distributed import DistInfo, all_gather_objects, broadcast_flag, broadcast_object
@@ -78,7 +78,8 @@ class Checkpoints:
         if state.get("format") != "segkd" or missing:
             raise SegKDError(f"{path}: not a segkd last.pth (missing {', '.join(missing) or 'format'}) - "
                              "cannot resume from it")
-        if any(state.get(k) != self.meta[k] for k in ("mode", "layers", "classes")):
+        same = all(state.get(k) == self.meta[k] for k in ("mode", "layers", "classes"))
+        if not same or arch_of(state) != arch_of(self.meta):
             raise SegKDError(f"{path}: train.resume is {describe_checkpoint(state)} but this run trains "
                              f"{describe_checkpoint(self.meta)}; give this run's model/last.pth")
         saved = state.get("config")

@@ -28,6 +28,7 @@ from data.transforms import normalize
 from engine.preemption import StopRequest, release_workers, shield_workers, worker_error_line
 from engine.rundir import RunLog
 from engine.state import Checkpoints
+from model.build import arch_name
 from model.distiller import Distiller
 from util.config import Config
 from util.distributed import (
@@ -242,7 +243,8 @@ class Trainer:
         """The run's first log line: it creates the run directory (RunLog is lazy)."""
         if not self.log:
             return
-        self.log.info(f"{self.meta['mode']} PSPNet-R{self.meta['layers']}: {self.total_iters} iterations, "
+        net = f"{arch_name(self.meta)}-R{self.meta['layers']}"
+        self.log.info(f"{self.meta['mode']} {net}: {self.total_iters} iterations, "
                       f"{self.epochs} epochs of {self.iters_per_epoch}, {self.info.world_size} process(es) "
                       f"on {self.info.device.type}")
         if self.checkpoints.resumed_from:

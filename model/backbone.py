@@ -2,6 +2,7 @@
 
     backbone = ResNetBackbone(18, pretrained=True)          # torchvision weights via the hub cache
     backbone = ResNetBackbone(50, pretrained="r50.pth")     # a local torchvision-layout state dict
+    backbone = ResNetBackbone(50, stem="mmseg", dilation="contract")   # mmseg's ResNetV1c layout, random init
     feats = backbone(images)  # {"layer3": N x 256 x H/8 x W/8, "layer4": N x 512 x H/8 x W/8} for R18
 
 Offline machines: put the torchvision file (e.g. ``resnet18-f37072fd.pth``) into
@@ -27,6 +28,13 @@ _BUILDERS = {
     101: (torchvision.models.resnet101, torchvision.models.ResNet101_Weights),
 }
 
+STEMS = ("torchvision", "semseg", "mmseg")
+DILATIONS = ("semseg", "contract")
+# Deep stems: three 3x3 convs (the first at stride 2), each with BN and ReLU, then the same maxpool.
+_DEEP_STEMS = {"semseg": (64, 64, 128), "mmseg": (32, 32, 64)}
+# (first block, other blocks) dilation of layer3 and layer4 under each convention.
+_DILATION = {"semseg": ((2, 2), (4, 4)), "contract": ((1, 2), (2, 4))}
+
 # The backbone keeps torchvision's module names (conv1, bn1, layer1..layer4), so a torchvision ResNet state
 # dict loads key for key: the key map is the identity and there is none to apply. ``fc`` (the ImageNet
 # classifier) is dropped; any other key is reported as unexpected by the strict load.
@@ -34,7 +42,7 @@ _MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 _CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
 _LAYOUT_HINT = (
     "expected torchvision-layout ResNet weights (conv1, bn1, layer1..layer4) of the depth in model.layers; "
-    "semseg's deep-stem checkpoints (conv1/conv2/conv3 stem) are not supported"
+    "a deep-stem file (conv1/conv2/conv3 stem) needs model.stem=semseg, which takes no weights yet"
 )
 
 StateSource = Union[str, Mapping[str, Tensor]]
@@ -46,9 +54,27 @@ class ResNetBackbone(nn.Module):
     Args:
         layers: depth, one of 18, 34, 50, 101.
         pretrained: False/None (random init), True (torchvision ImageNet weights chosen by ``weights``)
-            or a path to a torchvision-layout state dict.
+            or a path to a torchvision-layout state dict. Both need ``stem="torchvision"``.
         weights: name of a member of torchvision's ``ResNet<layers>_Weights`` enum.
         zero_init_residual: zero the last BatchNorm's weight in every residual block (random init only).
+        stem: ``"torchvision"`` (7x7 conv, 64 channels), ``"semseg"`` (hszhao/semseg's deep stem, 3x3 convs of
+            64/64/128 channels, so layer1 takes 128) or ``"mmseg"`` (mmsegmentation's ResNetV1c, 32/32/64).
+        dilation: ``"semseg"`` (every block of layer3 at dilation 2, of layer4 at 4) or ``"contract"`` (the
+            first block of each keeps the previous dilation: layer3 1, 2, 2, ...; layer4 2, 4, 4, ...; as
+            torchvision's ``replace_stride_with_dilation`` and mmseg's ``contract_dilation``).
+
+    A deep stem's modules are ``conv1, bn1, conv2, bn2, conv3, bn3`` (ReLU after each BN, then ``maxpool``),
+    the names semseg's own ResNet (``initmodel/resnet*_v2.pth``) uses. Its trained PSPNet groups them as
+    ``layer0`` and mmseg as ``stem``; the key map an importer applies is
+
+        ``layer0.0`` / ``stem.0`` -> ``conv1``   ``layer0.1`` / ``stem.1`` -> ``bn1``
+        ``layer0.3`` / ``stem.3`` -> ``conv2``   ``layer0.4`` / ``stem.4`` -> ``bn2``
+        ``layer0.6`` / ``stem.6`` -> ``conv3``   ``layer0.7`` / ``stem.7`` -> ``bn3``
+
+    (indices 2, 5, 8 are ReLUs; semseg's index 9, the maxpool, has no weights). With the semseg stem,
+    ``layer1.0`` takes 128 channels as in semseg's ``_make_layer``: Bottleneck's ``conv1`` and
+    ``downsample.0`` are 128 -> 64 / 256, and BasicBlock (R18/34) gains a ``downsample`` (1x1 conv 128 -> 64
+    + BN) that torchvision's layer1 has not.
 
     Attributes:
         channels: ``{"layer1": C1, ..., "layer4": C4}``: 64/128/256/512 for ResNet-18/34, 256/512/1024/2048
@@ -56,23 +82,35 @@ class ResNetBackbone(nn.Module):
     """
 
     def __init__(self, layers: int, pretrained: bool | str | None = False, weights: str = "IMAGENET1K_V1",
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, stem: str = "torchvision", dilation: str = "semseg"):
         super().__init__()
         if layers not in _BUILDERS:
             raise SegKDError(f"model.layers must be one of {sorted(_BUILDERS)}, got {layers!r}")
+        if stem not in STEMS:
+            raise SegKDError(f"model.stem must be one of {', '.join(STEMS)}, got {stem!r}")
+        if dilation not in DILATIONS:
+            raise SegKDError(f"model.dilation must be one of {', '.join(DILATIONS)}, got {dilation!r}")
+        if stem != "torchvision" and pretrained not in (False, None):
+            raise SegKDError(f"model.pretrained={pretrained!r} needs model.stem=torchvision: the {stem} deep stem "
+                             "starts from random init (model.pretrained=false)")
         builder, _ = _BUILDERS[layers]
         bottleneck = layers >= 50
         # zero_init_residual (Goyal et al. 2017): each block starts as the identity, which lets a deep network
         # trained from scratch learn from the first iterations; loaded weights replace it.
         resnet = builder(weights=None, zero_init_residual=zero_init_residual)
-        _dilate_layer(resnet.layer3, 2)
-        _dilate_layer(resnet.layer4, 4)
-        for name in _MODULES:
-            setattr(self, name, getattr(resnet, name))
-        self.relu = resnet.relu
-        self.maxpool = resnet.maxpool
+        (first3, rest3), (first4, rest4) = _DILATION[dilation]
+        _dilate_layer(resnet.layer3, rest3, first3)
+        _dilate_layer(resnet.layer4, rest4, first4)
         expansion = 4 if bottleneck else 1
         self.channels: dict[str, int] = {f"layer{i + 1}": c * expansion for i, c in enumerate((64, 128, 256, 512))}
+        self.stem = stem
+        if stem != "torchvision":  # registered first, so the state dict lists the stem before layer1
+            self._deep_stem(resnet.layer1[0], *_DEEP_STEMS[stem])
+        for name in _MODULES:
+            if stem == "torchvision" or name.startswith("layer"):
+                setattr(self, name, getattr(resnet, name))
+        self.relu = resnet.relu
+        self.maxpool = resnet.maxpool
         if pretrained is True:
             load_backbone_weights(self, imagenet_state_dict(layers, weights), f"ImageNet ResNet-{layers}")
         elif isinstance(pretrained, str):
@@ -82,12 +120,29 @@ class ResNetBackbone(nn.Module):
         elif pretrained not in (False, None):
             raise SegKDError(f"model.pretrained must be false, true or a path, got {pretrained!r}")
 
+    def _deep_stem(self, block: nn.Module, c1: int, c2: int, c3: int) -> None:
+        """Three 3x3 conv + BN (stride 2 first) instead of the 7x7 stem; ``block`` (layer1's first) is made to
+        take ``c3`` channels."""
+        self.conv1, self.bn1 = _conv_bn(3, c1, 3, stride=2)
+        self.conv2, self.bn2 = _conv_bn(c1, c2, 3)
+        self.conv3, self.bn3 = _conv_bn(c2, c3, 3)
+        if block.conv1.in_channels == c3:
+            return  # mmseg's 64 channels: layer1 as torchvision builds it
+        out = self.channels["layer1"]
+        block.conv1 = _conv_bn(c3, block.conv1.out_channels, block.conv1.kernel_size[0])[0]
+        if block.downsample is None:  # BasicBlock: 64 -> 64 needed none, 128 -> 64 does (as semseg's)
+            block.downsample = nn.Sequential(*_conv_bn(c3, out, 1))
+        else:
+            block.downsample[0] = _conv_bn(c3, out, 1)[0]
+
     def forward(self, x: Tensor, keep: Collection[str] = ()) -> dict[str, Tensor]:
         """x: N x 3 x H x W -> {"layer3": N x C3 x h x w, "layer4": N x C4 x h x w}, h = H/8 rounded up
         through the stem (473 -> 60, 65 -> 9, 32 -> 4); plus "layer1" (N x C1 x H/4 x W/4) and "layer2"
         (N x C2 x h x w) when named in ``keep`` (a feature loss asks for them; otherwise they are not held)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c1 = self.layer1(x)
+        x = self.relu(self.bn1(self.conv1(x)))
+        if self.stem != "torchvision":
+            x = self.relu(self.bn3(self.conv3(self.relu(self.bn2(self.conv2(x))))))
+        c1 = self.layer1(self.maxpool(x))
         c2 = self.layer2(c1)
         c3 = self.layer3(c2)
         c4 = self.layer4(c3)
@@ -99,22 +154,32 @@ class ResNetBackbone(nn.Module):
         return out
 
 
-def _dilate_layer(layer: nn.Sequential, dilation: int) -> None:
-    """Remove the stride of a ResNet layer and dilate every 3x3 conv of every block, in place.
+def _dilate_layer(layer: nn.Sequential, dilation: int, first: int | None = None) -> None:
+    """Remove the stride of a ResNet layer and dilate the 3x3 convs of its blocks, in place: the first block's
+    at ``first`` (default ``dilation``), every other block's at ``dilation``.
 
-    This is semseg's convention for every depth: all blocks of layer3 get dilation 2 and all of layer4
-    dilation 4, the first block included (torchvision's ``replace_stride_with_dilation`` keeps the previous
-    dilation in a layer's first block, and BasicBlock refuses it altogether). padding = dilation keeps the
-    spatial size; the 1x1 convs (Bottleneck's conv1/conv3, the downsample) only lose their stride.
+    semseg's convention for every depth is ``first = dilation``: all blocks of layer3 get dilation 2 and all of
+    layer4 dilation 4, the first block included. The contract convention (``first`` = the previous layer's
+    dilation: 1 for layer3, 2 for layer4) is torchvision's ``replace_stride_with_dilation``, whose BasicBlock
+    refuses dilation > 1 in its constructor, hence the edit in place for every depth. padding = dilation keeps
+    the spatial size; the 1x1 convs (Bottleneck's conv1/conv3, the downsample) only lose their stride.
     """
-    for block in layer:
+    for i, block in enumerate(layer):
+        d = dilation if i or first is None else first
         for conv in block.modules():
             if not isinstance(conv, nn.Conv2d):
                 continue
             conv.stride = (1, 1)
             if conv.kernel_size == (3, 3):
-                conv.dilation = (dilation, dilation)
-                conv.padding = (dilation, dilation)
+                conv.dilation = (d, d)
+                conv.padding = (d, d)
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """A bias-free conv (padding kernel // 2) and its BatchNorm, initialised as torchvision's ResNet does."""
+    conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv, nn.BatchNorm2d(cout)  # BatchNorm2d starts at weight 1, bias 0 already
 
 
 def imagenet_state_dict(layers: int, weights: str = "IMAGENET1K_V1") -> dict[str, Tensor]:

@@ -5,28 +5,61 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from model.pspnet import PSPNet, build_pspnet
+from model.backbone import DILATIONS, STEMS
+from model.pspnet import Segmentor, build_pspnet
 from util.checkpoint import load_checkpoint, load_state_strict
 from util.config import Config
 from util.errors import SegKDError
 
+ARCHS = {"pspnet": ("PSPNet", build_pspnet)}
+# The architecture keys of model.* that a checkpoint records, with the value a checkpoint written before
+# they existed was built with (the defaults of config/defaults.yaml).
+ARCH_DEFAULTS: dict[str, Any] = {"arch": "pspnet", "stem": "torchvision", "dilation": "semseg", "align_corners": True}
+_ARCH_VALUES = {"arch": tuple(ARCHS), "stem": STEMS, "dilation": DILATIONS, "align_corners": (True, False)}
 
-def build_model(cfg: Config) -> PSPNet:
+
+def build_network(arch: dict[str, Any], layers: int, classes: int, **kwargs: Any) -> Segmentor:
+    """``arch`` (the keys of :data:`ARCH_DEFAULTS`) on a ResNet-``layers``; ``kwargs`` go to the builder
+    (``pretrained``, ``weights``, ``dropout``, ``zero_init_residual``)."""
+    build = ARCHS[arch["arch"]][1]
+    return build(layers, classes, stem=arch["stem"], dilation=arch["dilation"], align_corners=arch["align_corners"],
+                 **kwargs)
+
+
+def build_model(cfg: Config) -> Segmentor:
     """The network being trained (the student when distilling), ImageNet-initialised as configured."""
     m = cfg.model
-    return build_pspnet(m.layers, cfg.data.classes, pretrained=m.pretrained, weights=m.weights, dropout=m.dropout,
-                        zero_init_residual=m.zero_init_residual)
+    return build_network(arch_of(m.to_dict()), m.layers, cfg.data.classes, pretrained=m.pretrained,
+                         weights=m.weights, dropout=m.dropout, zero_init_residual=m.zero_init_residual)
+
+
+def arch_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The architecture keys of a checkpoint's meta (or of ``model.*``), each absent one at its default."""
+    return {k: meta.get(k, default) for k, default in ARCH_DEFAULTS.items()}
 
 
 def checkpoint_meta(model_cfg: Config, cfg: Config, mode: str) -> dict[str, Any]:
-    """What a checkpoint says about itself, checked when it is loaded back."""
-    return {"format": "segkd", "mode": mode, "layers": model_cfg.layers, "classes": cfg.data.classes}
+    """What a checkpoint says about itself, checked when it is loaded back and enough to rebuild its network."""
+    return {"format": "segkd", "mode": mode, "layers": model_cfg.layers, "classes": cfg.data.classes,
+            **arch_of(model_cfg.to_dict())}
 
 
 def describe_checkpoint(meta: dict[str, Any]) -> str:
-    """``'a supervised PSPNet-R50 with 21 classes'`` from a checkpoint's (or a run's) meta keys."""
+    """``'a supervised PSPNet-R50 with 21 classes'`` from a checkpoint's (or a run's) meta keys; a stem,
+    dilation or align_corners other than the default is named after the depth."""
     mode, layers, classes = meta.get("mode", "unknown-mode"), meta.get("layers", "?"), meta.get("classes", "?")
-    return f"a {mode} PSPNet-R{layers} with {classes} classes"
+    arch = arch_of(meta)
+    extras = [f"{arch['stem']} stem"] if arch["stem"] != "torchvision" else []
+    extras += [f"{arch['dilation']} dilation"] if arch["dilation"] != "semseg" else []
+    extras += ["align_corners false"] if arch["align_corners"] is not True else []
+    detail = f" ({', '.join(extras)})" if extras else ""
+    return f"a {mode} {arch_name(meta)}-R{layers}{detail} with {classes} classes"
+
+
+def arch_name(meta: dict[str, Any]) -> str:
+    """``'PSPNet'``: the architecture a checkpoint's (or a run's) meta names."""
+    arch = arch_of(meta)["arch"]
+    return ARCHS[arch][0] if arch in ARCHS else str(arch)
 
 
 def check_segkd(ckpt: dict[str, Any], path: str, role: str) -> None:
@@ -37,25 +70,31 @@ def check_segkd(ckpt: dict[str, Any], path: str, role: str) -> None:
     missing = [k for k, kind in (("mode", str), ("layers", int), ("classes", int)) if not isinstance(ckpt.get(k), kind)]
     if missing:
         raise SegKDError(f"{path}: {role} lacks the checkpoint keys {', '.join(missing)}")
+    # the architecture keys are optional (a checkpoint older than them was built with the defaults)
+    bad = [f"{k}={ckpt[k]!r}" for k, values in _ARCH_VALUES.items()
+           if k in ckpt and not any(ckpt[k] is v or (isinstance(v, str) and ckpt[k] == v) for v in values)]
+    if bad:
+        raise SegKDError(f"{path}: {role} has unknown architecture keys {', '.join(bad)}")
 
 
-def model_from_checkpoint(path: str, classes: int, role: str = "checkpoint") -> tuple[PSPNet, dict[str, Any]]:
+def model_from_checkpoint(path: str, classes: int, role: str = "checkpoint") -> tuple[Segmentor, dict[str, Any]]:
     """Rebuild the network a checkpoint was trained as (no ImageNet weights needed) and load it strictly."""
     ckpt = load_checkpoint(path)
     check_segkd(ckpt, path, role)
     return _rebuild(ckpt, path, classes, role), ckpt
 
 
-def _rebuild(ckpt: dict[str, Any], path: str, classes: int, role: str) -> PSPNet:
+def _rebuild(ckpt: dict[str, Any], path: str, classes: int, role: str) -> Segmentor:
     if ckpt["classes"] != classes:
         raise SegKDError(f"{path}: {role} is {describe_checkpoint(ckpt)} but data.classes={classes}")
-    model = build_pspnet(ckpt["layers"], classes, pretrained=False)
+    model = build_network(arch_of(ckpt), ckpt["layers"], classes, pretrained=False)
     load_state_strict(model, ckpt["model"], path)
     return model
 
 
-def load_teacher(cfg: Config) -> PSPNet:
-    """The frozen teacher of ``teacher.checkpoint``: a supervised run of depth ``teacher.layers``.
+def load_teacher(cfg: Config) -> Segmentor:
+    """The frozen teacher of ``teacher.checkpoint``: a supervised run of depth ``teacher.layers``, of the
+    architecture (``arch``, ``stem``, ``dilation``, ``align_corners``) its checkpoint records.
 
     A distilled student, a run of another depth or class count, or a file that is not a segkd checkpoint
     is refused with a one-line SegKDError naming the file.

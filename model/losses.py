@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 
 
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of N×K×h×w logits to N×K×size (align_corners=True, as PSPNet's zoom in semseg)."""
+def resize_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
+    """Bilinear resize of N×K×h×w logits to N×K×size (align_corners=True, as PSPNet's zoom in semseg; the
+    evaluation passes the model's ``align_corners``, False for mmseg-style networks)."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def sample_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

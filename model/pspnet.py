@@ -7,7 +7,9 @@
     backbone_params, head_params = model.param_groups()  # for the 1x / 10x learning rates
 
 The model never computes a loss and never upsamples its output: losses and evaluation resize the logits
-to whatever resolution they need.
+to whatever resolution they need (evaluation with the model's ``align_corners``). :class:`Segmentor` holds
+what every architecture shares (the aux head on layer3, ``features=``, the parameter groups); an
+architecture adds only its context module on layer4 (PSPNet's PPM).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ class PPM(nn.Module):
     """Pyramid pooling: average-pool to each bin size, reduce, upsample back, concatenate with the input.
 
     Each branch reduces to ``in_channels // len(bins)`` channels (semseg's choice), so the default four
-    bins give ``out_channels = 2 * in_channels``.
+    bins give ``out_channels = 2 * in_channels``. ``align_corners`` of the bilinear upsampling: True in
+    semseg, False in mmsegmentation.
     """
 
-    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6)):
+    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), align_corners: bool = True):
         super().__init__()
+        self.align_corners = align_corners
         reduced = in_channels // len(bins)
         self.branches = nn.ModuleList(
             nn.Sequential(
@@ -46,8 +50,9 @@ class PPM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: N x C x h x w -> N x out_channels x h x w."""
         size = x.shape[-2:]
-        # align_corners=True as in semseg, so pretrained semseg-style heads see the same features.
-        pooled = [F.interpolate(b(x), size=size, mode="bilinear", align_corners=True) for b in self.branches]
+        # the convention the weights were trained with (semseg: True), so imported heads see the same features
+        ac = self.align_corners
+        pooled = [F.interpolate(b(x), size=size, mode="bilinear", align_corners=ac) for b in self.branches]
         return torch.cat([x, *pooled], dim=1)
 
 
@@ -62,29 +67,29 @@ def _head(in_channels: int, mid_channels: int, classes: int, dropout: float) -> 
     )
 
 
-class PSPNet(nn.Module):
-    """PSPNet: backbone -> PPM on layer4 -> ``head``; ``aux_head`` on layer3.
+class Segmentor(nn.Module):
+    """backbone -> ``context`` on layer4 -> ``head``; ``aux_head`` on layer3. A subclass builds ``context``
+    (PSPNet's PPM) and ``head``, whose first three modules are its 3x3 conv + BN + ReLU and
+    the rest its dropout and classifier; :meth:`forward` and the parameter groups are the same for all.
 
-    Args:
-        backbone: a module with a ``channels`` dict (``layer3``/``layer4``) whose forward returns
-            ``{"layer3": N x C3 x h x w, "layer4": N x C4 x h x w}``.
-        classes: number of classes K (>= 2).
-        bins: PPM pooling sizes.
-        dropout: Dropout2d probability in both heads.
+    Attributes:
+        align_corners: the bilinear convention of the network's own upsampling, which evaluation also uses to
+            zoom its logits (``engine.inference.window_probs``).
     """
 
-    def __init__(
-        self, backbone: nn.Module, classes: int, bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1
-    ):
+    def __init__(self, backbone: nn.Module, classes: int, dropout: float, align_corners: bool):
         super().__init__()
         _check_args(classes, dropout)
         channels = getattr(backbone, "channels", None)
         if not isinstance(channels, dict) or not {"layer3", "layer4"} <= channels.keys():
-            raise TypeError("PSPNet backbone needs a `channels` dict with 'layer3' and 'layer4' entries")
+            raise TypeError(f"{type(self).__name__} backbone needs a `channels` dict with 'layer3' and 'layer4' "
+                            "entries")
         self.backbone = backbone
-        self.ppm = PPM(channels["layer4"], bins)
-        self.head = _head(self.ppm.out_channels, 512, classes, dropout)
-        self.aux_head = _head(channels["layer3"], 256, classes, dropout)
+        self.align_corners = align_corners
+
+    def context(self, x: Tensor) -> Tensor:
+        """N x C4 x h x w (layer4) -> the head's input N x C x h x w."""
+        raise NotImplementedError
 
     def forward(self, x: Tensor, aux: bool = True, features: Collection[str] = ()) -> dict[str, Tensor]:
         """x: N x 3 x H x W -> {"out": N x K x h x w, "aux": N x K x h x w} logits at the feature resolution
@@ -93,10 +98,11 @@ class PSPNet(nn.Module):
         teacher's aux logits, so the default computes them in eval mode too.
 
         ``features`` adds named intermediate tensors for the feature losses (model/methods): "layer1"
-        (N x C1 x H/4 x W/4), "layer2".."layer4" (N x C x h x w), "out_feat" (N x 512 x h x w, the main head's
-        3x3 conv + BN + ReLU after the PPM, before dropout and the classifier) and "aux_feat" (N x 256 x h x w,
-        the same in the aux head; computed even with ``aux=False``). Asking for none costs nothing: the
-        computation is the same, only more tensors are returned."""
+        (N x C1 x H/4 x W/4), "layer2".."layer4" (N x C x h x w), "out_feat" (N x C x h x w, the main head's
+        3x3 conv + BN + ReLU after the context module, before dropout and the classifier: 512 channels in
+        PSPNet) and "aux_feat" (N x 256 x h x w, the same in the aux head; computed even
+        with ``aux=False``). Asking for none costs nothing: the computation is the same, only more tensors are
+        returned."""
         unknown = set(features) - set(self.feature_channels)
         if unknown:
             raise ValueError(f"unknown feature name(s) {sorted(unknown)}; known: {list(self.feature_channels)}")
@@ -104,10 +110,10 @@ class PSPNet(nn.Module):
         feats = self.backbone(x, keep=keep) if keep else self.backbone(x)  # an injected backbone needs no `keep`
         out: dict[str, Tensor] = {}
         if "out_feat" in features:
-            hidden = self.head[:3](self.ppm(feats["layer4"]))  # the same modules as head(...), split at dropout
+            hidden = self.head[:3](self.context(feats["layer4"]))  # the same modules as head(...), split at dropout
             out["out"], out["out_feat"] = self.head[3:](hidden), hidden
         else:
-            out["out"] = self.head(self.ppm(feats["layer4"]))
+            out["out"] = self.head(self.context(feats["layer4"]))
         if "aux_feat" in features:
             hidden = self.aux_head[:3](feats["layer3"])
             out["aux_feat"] = hidden
@@ -131,10 +137,37 @@ class PSPNet(nn.Module):
         return [p for p in self.parameters() if id(p) not in skip]
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(backbone parameters, new-layer parameters: ppm, head, aux_head), for the 1x / 10x lr."""
+        """(backbone parameters, new-layer parameters: context module, head, aux_head), for the 1x / 10x lr."""
         backbone = list(self.backbone.parameters())
         ids = {id(p) for p in backbone}
         return backbone, [p for p in self.parameters() if id(p) not in ids]
+
+
+class PSPNet(Segmentor):
+    """PSPNet: backbone -> PPM on layer4 -> ``head``; ``aux_head`` on layer3.
+
+    Args:
+        backbone: a module with a ``channels`` dict (``layer3``/``layer4``) whose forward returns
+            ``{"layer3": N x C3 x h x w, "layer4": N x C4 x h x w}``.
+        classes: number of classes K (>= 2).
+        bins: PPM pooling sizes.
+        dropout: Dropout2d probability in both heads.
+        align_corners: of the PPM's upsampling (and of evaluation's logit zoom).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, classes: int, bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
+        align_corners: bool = True,
+    ):
+        super().__init__(backbone, classes, dropout, align_corners)
+        channels = backbone.channels
+        self.ppm = PPM(channels["layer4"], bins, align_corners)
+        self.head = _head(self.ppm.out_channels, 512, classes, dropout)
+        self.aux_head = _head(channels["layer3"], 256, classes, dropout)
+
+    def context(self, x: Tensor) -> Tensor:
+        """layer4 N x C4 x h x w -> PPM output N x 2*C4 x h x w."""
+        return self.ppm(x)
 
 
 def _check_args(classes: int, dropout: float) -> None:
@@ -151,8 +184,12 @@ def build_pspnet(
     weights: str = "IMAGENET1K_V1",
     dropout: float = 0.1,
     zero_init_residual: bool = False,
+    stem: str = "torchvision",
+    dilation: str = "semseg",
+    align_corners: bool = True,
 ) -> PSPNet:
-    """PSPNet on a dilated ResNet-``layers``; ``pretrained`` and ``zero_init_residual`` as in
-    :class:`model.backbone.ResNetBackbone`."""
+    """PSPNet on a dilated ResNet-``layers``; ``pretrained``, ``zero_init_residual``, ``stem`` and ``dilation``
+    as in :class:`model.backbone.ResNetBackbone`."""
     _check_args(classes, dropout)  # before a possibly slow weight load
-    return PSPNet(ResNetBackbone(layers, pretrained, weights, zero_init_residual), classes, dropout=dropout)
+    backbone = ResNetBackbone(layers, pretrained, weights, zero_init_residual, stem, dilation)
+    return PSPNet(backbone, classes, dropout=dropout, align_corners=align_corners)
