@@ -6,12 +6,13 @@ import os
 from typing import Any
 
 from model.backbone import DILATIONS, STEMS
+from model.deeplabv3 import build_deeplabv3
 from model.pspnet import Segmentor, build_pspnet
 from util.checkpoint import load_checkpoint, load_state_strict
 from util.config import Config
 from util.errors import SegKDError
 
-ARCHS = {"pspnet": ("PSPNet", build_pspnet)}
+ARCHS = {"pspnet": ("PSPNet", build_pspnet), "deeplabv3": ("DeepLabV3", build_deeplabv3)}
 # The architecture keys of model.* that a checkpoint records, with the value a checkpoint written before
 # they existed was built with (the defaults of config/defaults.yaml).
 ARCH_DEFAULTS: dict[str, Any] = {"arch": "pspnet", "stem": "torchvision", "dilation": "semseg", "align_corners": True}
@@ -45,8 +46,8 @@ def checkpoint_meta(model_cfg: Config, cfg: Config, mode: str) -> dict[str, Any]
 
 
 def describe_checkpoint(meta: dict[str, Any]) -> str:
-    """``'a supervised PSPNet-R50 with 21 classes'`` from a checkpoint's (or a run's) meta keys; a stem,
-    dilation or align_corners other than the default is named after the depth."""
+    """``'a supervised PSPNet-R50 with 21 classes'`` (``DeepLabV3-R101``, ...) from a checkpoint's (or a run's)
+    meta keys; a stem or dilation other than the default is named after the depth."""
     mode, layers, classes = meta.get("mode", "unknown-mode"), meta.get("layers", "?"), meta.get("classes", "?")
     arch = arch_of(meta)
     extras = [f"{arch['stem']} stem"] if arch["stem"] != "torchvision" else []
@@ -57,7 +58,7 @@ def describe_checkpoint(meta: dict[str, Any]) -> str:
 
 
 def arch_name(meta: dict[str, Any]) -> str:
-    """``'PSPNet'``: the architecture a checkpoint's (or a run's) meta names."""
+    """``'PSPNet'`` or ``'DeepLabV3'``: the architecture a checkpoint's (or a run's) meta names."""
     arch = arch_of(meta)["arch"]
     return ARCHS[arch][0] if arch in ARCHS else str(arch)
 

@@ -8,8 +8,8 @@
 
 The model never computes a loss and never upsamples its output: losses and evaluation resize the logits
 to whatever resolution they need (evaluation with the model's ``align_corners``). :class:`Segmentor` holds
-what every architecture shares (the aux head on layer3, ``features=``, the parameter groups); an
-architecture adds only its context module on layer4 (PSPNet's PPM).
+what every architecture shares (the aux head on layer3, ``features=``, the parameter groups); PSPNet and
+model/deeplabv3.py's DeepLabV3 differ only in the context module on layer4.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _head(in_channels: int, mid_channels: int, classes: int, dropout: float) -> 
 
 class Segmentor(nn.Module):
     """backbone -> ``context`` on layer4 -> ``head``; ``aux_head`` on layer3. A subclass builds ``context``
-    (PSPNet's PPM) and ``head``, whose first three modules are its 3x3 conv + BN + ReLU and
+    (PSPNet's PPM, DeepLabV3's ASPP) and ``head``, whose first three modules are its 3x3 conv + BN + ReLU and
     the rest its dropout and classifier; :meth:`forward` and the parameter groups are the same for all.
 
     Attributes:
@@ -100,7 +100,7 @@ class Segmentor(nn.Module):
         ``features`` adds named intermediate tensors for the feature losses (model/methods): "layer1"
         (N x C1 x H/4 x W/4), "layer2".."layer4" (N x C x h x w), "out_feat" (N x C x h x w, the main head's
         3x3 conv + BN + ReLU after the context module, before dropout and the classifier: 512 channels in
-        PSPNet) and "aux_feat" (N x 256 x h x w, the same in the aux head; computed even
+        PSPNet, 256 in DeepLabV3) and "aux_feat" (N x 256 x h x w, the same in the aux head; computed even
         with ``aux=False``). Asking for none costs nothing: the computation is the same, only more tensors are
         returned."""
         unknown = set(features) - set(self.feature_channels)

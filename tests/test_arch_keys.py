@@ -1,7 +1,8 @@
-"""The architecture keys model.stem / model.dilation / model.align_corners: the defaults build the network segkd
-always built (same state-dict keys and shapes, the same logits for a seed); every stem x dilation runs at output
-stride 8; the deep stems and the contract dilation have the layout their projects publish; a checkpoint records
-the keys and rebuilds from them, and one written before the keys existed loads as the defaults."""
+"""The architecture keys model.arch / model.stem / model.dilation / model.align_corners: the defaults build the
+network segkd always built (same state-dict keys and shapes, the same logits for a seed); every stem x dilation
+x architecture runs at output stride 8; the deep stems and the contract dilation have the layout their
+projects publish; a checkpoint records the keys and rebuilds from them, and one written before the keys
+existed loads as the defaults; a DeepLabV3 teacher distils a PSPNet student."""
 
 import itertools
 
@@ -14,6 +15,8 @@ from torch import nn
 from engine.inference import window_probs
 from model.backbone import ResNetBackbone
 from model.build import build_model, checkpoint_meta, describe_checkpoint, load_teacher, model_from_checkpoint
+from model.deeplabv3 import ASPP, DeepLabV3, build_deeplabv3
+from model.distiller import Distiller
 from model.pspnet import PPM, PSPNet, build_pspnet
 from util.checkpoint import save_checkpoint
 from util.config import load_config
@@ -21,6 +24,7 @@ from util.errors import SegKDError
 
 STEMS = ("torchvision", "semseg", "mmseg")
 DILATIONS = ("semseg", "contract")
+ARCHS = ("pspnet", "deeplabv3")
 
 
 def cfg_with(*overrides):
@@ -58,7 +62,8 @@ def test_default_pspnet_is_torchvision_resnet18_plus_the_heads():
 
 def test_defaults_are_the_old_network():
     cfg = cfg_with()
-    assert (cfg.model.stem, cfg.model.dilation, cfg.model.align_corners) == ("torchvision", "semseg", True)
+    assert (cfg.model.arch, cfg.model.stem, cfg.model.dilation, cfg.model.align_corners) == (
+        "pspnet", "torchvision", "semseg", True)
     torch.manual_seed(3)
     new = build_model(cfg).eval()
     torch.manual_seed(3)
@@ -73,17 +78,17 @@ def test_defaults_are_the_old_network():
 
 
 # ---------------------------------------------------------------- every variant at output stride 8
-# The layouts of published checkpoints (semseg's PSPNet, mmseg's pspnet_r50-d8) run in the fast tier at R50; the
-# other R50 rows take about 1 s each even on the meta device.
-PUBLISHED = {("semseg", "semseg"), ("mmseg", "contract")}
-VARIANTS = [pytest.param(s, d, depth, marks=[pytest.mark.slow] if depth == 50 and (s, d) not in PUBLISHED else [])
-            for s, d, depth in itertools.product(STEMS, DILATIONS, (18, 50))]
+# The layouts of published checkpoints (semseg's PSPNet, mmseg's pspnet_r50-d8, a torchvision-style DeepLabV3)
+# run in the fast tier at R50; the other R50 rows take about 1 s each even on the meta device.
+PUBLISHED = {("pspnet", "semseg", "semseg"), ("pspnet", "mmseg", "contract"), ("deeplabv3", "torchvision", "semseg")}
+VARIANTS = [pytest.param(a, s, d, depth, marks=[pytest.mark.slow] if depth == 50 and (a, s, d) not in PUBLISHED else [])
+            for a, s, d, depth in itertools.product(ARCHS, STEMS, DILATIONS, (18, 50))]
 
 
-@pytest.mark.parametrize("stem,dilation,depth", VARIANTS)
-def test_shapes_at_output_stride_8(stem, dilation, depth):
+@pytest.mark.parametrize("arch,stem,dilation,depth", VARIANTS)
+def test_shapes_at_output_stride_8(arch, stem, dilation, depth):
     """On the meta device (shapes without arithmetic): logits, aux logits and the named features."""
-    cfg = cfg_with(f"model.stem={stem}", f"model.dilation={dilation}", f"model.layers={depth}")
+    cfg = cfg_with(f"model.arch={arch}", f"model.stem={stem}", f"model.dilation={dilation}", f"model.layers={depth}")
     with torch.device("meta"):
         model = build_model(cfg)
         for size in (32, 65):
@@ -95,13 +100,15 @@ def test_shapes_at_output_stride_8(stem, dilation, depth):
             assert out["aux_feat"].shape == (2, 256, s, s)
             assert out["layer4"].shape == (2, ch["layer4"], s, s)
             assert out["layer1"].shape == (2, ch["layer1"], (size - 1) // 4 + 1, (size - 1) // 4 + 1)
-    assert ch["out_feat"] == 512
+    assert ch["out_feat"] == (512 if arch == "pspnet" else 256)
 
 
-@pytest.mark.parametrize("stem,dilation,depth,size", [("semseg", "contract", 18, 65), ("mmseg", "contract", 50, 32)])
-def test_real_forward_and_backward(stem, dilation, depth, size):
+@pytest.mark.parametrize("arch,stem,dilation,depth,size", [("deeplabv3", "semseg", "contract", 18, 65),
+                                                           ("pspnet", "mmseg", "contract", 50, 32)])
+def test_real_forward_and_backward(arch, stem, dilation, depth, size):
     torch.manual_seed(0)
-    model = build_pspnet(depth, 3, stem=stem, dilation=dilation, align_corners=False).train()
+    build = build_pspnet if arch == "pspnet" else build_deeplabv3
+    model = build(depth, 3, stem=stem, dilation=dilation, align_corners=False).train()
     out = model(torch.randn(2, 3, size, size))
     s = stride8_size(size)
     assert out["out"].shape == out["aux"].shape == (2, 3, s, s)
@@ -187,7 +194,7 @@ def test_deep_stem_refuses_imagenet_weights():
 
 
 @pytest.mark.parametrize("key,value", [("model.stem", "resnet"), ("model.dilation", "torchvision"),
-                                       ("model.align_corners", "maybe")])
+                                       ("model.arch", "fcn"), ("model.align_corners", "maybe")])
 def test_bad_values_refused_naming_the_key(key, value):
     with pytest.raises(SegKDError, match=key.replace(".", r"\.")):
         cfg_with(f"{key}={value}")
@@ -236,16 +243,17 @@ def _save(tmp_path, cfg, model, mode="supervised", **extra):
     return path
 
 
-def test_checkpoint_round_trip_rebuilds_the_architecture(tmp_path):
-    cfg = cfg_with("model.stem=semseg", "model.dilation=contract", "model.align_corners=false", "model.layers=18")
+@pytest.mark.parametrize("arch,cls,name", [("pspnet", PSPNet, "PSPNet"), ("deeplabv3", DeepLabV3, "DeepLabV3")])
+def test_checkpoint_round_trip_rebuilds_the_architecture(tmp_path, arch, cls, name):
+    cfg = cfg_with(f"model.arch={arch}", "model.stem=semseg", "model.dilation=contract",
+                   "model.align_corners=false", "model.layers=18")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     path = _save(tmp_path, cfg, model)
     rebuilt, ckpt = model_from_checkpoint(path, 4)
-    assert (ckpt["arch"], ckpt["stem"], ckpt["dilation"], ckpt["align_corners"]) == (
-        "pspnet", "semseg", "contract", False)
-    assert type(rebuilt) is PSPNet and rebuilt.align_corners is False and rebuilt.backbone.stem == "semseg"
-    assert describe_checkpoint(ckpt) == ("a supervised PSPNet-R18 (semseg stem, contract dilation, "
+    assert (ckpt["arch"], ckpt["stem"], ckpt["dilation"], ckpt["align_corners"]) == (arch, "semseg", "contract", False)
+    assert type(rebuilt) is cls and rebuilt.align_corners is False and rebuilt.backbone.stem == "semseg"
+    assert describe_checkpoint(ckpt) == (f"a supervised {name}-R18 (semseg stem, contract dilation, "
                                          "align_corners false) with 4 classes")
     x = torch.randn(2, 3, 33, 33)
     with torch.no_grad():
@@ -281,11 +289,65 @@ def test_teacher_architecture_comes_from_its_checkpoint(tmp_path):
     assert teacher.backbone.stem == "mmseg" and teacher.align_corners is False
 
 
+# ---------------------------------------------------------------- DeepLabV3
+def test_aspp_layout():
+    aspp = ASPP(64)
+    dilated = [b[0] for b in aspp.branches[1:4]]
+    assert [c.dilation for c in dilated] == [(12, 12), (24, 24), (36, 36)]
+    assert [c.padding for c in dilated] == [(12, 12), (24, 24), (36, 36)]
+    assert isinstance(aspp.branches[4][0], nn.AdaptiveAvgPool2d) and aspp.branches[0][0].kernel_size == (1, 1)
+    assert aspp.project[0].in_channels == 5 * 256 and aspp.out_channels == 256
+
+
+def test_deeplabv3_out_feat_is_the_classifiers_input():
+    torch.manual_seed(0)
+    model = build_deeplabv3(18, 4).eval()
+    x = torch.randn(2, 3, 33, 33)
+    with torch.no_grad():
+        feats = model(x, features=("out_feat",))
+        assert torch.equal(feats["out"], model(x)["out"])
+        assert torch.equal(feats["out_feat"], model.head[:3](model.aspp(model.backbone(x)["layer4"])))
+    assert feats["out_feat"].shape == (2, 256, 5, 5) and model.feature_channels["out_feat"] == 256
+
+
+def test_deeplabv3_parameter_groups():
+    model = build_deeplabv3(18, 4)
+    backbone, new = model.param_groups()
+    assert {id(p) for p in backbone} == {id(p) for p in model.backbone.parameters()}
+    for sub in (model.aspp, model.head, model.aux_head):
+        assert {id(p) for p in sub.parameters()} <= {id(p) for p in new}
+    assert len(backbone) + len(new) == len(list(model.parameters()))
+    aux = {id(p) for p in model.aux_head.parameters()}
+    assert {id(p) for p in model.inference_parameters()} == {id(p) for p in model.parameters()} - aux
+
+
+@pytest.mark.parametrize("depth", [18, pytest.param(50, marks=pytest.mark.slow)])  # R50: about 3 s
+def test_deeplabv3_teacher_distils_a_pspnet_student(tmp_path, depth):
+    """A DeepLabV3 teacher (read from its checkpoint) and a PSPNet-R18 student: forward and backward through
+    Distiller.from_config with logit KD, the aux-logit KL (same shapes) and FitNets on out_feat (512 -> 256)."""
+    tcfg = cfg_with("model.arch=deeplabv3", f"model.layers={depth}")
+    torch.manual_seed(0)
+    path = _save(tmp_path, tcfg, build_model(tcfg))
+    cfg = cfg_with(f"teacher.checkpoint={path}", f"teacher.layers={depth}", "distill.feat_loss=kl",
+                   "distill.terms=[fitnet]")
+    student = build_model(cfg)
+    distiller = Distiller.from_config(student, load_teacher(cfg), cfg).train()
+    assert type(distiller.teacher) is DeepLabV3 and type(student) is PSPNet
+    target = torch.randint(0, 4, (2, 33, 33))
+    total, terms = distiller(torch.randn(2, 3, 33, 33), target)
+    assert set(terms) == {"ce", "aux", "kd", "feat", "fitnet"} and torch.isfinite(total)
+    total.backward()
+    assert student.aux_head[4].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in distiller.teacher.parameters())
+
+
 def test_gflops_count_the_checkpoints_architecture():
     from engine.flops import gflops
 
     plain, deep = gflops(18, 4, 65), gflops(18, 4, 65, {"stem": "semseg", "layers": 18})
     assert plain == gflops(18, 4, 65, {}) and deep != plain and deep > 0
+    dlv3 = gflops(18, 4, 65, {"arch": "deeplabv3", "layers": 18})
+    assert dlv3 != plain and dlv3 > 0
 
 
 def test_resume_refuses_a_last_pth_of_another_architecture(tmp_path):

@@ -50,6 +50,7 @@ NULL_TYPES: dict[str, tuple[type, ...]] = {
 # Item types of list keys whose default is an empty list; one item alone stands for a list of one.
 LIST_ITEMS: dict[str, type] = {"distill.terms": str}
 CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": ("pspnet", "deeplabv3"),
     "model.stem": ("torchvision", "semseg", "mmseg"),
     "model.dilation": ("semseg", "contract"),
     "distill.kd_loss": ("kl", "dist", "kl_std"),

@@ -1,0 +1,98 @@
+"""DeepLabV3 (Chen et al., arXiv 1706.05587) on the same dilated backbone and aux head as PSPNet.
+
+    model = build_deeplabv3(layers=101, classes=21)
+    logits = model(images)  # {"out": N x 21 x h x w, "aux": N x 21 x h x w}, h = H/8, as PSPNet's
+    feats = model(images, features=("out_feat",))  # N x 256 x h x w before the classifier
+
+ASPP at output stride 8 uses rates 12/24/36 (the paper's rates for stride 8, twice those at stride 16), with
+image pooling, as torchvision's ``DeepLabHead``: five branches of 256 channels (1x1 conv; three dilated 3x3
+convs; global average pool + 1x1 conv, broadcast back), each with BN and ReLU, concatenated and projected by a
+1x1 conv + BN + ReLU + Dropout(0.5). The head is torchvision's 3x3 conv + BN + ReLU and 1x1 classifier, with
+PSPNet's Dropout2d(``dropout``) before the classifier (CIRKD's DeepLabV3 head has it too), so ``out_feat`` is
+the tensor after the ASPP projection and that 3x3 conv + BN + ReLU, just before dropout and the classifier.
+The aux head on layer3 is PSPNet's (torchvision's ``FCNHead`` for R50/101), so the aux logits of a DeepLabV3
+teacher and a PSPNet student have the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from model.backbone import ResNetBackbone
+from model.pspnet import Segmentor, _check_args, _head
+
+RATES = (12, 24, 36)  # output stride 8
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+    pad = dilation * (kernel // 2)
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: N x C x h x w -> N x ``channels`` x h x w.
+
+    ``branches[0]`` is the 1x1 conv, ``branches[1..3]`` the 3x3 convs at ``rates``, ``branches[4]`` the image
+    pooling (its 1 x 1 map is broadcast to h x w); ``project`` fuses their concatenation.
+    """
+
+    def __init__(self, in_channels: int, rates: Sequence[int] = RATES, channels: int = 256):
+        super().__init__()
+        pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_channels, channels, 1))
+        self.branches = nn.ModuleList([_conv_bn_relu(in_channels, channels, 1),
+                                       *(_conv_bn_relu(in_channels, channels, 3, r) for r in rates), pool])
+        self.project = nn.Sequential(*_conv_bn_relu(channels * len(self.branches), channels, 1), nn.Dropout(0.5))
+        self.out_channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        # a bilinear upsampling of a 1 x 1 map is that value everywhere, whatever align_corners says
+        outs = [b(x) for b in self.branches[:-1]] + [self.branches[-1](x).expand(-1, -1, *x.shape[-2:])]
+        return self.project(torch.cat(outs, dim=1))
+
+
+class DeepLabV3(Segmentor):
+    """DeepLabV3: backbone -> ASPP on layer4 -> ``head`` (256 channels); ``aux_head`` on layer3, as PSPNet.
+
+    Args:
+        backbone: as :class:`model.pspnet.PSPNet`'s.
+        classes: number of classes K (>= 2).
+        rates: the ASPP's dilation rates.
+        dropout: Dropout2d probability before both classifiers.
+        align_corners: of evaluation's logit zoom (the ASPP's only upsampling, of its pooled 1 x 1 map, is the
+            same either way).
+    """
+
+    def __init__(self, backbone: nn.Module, classes: int, rates: Sequence[int] = RATES, dropout: float = 0.1,
+                 align_corners: bool = True):
+        super().__init__(backbone, classes, dropout, align_corners)
+        self.aspp = ASPP(backbone.channels["layer4"], rates)
+        self.head = _head(self.aspp.out_channels, 256, classes, dropout)
+        self.aux_head = _head(backbone.channels["layer3"], 256, classes, dropout)
+
+    def context(self, x: Tensor) -> Tensor:
+        """layer4 N x C4 x h x w -> ASPP output N x 256 x h x w."""
+        return self.aspp(x)
+
+
+def build_deeplabv3(
+    layers: int,
+    classes: int,
+    pretrained: bool | str | None = False,
+    weights: str = "IMAGENET1K_V1",
+    dropout: float = 0.1,
+    zero_init_residual: bool = False,
+    stem: str = "torchvision",
+    dilation: str = "semseg",
+    align_corners: bool = True,
+) -> DeepLabV3:
+    """DeepLabV3 on a dilated ResNet-``layers``; the arguments as :func:`model.pspnet.build_pspnet`'s."""
+    _check_args(classes, dropout)
+    backbone = ResNetBackbone(layers, pretrained, weights, zero_init_residual, stem, dilation)
+    return DeepLabV3(backbone, classes, dropout=dropout, align_corners=align_corners)
+
+
+__all__ = ["ASPP", "DeepLabV3", "RATES", "build_deeplabv3"]
