@@ -88,6 +88,8 @@ class Distiller(nn.Module):
                        "dist_gamma": dist_gamma}
         self.ignore_index = ignore_index
         self.full_resolution = full_resolution
+        # the student's convention (model.align_corners) places its logits on the label's pixels in CE and KD
+        self.align_corners = getattr(unwrap(student), "align_corners", True)
         self.teacher_cache = teacher_cache
         if teacher is None and terms:
             raise ValueError("distillation terms need a teacher")
@@ -142,7 +144,8 @@ class Distiller(nn.Module):
     def forward(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.student(images, features=self.features) if self.features else self.student(images)
         ign = self.ignore_index
-        terms = {"ce": cross_entropy(s["out"], target, ign), "aux": cross_entropy(s["aux"], target, ign)}
+        ac = self.align_corners
+        terms = {"ce": cross_entropy(s["out"], target, ign, ac), "aux": cross_entropy(s["aux"], target, ign, ac)}
         if self.teacher is not None:
             t = self.teacher_logits(images)
             terms["kd"] = self.compare(self.kd_loss, s["out"], t["out"], target)
@@ -157,16 +160,16 @@ class Distiller(nn.Module):
     def compare(self, loss: str, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The distillation loss named ``loss`` between two N×K×h×w logit maps, with this distiller's
         parameters (model/losses.py documents each)."""
-        ign, full, p = self.ignore_index, self.full_resolution, self.params
+        ign, full, p, ac = self.ignore_index, self.full_resolution, self.params, self.align_corners
         if loss == "kl":
-            return kd_kl_loss(student, teacher, target, self.temperature, ign, full)
+            return kd_kl_loss(student, teacher, target, self.temperature, ign, full, ac)
         if loss == "kl_std":
-            return kl_std_loss(student, teacher, target, self.temperature, ign, full)
+            return kl_std_loss(student, teacher, target, self.temperature, ign, full, ac)
         if loss == "smoothl1":
-            return smooth_l1_logits_loss(student, teacher, target, ign, p["smoothl1_beta"], full)
+            return smooth_l1_logits_loss(student, teacher, target, ign, p["smoothl1_beta"], full, ac)
         if loss == "cwd":
-            return cwd_loss(student, teacher, target, p["cwd_tau"], ign, full)
-        return dist_loss(student, teacher, target, p["dist_beta"], p["dist_gamma"], ign, full)
+            return cwd_loss(student, teacher, target, p["cwd_tau"], ign, full, ac)
+        return dist_loss(student, teacher, target, p["dist_beta"], p["dist_gamma"], ign, full, ac)
 
 
 def build_terms(cfg, student: nn.Module, teacher: nn.Module) -> list[Term]:

@@ -19,42 +19,49 @@ import torch.nn.functional as F
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
     """Bilinear resize of N×K×h×w logits to N×K×size (align_corners=True, as PSPNet's zoom in semseg; the
-    evaluation passes the model's ``align_corners``, False for mmseg-style networks)."""
+    distiller and evaluation pass the model's ``align_corners``, False for mmseg-style networks)."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
-def sample_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def sample_target(target: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
     """The N×H×W labels at the pixels an N×K×size logit map stands for: with align_corners=True (how the
     logits are zoomed to the label, :func:`resize_logits`) logit (i, j) sits at pixel
     (round(i (H-1)/(h-1)), round(j (W-1)/(w-1))), e.g. 8i for a 473 crop at 1/8. Nearest-neighbour resize
-    would sample floor(i H/h) instead, up to 7 pixels away. No new label values can appear."""
+    would sample floor(i H/h) instead, up to 7 pixels away. With align_corners=False the logit sits at
+    round((i + 1/2) H/h - 1/2), clamped to the image. No new label values can appear."""
     if tuple(target.shape[-2:]) == tuple(size):
         return target
-    rows, cols = (_centres(n_in, n_out, target.device) for n_in, n_out in zip(target.shape[-2:], size))
+    rows, cols = (_centres(n_in, n_out, target.device, align_corners)
+                  for n_in, n_out in zip(target.shape[-2:], size))
     return target[:, rows][:, :, cols]
 
 
-def _centres(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+def _centres(n_in: int, n_out: int, device: torch.device, align_corners: bool = True) -> torch.Tensor:
+    i = torch.arange(n_out, device=device, dtype=torch.float64)
+    if not align_corners:
+        return torch.round((i + 0.5) * (n_in / n_out) - 0.5).clamp(0, n_in - 1).long()
     if n_out == 1:
         return torch.zeros(1, dtype=torch.long, device=device)
-    return torch.round(torch.arange(n_out, device=device, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))).long()
+    return torch.round(i * ((n_in - 1) / (n_out - 1))).long()
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
+                  align_corners: bool = True) -> torch.Tensor:
     """Pixel-wise cross-entropy averaged over valid pixels.
 
-    logits: N×K×h×w, upsampled bilinearly to the label size when they differ; target: N×H×W int64.
-    Returns 0 (with a graph) when every pixel is ignored, instead of NaN.
+    logits: N×K×h×w, upsampled bilinearly (with ``align_corners``) to the label size when they differ;
+    target: N×H×W int64. Returns 0 (with a graph) when every pixel is ignored, instead of NaN.
     """
-    logits = resize_logits(logits, tuple(target.shape[-2:]))
+    logits = resize_logits(logits, tuple(target.shape[-2:]), align_corners)
     loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
     return loss / (target != ignore_index).sum().clamp(min=1)
 
 
 def _align(
-    student: torch.Tensor, teacher: torch.Tensor, target: Optional[torch.Tensor], full_resolution: bool
+    student: torch.Tensor, teacher: torch.Tensor, target: Optional[torch.Tensor], full_resolution: bool,
+    align_corners: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     if student.shape != teacher.shape:
         raise ValueError(f"student logits {tuple(student.shape)} != teacher logits {tuple(teacher.shape)}")
@@ -62,8 +69,8 @@ def _align(
         return student, teacher, None
     if full_resolution:
         size = tuple(target.shape[-2:])
-        return resize_logits(student, size), resize_logits(teacher, size), target
-    return student, teacher, sample_target(target, tuple(student.shape[-2:]))
+        return resize_logits(student, size, align_corners), resize_logits(teacher, size, align_corners), target
+    return student, teacher, sample_target(target, tuple(student.shape[-2:]), align_corners)
 
 
 def _valid_mean(per_pixel: torch.Tensor, target: Optional[torch.Tensor], ignore_index: int) -> torch.Tensor:
@@ -81,16 +88,17 @@ def kd_kl_loss(
     temperature: float = 1.0,
     ignore_index: int = 255,
     full_resolution: bool = False,
+    align_corners: bool = True,
 ) -> torch.Tensor:
     """Temperature-scaled pixel-wise KL(softmax(t/T) || softmax(s/T)), summed over classes, averaged over
     valid pixels, times T² (Hinton et al.) so gradients keep their scale as T changes.
 
     student_logits, teacher_logits: N×K×h×w (same shape). target: N×H×W labels, sampled at the logits'
     positions (:func:`sample_target`) to find the ignored pixels; with ``full_resolution`` the logits are
-    upsampled to H×W instead.
+    upsampled to H×W instead. ``align_corners``: the student's zoom convention, for both (model.align_corners).
     ``target=None`` averages over all pixels.
     """
-    s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution, align_corners)
     log_p_s = F.log_softmax(s.float() / temperature, dim=1)
     log_p_t = F.log_softmax(t.float() / temperature, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
@@ -104,12 +112,13 @@ def smooth_l1_logits_loss(
     ignore_index: int = 255,
     beta: float = 1.0,
     full_resolution: bool = False,
+    align_corners: bool = True,
 ) -> torch.Tensor:
     """SmoothL1 (Huber with ``beta``) between logits, averaged over classes and valid pixels.
 
     Shapes as :func:`kd_kl_loss`.
     """
-    s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution, align_corners)
     per_pixel = F.smooth_l1_loss(s.float(), t.float(), reduction="none", beta=beta).mean(dim=1)
     return _valid_mean(per_pixel, target, ignore_index)
 
@@ -127,11 +136,12 @@ def kl_std_loss(
     temperature: float = 1.0,
     ignore_index: int = 255,
     full_resolution: bool = False,
+    align_corners: bool = True,
 ) -> torch.Tensor:
     """Logit-standardised KD (Sun et al., CVPR 2024): :func:`kd_kl_loss` on the per-pixel z-scores of both
     logit maps (:func:`standardize`), so the student matches the teacher's logit relations, not their range.
     Shapes and ignore handling as :func:`kd_kl_loss`; with ``full_resolution`` the logits are upsampled first."""
-    s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution, align_corners)
     return kd_kl_loss(standardize(s.float()), standardize(t.float()), target, temperature, ignore_index)
 
 
@@ -149,6 +159,7 @@ def dist_loss(
     gamma: float = 1.0,
     ignore_index: int = 255,
     full_resolution: bool = False,
+    align_corners: bool = True,
 ) -> torch.Tensor:
     """DIST (Huang et al., NeurIPS 2022) on softmax probabilities, as its segmentation code applies it:
     ``beta * (1 - inter) + gamma * (1 - intra)``. inter: the Pearson correlation between student and teacher
@@ -157,7 +168,7 @@ def dist_loss(
 
     student_logits, teacher_logits: N×K×h×w; target as :func:`kd_kl_loss` (None: every pixel counts).
     """
-    s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution, align_corners)
     k = s.shape[1]
     p_s = F.softmax(s.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, k)  # pixels × K
     p_t = F.softmax(t.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, k)
@@ -178,6 +189,7 @@ def cwd_loss(
     tau: float = 1.0,
     ignore_index: int = 255,
     full_resolution: bool = False,
+    align_corners: bool = True,
 ) -> torch.Tensor:
     """Channel-wise distillation (Shu et al., ICCV 2021): each channel's map becomes a distribution over the
     spatial positions, softmax(x / tau) over h×w; the loss is tau² · KL(teacher || student) summed over the
@@ -187,7 +199,7 @@ def cwd_loss(
     their logits change nothing); an image without a valid pixel is left out of the average. Shapes as
     :func:`kd_kl_loss`; the value does not depend on the batch size, nor on tiling the same map.
     """
-    s, t, target = _align(student_logits, teacher_logits, target, full_resolution)
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution, align_corners)
     s, t = s.float().flatten(2) / tau, t.float().flatten(2) / tau  # N × K × positions
     if target is not None:
         valid = (target != ignore_index).flatten(1)[:, None, :]

@@ -2,7 +2,8 @@
 network segkd always built (same state-dict keys and shapes, the same logits for a seed); every stem x dilation
 x architecture runs at output stride 8; the deep stems and the contract dilation have the layout their
 projects publish; a checkpoint records the keys and rebuilds from them, and one written before the keys
-existed loads as the defaults; a DeepLabV3 teacher distils a PSPNet student."""
+existed loads as the defaults; a DeepLabV3 teacher distils a PSPNet student; the training losses place the
+logits on the label with the student's align_corners."""
 
 import itertools
 
@@ -362,3 +363,34 @@ def test_resume_refuses_a_last_pth_of_another_architecture(tmp_path):
     with pytest.raises(SegKDError, match=r"is a supervised PSPNet-R18 \(mmseg stem\) with 4 classes but this run "
                                          r"trains a supervised PSPNet-R18 with 4 classes"):
         checkpoints.restore(state, "last.pth", build_pspnet(18, 4), None, None, 6)
+
+
+# ---------------------------------------------------------------- the training losses follow the student
+def test_sample_target_centres_without_align_corners():
+    """With align_corners=False, F.interpolate puts logit i at pixel (i + 1/2) H/h - 1/2: for 65 -> 9 these."""
+    from model.losses import sample_target
+
+    target = torch.arange(65)[None, :, None].expand(1, 65, 65)  # label = row index
+    rows = sample_target(target, (9, 9), align_corners=False)[0, :, 0].tolist()
+    assert rows == [3, 10, 18, 25, 32, 39, 46, 54, 61]
+    assert sample_target(target, (9, 9))[0, :, 0].tolist() == [8 * i for i in range(9)]  # the default, unchanged
+    assert sample_target(target[:, :2], (1, 1), align_corners=False).tolist() == [[[0]]]
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_distiller_losses_zoom_with_the_students_convention(align_corners):
+    from model.losses import cross_entropy, kd_kl_loss
+
+    torch.manual_seed(0)
+    student = build_pspnet(18, 4, align_corners=align_corners)
+    teacher = build_pspnet(18, 4)
+    distiller = Distiller(student, teacher, full_resolution=True).eval()
+    x, target = torch.randn(2, 3, 33, 33), torch.randint(0, 4, (2, 33, 33))
+    with torch.no_grad():
+        _, terms = distiller(x, target)
+        s, t = student(x), teacher(x)
+    assert distiller.align_corners is align_corners
+    assert torch.equal(terms["ce"], cross_entropy(s["out"], target, 255, align_corners))
+    assert not torch.equal(terms["ce"], cross_entropy(s["out"], target, 255, not align_corners))
+    assert torch.equal(terms["kd"], kd_kl_loss(s["out"], t["out"], target, full_resolution=True,
+                                               align_corners=align_corners))
