@@ -89,7 +89,7 @@ class Distiller(nn.Module):
         self.ignore_index = ignore_index
         self.full_resolution = full_resolution
         # the student's convention (model.align_corners) places its logits on the label's pixels in CE and KD
-        self.align_corners = getattr(unwrap(student), "align_corners", True)
+        self.align_corners = _align_corners(student)
         self.teacher_cache = teacher_cache
         if teacher is None and terms:
             raise ValueError("distillation terms need a teacher")
@@ -197,9 +197,14 @@ def build_terms(cfg, student: nn.Module, teacher: nn.Module) -> list[Term]:
         if cls.same_channels and cs != ct:
             raise SegKDError(f"distill.{name}.tensor={tensor!r}: the student's has {cs} channels, the teacher's "
                              f"{ct}, and {name} has no connector (fitnet has)")
-        method = cls(cs, ct, classes, cfg.data.ignore_label, **section)
+        method = cls(cs, ct, classes, cfg.data.ignore_label, align_corners=_align_corners(student), **section)
         terms.append(Term(name, method, tensor, float(weight)))
     return terms
+
+
+def _align_corners(student: nn.Module) -> bool:
+    """The student's ``model.align_corners`` (True for a network without the attribute)."""
+    return getattr(unwrap(student), "align_corners", True)
 
 
 def _channels(model: nn.Module, classes: int) -> dict[str, int]:

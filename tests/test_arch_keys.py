@@ -394,3 +394,24 @@ def test_distiller_losses_zoom_with_the_students_convention(align_corners):
     assert not torch.equal(terms["ce"], cross_entropy(s["out"], target, 255, not align_corners))
     assert torch.equal(terms["kd"], kd_kl_loss(s["out"], t["out"], target, full_resolution=True,
                                                align_corners=align_corners))
+
+
+def test_label_using_methods_follow_the_students_convention():
+    """ifvd and dkd take the labels at the student's positions: a student with align_corners false samples
+    them where F.interpolate(align_corners=False) puts its maps."""
+    from model.distiller import build_terms
+    from model.methods.dkd import dkd_loss
+    from model.methods.ifvd import ifvd_loss
+
+    cfg = cfg_with("distill.terms=[ifvd, dkd]")
+    student, teacher = build_pspnet(18, 4, align_corners=False), build_pspnet(18, 4)
+    ifvd, dkd = (t.method for t in build_terms(cfg, student, teacher))
+    assert ifvd.align_corners is False and dkd.align_corners is False
+    torch.manual_seed(0)
+    fs, ft = torch.randn(2, 8, 5, 5), torch.randn(2, 8, 5, 5)
+    ls, lt = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    target = torch.randint(0, 4, (2, 33, 33))
+    assert torch.equal(ifvd(fs, ft, target), ifvd_loss(fs, ft, target, 4, 255, align_corners=False))
+    assert not torch.equal(ifvd(fs, ft, target), ifvd_loss(fs, ft, target, 4, 255))
+    assert torch.equal(dkd(ls, lt, target), dkd_loss(ls, lt, target, 1.0, 8.0, 1.0, 255, align_corners=False))
+    assert all(t.method.align_corners for t in build_terms(cfg, build_pspnet(18, 4), teacher))

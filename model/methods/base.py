@@ -60,10 +60,11 @@ class Method(nn.Module):
     same_channels: ClassVar[bool] = False  # needs C_s == C_t (there is no connector to bridge them)
 
     def __init__(self, student_channels: int, teacher_channels: int, classes: int, ignore_index: int = 255,
-                 **params: Any):
+                 align_corners: bool = True, **params: Any):
         super().__init__()
         self.student_channels, self.teacher_channels = student_channels, teacher_channels
         self.classes, self.ignore_index = classes, ignore_index
+        self.align_corners = align_corners  # the student's: where its maps sit on the label (sample_target)
         unknown = set(params) - set(self.params)
         if unknown:
             raise SegKDError(f"distill.{self.name}: unknown parameter(s) {', '.join(sorted(unknown))}")

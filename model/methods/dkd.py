@@ -45,19 +45,20 @@ def decoupled_log_probs(logits: torch.Tensor, labels: torch.Tensor,
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
              alpha: float = 1.0, beta: float = 8.0, temperature: float = 1.0,
-             ignore_index: int = 255) -> torch.Tensor:
+             ignore_index: int = 255, align_corners: bool = True) -> torch.Tensor:
     """(alpha · TCKD + beta · NCKD) · T² per logit position, averaged over the valid positions.
 
     TCKD = KL([p_t,g, 1 - p_t,g] || [p_s,g, 1 - p_s,g]); NCKD = KL(q_t || q_s) (:func:`decoupled_log_probs`).
     student_logits, teacher_logits: N×K×h×w (the teacher detached here); target: N×H×W labels in [0, K) or
-    ignore_index, sampled at the logit centres. Every position ignored: 0 with a graph.
+    ignore_index, sampled at the logit centres (placed as ``align_corners`` zooms). Every position ignored: 0
+    with a graph.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} != teacher logits "
                          f"{tuple(teacher_logits.shape)}")
     if student_logits.shape[1] < 2:
         raise ValueError("DKD needs at least 2 classes (NCKD is over the non-target ones)")
-    labels = sample_target(target, tuple(student_logits.shape[-2:]))
+    labels = sample_target(target, tuple(student_logits.shape[-2:]), align_corners)
     classes = labels.masked_fill(labels == ignore_index, 0)  # any class: ignored positions are left out below
     g_s, not_g_s, q_s = decoupled_log_probs(student_logits.float(), classes, temperature)
     g_t, not_g_t, q_t = decoupled_log_probs(teacher_logits.detach().float(), classes, temperature)
@@ -78,4 +79,5 @@ class DKD(Method):
               "temperature": Param(1.0, lambda v: v > 0, "positive")}
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return dkd_loss(student, teacher, target, self.alpha, self.beta, self.temperature, self.ignore_index)
+        return dkd_loss(student, teacher, target, self.alpha, self.beta, self.temperature, self.ignore_index,
+                        self.align_corners)

@@ -46,16 +46,17 @@ def prototype_similarity(features: torch.Tensor, labels: torch.Tensor, classes: 
 
 
 def ifvd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, classes: int,
-              ignore_index: int = 255) -> torch.Tensor:
+              ignore_index: int = 255, align_corners: bool = True) -> torch.Tensor:
     """Mean over the valid pixels of (sim_s - sim_t)², sim = :func:`prototype_similarity` of each network.
 
     student: N×C_s×h×w, teacher: N×C_t×h×w (detached here); target: N×H×W labels in [0, classes) or
-    ignore_index, sampled at the feature centres. Every pixel ignored: 0 with a graph.
+    ignore_index, sampled at the feature centres (placed as ``align_corners`` zooms). Every pixel ignored: 0
+    with a graph.
     """
     if student.shape[0] != teacher.shape[0] or student.shape[-2:] != teacher.shape[-2:]:
         raise ValueError(f"student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} "
                          "differ in batch or spatial size")
-    labels = sample_target(target, tuple(student.shape[-2:]))
+    labels = sample_target(target, tuple(student.shape[-2:]), align_corners)
     sim_s = prototype_similarity(student.float(), labels, classes, ignore_index)
     sim_t = prototype_similarity(teacher.detach().float(), labels, classes, ignore_index)
     return _valid_mean((sim_s - sim_t) ** 2, labels, ignore_index)
@@ -69,4 +70,4 @@ class IFVD(Method):
     default_tensor, default_weight = "out_feat", 20.0
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ifvd_loss(student, teacher, target, self.classes, self.ignore_index)
+        return ifvd_loss(student, teacher, target, self.classes, self.ignore_index, self.align_corners)
