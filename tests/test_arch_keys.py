@@ -415,3 +415,10 @@ def test_label_using_methods_follow_the_students_convention():
     assert not torch.equal(ifvd(fs, ft, target), ifvd_loss(fs, ft, target, 4, 255))
     assert torch.equal(dkd(ls, lt, target), dkd_loss(ls, lt, target, 1.0, 8.0, 1.0, 255, align_corners=False))
     assert all(t.method.align_corners for t in build_terms(cfg, build_pspnet(18, 4), teacher))
+
+
+def test_benchmark_evaluates_the_configured_architecture():
+    from tools.benchmark import build_networks
+
+    _, network, teacher = build_networks("eval", cfg_with("model.arch=deeplabv3", "model.stem=mmseg"))
+    assert type(network) is DeepLabV3 and network.backbone.stem == "mmseg" and teacher is None

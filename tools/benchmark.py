@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.inference import window_probs
 from engine.setup import build_data, build_optimizer, prepare_models
-from model.build import build_model
+from model.build import arch_of, build_model, build_network
 from model.distiller import Distiller
 from model.pspnet import build_pspnet
 from util.config import Config, load_config
@@ -55,15 +55,16 @@ def bench_config(args: argparse.Namespace, *extra: str) -> Config:
 def build_networks(mode: str, cfg: Config) -> tuple[Config, nn.Module, Optional[nn.Module]]:
     """(config the step trains with, network trained or evaluated, teacher for ``distill`` else None), randomly
     initialised (ImageNet weights cost nothing per step and would need a download). ``teacher_train`` trains a
-    model of the teacher's depth; evaluation's network and the teacher are PSPNets as a checkpoint rebuilds
-    them (``model.build._rebuild``)."""
+    model of the teacher's depth; evaluation's network is the configured architecture (``model.arch``,
+    ``model.stem``, ...) as a checkpoint rebuilds it (``model.build._rebuild``), the teacher a PSPNet of
+    ``teacher.layers`` (a real teacher's architecture comes from its checkpoint)."""
     tree = cfg.to_dict()
     tree["model"]["pretrained"] = False
     if mode == "teacher_train":
         tree["model"]["layers"] = cfg.teacher.layers  # a valid depth: teacher.layers has the same rule
     cfg = Config(tree)
     if mode == "eval":
-        return cfg, build_pspnet(cfg.model.layers, cfg.data.classes), None
+        return cfg, build_network(arch_of(cfg.model.to_dict()), cfg.model.layers, cfg.data.classes), None
     teacher = build_pspnet(cfg.teacher.layers, cfg.data.classes) if mode == "distill" else None
     return cfg, build_model(cfg), teacher
 
