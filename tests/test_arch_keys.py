@@ -422,3 +422,20 @@ def test_benchmark_evaluates_the_configured_architecture():
 
     _, network, teacher = build_networks("eval", cfg_with("model.arch=deeplabv3", "model.stem=mmseg"))
     assert type(network) is DeepLabV3 and network.backbone.stem == "mmseg" and teacher is None
+
+
+def test_test_py_evaluates_a_deeplabv3_checkpoint(tiny_data, tmp_path):
+    """test.py's run() in-process on one image: the network and its FLOPs come from the checkpoint's keys."""
+    from engine.flops import gflops
+    from tests.test_eval_outputs import evaluate
+
+    cfg = cfg_with("model.arch=deeplabv3", "model.align_corners=false")
+    torch.manual_seed(0)
+    run_dir = tmp_path / "run"
+    (run_dir / "model").mkdir(parents=True)
+    save_checkpoint({**checkpoint_meta(cfg.model, cfg, "supervised"), "model": build_model(cfg).state_dict(),
+                     "iteration": 7, "config": cfg.to_dict()}, str(run_dir / "model" / "final.pth"))
+    metrics = evaluate(tiny_data, run_dir)
+    assert metrics["gflops"] == pytest.approx(gflops(18, 4, 65, {"arch": "deeplabv3"}))
+    assert metrics["gflops"] != pytest.approx(gflops(18, 4, 65))
+    assert 0.0 <= metrics["mIoU"] <= 1.0
