@@ -12,6 +12,12 @@ PSPNet's Dropout2d(``dropout``) before the classifier (CIRKD's DeepLabV3 head ha
 the tensor after the ASPP projection and that 3x3 conv + BN + ReLU, just before dropout and the classifier.
 The aux head on layer3 is PSPNet's (torchvision's ``FCNHead`` for R50/101), so the aux logits of a DeepLabV3
 teacher and a PSPNet student have the same shape.
+
+The module names follow torchvision's ``deeplabv3_resnet50/101`` (whose backbone is the torchvision stem with
+the contract dilation: ``model.stem=torchvision model.dilation=contract``), so the key map an importer applies
+is ``backbone.*`` -> ``backbone.*``, ``classifier.0.convs.i`` -> ``aspp.branches.i`` (i = 0..4),
+``classifier.0.project`` -> ``aspp.project``, ``classifier.1/2/4`` -> ``head.0/1/4`` (the 3x3 conv, BN,
+classifier) and ``aux_classifier.*`` -> ``aux_head.*``.
 """
 
 from __future__ import annotations

@@ -439,3 +439,52 @@ def test_test_py_evaluates_a_deeplabv3_checkpoint(tiny_data, tmp_path):
     assert metrics["gflops"] == pytest.approx(gflops(18, 4, 65, {"arch": "deeplabv3"}))
     assert metrics["gflops"] != pytest.approx(gflops(18, 4, 65))
     assert 0.0 <= metrics["mIoU"] <= 1.0
+
+
+def _torchvision_to_ours(key: str) -> str:
+    """The key map model/deeplabv3.py's docstring states for torchvision's deeplabv3_resnet50/101."""
+    for theirs, ours in (("classifier.0.convs.", "aspp.branches."), ("classifier.0.project.", "aspp.project."),
+                         ("classifier.1.", "head.0."), ("classifier.2.", "head.1."), ("classifier.4.", "head.4."),
+                         ("aux_classifier.", "aux_head.")):
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return key
+
+
+def _torchvision_deeplabv3():
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    return deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=4, aux_loss=True)
+
+
+def test_deeplabv3_keys_map_onto_torchvisions():
+    """torchvision's DeepLabV3-R50 (contract dilation) and ours: the same keys under the map, the same shapes
+    and the same conv geometry in the backbone (on the meta device: no weights)."""
+    with torch.device("meta"):
+        theirs, ours = _torchvision_deeplabv3(), build_deeplabv3(50, 4, dilation="contract")
+    mapped = {_torchvision_to_ours(k): tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert mapped == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+
+    def geometry(net):
+        return [(m.stride, m.dilation, m.padding) for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+    assert geometry(theirs.backbone) == geometry(ours.backbone)
+
+
+def test_deeplabv3_computes_what_torchvisions_computes():
+    """torchvision's random DeepLabV3-R50 loaded into ours through the map: the same logits in eval mode
+    (torchvision upsamples them to the input with align_corners=False; ours are zoomed the same way here)."""
+    torch.manual_seed(0)
+    theirs = _torchvision_deeplabv3().eval()
+    for m in theirs.modules():  # non-trivial BN statistics, so a wrong pairing of BNs shows
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ours = build_deeplabv3(50, 4, dilation="contract", align_corners=False).eval()
+    ours.load_state_dict({_torchvision_to_ours(k): v for k, v in theirs.state_dict().items()}, strict=True)
+    x = torch.randn(2, 3, 33, 33)
+    with torch.no_grad():
+        expected, got = theirs(x), ours(x)
+    for name in ("out", "aux"):
+        zoomed = F.interpolate(got[name], size=(33, 33), mode="bilinear", align_corners=False)
+        assert torch.allclose(zoomed, expected[name], atol=1e-5, rtol=1e-4), name
