@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.methods.base import Method, Param, check_params, register
+from model.methods.base import Method, Param, register
 
 
 def attention_map(feat: torch.Tensor, p: float = 2.0, eps: float = 1e-12) -> torch.Tensor:
@@ -67,10 +67,6 @@ class AT(Method):
     default_tensor, default_weight = "out_feat", 10000.0
     params = {"p": Param(2.0, _positive_number, "a positive finite number")}
 
-    def __init__(self, student_channels: int, teacher_channels: int, classes: int, ignore_index: int = 255,
-                 **params):
-        super().__init__(student_channels, teacher_channels, classes, ignore_index, **params)
-        check_params(self.name, params)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """student: N x C_s x h x w; teacher: N x C_t x h x w (detached here); target: unused."""

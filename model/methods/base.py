@@ -39,6 +39,11 @@ LOGITS = ("out", "aux")
 TENSORS = FEATURES + LOGITS
 
 
+def positive_int(v: object) -> bool:
+    """A check for integer parameters such as pooling sizes: an int (not a bool) of at least 1."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a method: its default, the check a value must pass and how the error says it."""
@@ -68,6 +73,7 @@ class Method(nn.Module):
         unknown = set(params) - set(self.params)
         if unknown:
             raise SegKDError(f"distill.{self.name}: unknown parameter(s) {', '.join(sorted(unknown))}")
+        check_params(self.name, params)  # a method built directly is checked as one built from config
         for key, spec in self.params.items():
             setattr(self, key, params.get(key, spec.default))
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.methods.base import Method, Param, register
+from model.methods.base import Method, Param, positive_int, register
 
 
 def pair_log_softmax(features: torch.Tensor, tau: float) -> torch.Tensor:
@@ -64,10 +64,6 @@ def cirkd_pixel_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 
     return kl.mean()
 
 
-def _pool_size(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
 @register
 class CIRKD(Method):
     """:func:`cirkd_pixel_loss` between the student's and the teacher's features; the target is unused."""
@@ -75,7 +71,7 @@ class CIRKD(Method):
     name, paper = "cirkd", "Yang et al., CVPR 2022"
     default_tensor, default_weight = "out_feat", 1.0
     params = {"tau": Param(0.1, lambda v: v > 0, "positive"),
-              "pool": Param(1, _pool_size, "an integer >= 1")}
+              "pool": Param(1, positive_int, "an integer >= 1")}
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cirkd_pixel_loss(student, teacher, self.tau, self.pool)

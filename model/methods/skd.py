@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.methods.base import Method, Param, check_params, register
+from model.methods.base import Method, Param, positive_int, register
 
 
 def node_similarity(feat: torch.Tensor, pool: int = 2, eps: float = 1e-12) -> torch.Tensor:
@@ -56,22 +56,14 @@ def skd_pairwise_loss(student: torch.Tensor, teacher: torch.Tensor, pool: int = 
     return (node_similarity(student, pool) - node_similarity(teacher, pool)).pow(2).mean()
 
 
-def _positive_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
 @register
 class SKD(Method):
     """SKD's pair-wise distillation between the student's and the teacher's tensor (no connector needed)."""
 
     name, paper = "skd", "Liu et al., Structured Knowledge Distillation for Semantic Segmentation, CVPR 2019"
     default_tensor, default_weight = "out_feat", 10.0
-    params = {"pool": Param(2, _positive_int, "an integer >= 1")}
+    params = {"pool": Param(2, positive_int, "an integer >= 1")}
 
-    def __init__(self, student_channels: int, teacher_channels: int, classes: int, ignore_index: int = 255,
-                 **params):
-        super().__init__(student_channels, teacher_channels, classes, ignore_index, **params)
-        check_params(self.name, params)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """student: N x C_s x h x w; teacher: N x C_t x h x w (detached here); target: unused."""
