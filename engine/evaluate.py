@@ -46,13 +46,16 @@ def protocol(cfg: Config) -> dict:
     """The evaluation settings, recorded in metrics.json next to the numbers."""
     t = cfg.test
     return {"scales": list(t.scales), "flip": t.flip, "base_size": t.base_size, "crop_size": t.crop_size,
-            "stride_rate": t.stride_rate}
+            "stride_rate": t.stride_rate, "mode": t.mode, "resize": t.resize}
 
 
 def protocol_name(cfg: Config) -> str:
-    """``ss`` (single scale) or ``ms`` (several), with ``_flip``: the default eval folder name."""
+    """``ss`` (single scale) or ``ms`` (several), with ``_flip``: the default eval folder name; ``whole_`` before
+    it for ``test.mode=whole`` and ``_short`` after it for ``test.resize=short`` (mmseg's protocol:
+    ``whole_ss_short``)."""
     name = "ss" if len(cfg.test.scales) == 1 and cfg.test.scales[0] == 1.0 else "ms"
-    return name + ("_flip" if cfg.test.flip else "")
+    name = ("whole_" if cfg.test.mode == "whole" else "") + name + ("_flip" if cfg.test.flip else "")
+    return name + ("_short" if cfg.test.resize == "short" else "")
 
 
 def evaluate(
@@ -85,7 +88,7 @@ def evaluate(
             release_workers(batches)
             raise SegKDError(worker_error_line(e)) from None
         pred = predict(model, image, cfg.data.classes, t.base_size, t.crop_size, t.scales, t.flip, t.stride_rate,
-                       info.device)
+                       info.device, t.mode, t.resize)
         cm.update(_tensor(pred), _tensor(label))
         if save_dir is not None:
             name = os.path.splitext(os.path.basename(image_path))[0]

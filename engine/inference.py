@@ -5,6 +5,13 @@ the crop with the mean colour; slide a ``crop_size`` window with stride ``ceil(c
 window's logits are upsampled to the crop and turned into softmax probabilities, averaged with those of
 the flipped window when ``flip``; overlapping windows are averaged; the padding is cut and the
 probabilities are resized back to H×W. Probabilities are averaged over scales and the argmax is the label.
+
+mmsegmentation's VOC protocol is the other one a published number comes with: ``resize="short"`` (the short
+side to ``base_size * s``, the long side at most four times that: mmseg's ``Resize(scale=(2048, 512),
+keep_ratio=True)`` for base_size 512) and ``mode="whole"`` (the whole resized image through the network at once,
+no padding, no windows; its logits zoomed to the resized image). Two details stay semseg's here: the image is
+resized as float32 (mmcv resizes the uint8 image), and softmax probabilities, not logits, are resized back to
+H×W before the argmax.
 """
 
 from __future__ import annotations
@@ -78,20 +85,43 @@ def sliding_probs(
     return total[:, top:top + h, left:left + w]
 
 
+MODES = ("slide", "whole")
+RESIZES = ("long", "short")
+
+
+def scaled_size(h: int, w: int, size: float, resize: str = "long") -> tuple[int, int]:
+    """(new h, new w) keeping the aspect ratio: the long side to ``size`` (semseg: ``round``), or the short side
+    to ``size`` with the long side at most ``4 * size`` (mmcv's ``rescale_size``: ``int(x * factor + 0.5)``)."""
+    if resize == "long":
+        long_size = int(round(size))
+        return (long_size, int(round(long_size * w / h))) if h > w else (int(round(long_size * h / w)), long_size)
+    factor = min(size / min(h, w), 4 * size / max(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def whole_probs(model: nn.Module, image: np.ndarray, flip: bool, device: torch.device) -> torch.Tensor:
+    """K×H×W probabilities for one (already scaled) H×W×3 image, the whole image at once."""
+    return window_probs(model, _to_network(image, device), flip)[0]
+
+
 def predict_probs(
     model: nn.Module, image: np.ndarray, classes: int, base_size: int, crop: int,
     scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
+    mode: str = "slide", resize: str = "long",
 ) -> torch.Tensor:
     """K×H×W class probabilities for an H×W×3 RGB image (uint8 or float, resized as float32), averaged over
-    ``scales`` (and flips)."""
+    ``scales`` (and flips); ``mode`` and ``resize`` as in the module's docstring (``crop`` and
+    ``stride_rate`` are unused by ``mode="whole"``)."""
     h, w = image.shape[:2]
     total = torch.zeros(classes, h, w, device=device)
     for scale in scales:
-        long_size = int(round(base_size * scale))
-        nh, nw = (long_size, int(round(long_size * w / h))) if h > w else (int(round(long_size * h / w)), long_size)
+        nh, nw = scaled_size(h, w, base_size * scale, resize)
         # the float image is resized (semseg's test.py converts first): a uint8 resize rounds to whole grey levels
         scaled = cv2.resize(image.astype(np.float32, copy=False), (nw, nh), interpolation=cv2.INTER_LINEAR)
-        probs = sliding_probs(model, scaled, classes, crop, stride_rate, flip, device)
+        if mode == "whole":
+            probs = whole_probs(model, scaled, flip, device)
+        else:
+            probs = sliding_probs(model, scaled, classes, crop, stride_rate, flip, device)
         total += F.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     return total / len(scales)
 
@@ -99,7 +129,8 @@ def predict_probs(
 def predict(
     model: nn.Module, image: np.ndarray, classes: int, base_size: int, crop: int,
     scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
+    mode: str = "slide", resize: str = "long",
 ) -> np.ndarray:
     """H×W int64 class map for an H×W×3 RGB image: the argmax of :func:`predict_probs`."""
-    probs = predict_probs(model, image, classes, base_size, crop, scales, flip, stride_rate, device)
+    probs = predict_probs(model, image, classes, base_size, crop, scales, flip, stride_rate, device, mode, resize)
     return probs.argmax(0).cpu().numpy()

@@ -41,9 +41,13 @@ _DILATION = {"semseg": ((2, 2), (4, 4)), "contract": ((1, 2), (2, 4))}
 _MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 _CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
 _LAYOUT_HINT = (
-    "expected torchvision-layout ResNet weights (conv1, bn1, layer1..layer4) of the depth in model.layers; "
-    "a deep-stem file (conv1/conv2/conv3 stem) needs model.stem=semseg, which takes no weights yet"
+    "expected ResNet weights (conv1, bn1, [conv2, bn2, conv3, bn3,] layer1..layer4) of the depth in model.layers "
+    "and the stem in model.stem: torchvision's 7x7 file needs model.stem=torchvision, semseg's "
+    "initmodel/resnet*_v2.pth model.stem=semseg, mmseg's resnet*_v1c model.stem=mmseg"
 )
+# A deep stem saved as a Sequential (mmseg's ``stem``, semseg's PSPNet ``layer0``): index -> segkd's module name
+# (2, 5, 8 are ReLUs, 9 semseg's maxpool: no weights).
+DEEP_STEM_INDEX = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3"}
 
 StateSource = Union[str, Mapping[str, Tensor]]
 
@@ -53,8 +57,10 @@ class ResNetBackbone(nn.Module):
 
     Args:
         layers: depth, one of 18, 34, 50, 101.
-        pretrained: False/None (random init), True (torchvision ImageNet weights chosen by ``weights``)
-            or a path to a torchvision-layout state dict. Both need ``stem="torchvision"``.
+        pretrained: False/None (random init), True (torchvision ImageNet weights chosen by ``weights``; needs
+            ``stem="torchvision"``) or a path to a state dict with this stem: torchvision's file, semseg's
+            ``initmodel/resnet*_v2.pth`` (``stem="semseg"``, the same module names) or mmseg's ResNetV1c
+            ImageNet file (``stem="mmseg"``, its ``stem.i`` keys mapped by :data:`DEEP_STEM_INDEX`).
         weights: name of a member of torchvision's ``ResNet<layers>_Weights`` enum.
         zero_init_residual: zero the last BatchNorm's weight in every residual block (random init only).
         stem: ``"torchvision"`` (7x7 conv, 64 channels), ``"semseg"`` (hszhao/semseg's deep stem, 3x3 convs of
@@ -90,9 +96,10 @@ class ResNetBackbone(nn.Module):
             raise SegKDError(f"model.stem must be one of {', '.join(STEMS)}, got {stem!r}")
         if dilation not in DILATIONS:
             raise SegKDError(f"model.dilation must be one of {', '.join(DILATIONS)}, got {dilation!r}")
-        if stem != "torchvision" and pretrained not in (False, None):
-            raise SegKDError(f"model.pretrained={pretrained!r} needs model.stem=torchvision: the {stem} deep stem "
-                             "starts from random init (model.pretrained=false)")
+        if stem != "torchvision" and pretrained is True:
+            raise SegKDError(f"model.pretrained=true needs model.stem=torchvision (torchvision publishes no {stem} "
+                             "deep stem): give the path of a deep-stem file (semseg's initmodel/resnet50_v2.pth, "
+                             "mmseg's resnet50_v1c) or model.pretrained=false")
         builder, _ = _BUILDERS[layers]
         bottleneck = layers >= 50
         # zero_init_residual (Goyal et al. 2017): each block starts as the identity, which lets a deep network
@@ -223,7 +230,8 @@ def _read_file(path: str) -> dict[str, Tensor]:
 
 
 def clean_state_dict(obj: Mapping, origin: str) -> dict[str, Tensor]:
-    """Unwrap ``{"state_dict": sd}`` / ``{"model": sd}``, strip a leading ``module.`` and drop ``fc.*``."""
+    """Unwrap ``{"state_dict": sd}`` / ``{"model": sd}``, strip a leading ``module.``, drop ``fc.*`` and name
+    a deep stem's Sequential entries ``stem.i.*`` as segkd's modules (:data:`DEEP_STEM_INDEX`)."""
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -235,6 +243,9 @@ def clean_state_dict(obj: Mapping, origin: str) -> dict[str, Tensor]:
         if not isinstance(value, Tensor):
             raise SegKDError(f"{origin}: entry {key!r} is not a tensor; expected a state dict")
         key = key[len("module.") :] if key.startswith("module.") else key
+        parts = key.split(".", 2)
+        if len(parts) == 3 and parts[0] == "stem" and parts[1] in DEEP_STEM_INDEX:
+            key = f"{DEEP_STEM_INDEX[parts[1]]}.{parts[2]}"
         if key not in _CLASSIFIER_KEYS:
             out[key] = value
     return out

@@ -51,6 +51,7 @@ segkd_setup() {
     DATA=$(segkd_abspath "${DATA:-$SEGKD_ROOT/${PRESET_DATA:-$1}}")
     SEEDS=${SEEDS:-${PRESET_SEEDS:-1 2 3}}
     TEACHER_SEED=${TEACHER_SEED:-1}
+    if [ -n "${TEACHER:-}" ]; then TEACHER=$(segkd_abspath "$TEACHER"); fi
     ROWS=${ROWS:-$STUDENT_ROWS}
     if [ -z "${NPROC:-}" ]; then
         NPROC=0
@@ -156,8 +157,39 @@ segkd_progress() {
     echo "[run $1/$2] $3 (elapsed $(segkd_clock "$SECONDS"), $eta)"
 }
 
-# DATASET: the teacher once, then each student row for each seed, then the table in $RUNS/DATASET (configs in
-# config/DATASET). With TEACHER_CACHE=1 the distilled runs share the teacher's logits in $RUNS/DATASET/teacher_cache.
+# TEACHER_DIR: TEACHER=PATH (e.g. a published teacher imported by tools.import_weights) becomes the table's teacher
+# run: copied to TEACHER_DIR/model/final.pth (an existing different file there is an error, never overwritten), so
+# it is evaluated as the teacher row and distils every student. Prints its depth (for teacher.layers).
+segkd_adopt_teacher() {
+    local dest=$1/model/final.pth layers
+    [ -f "$TEACHER" ] || segkd_die "TEACHER=$TEACHER: not found"
+    layers=$("$PYTHON" - "$TEACHER" <<'EOF'
+import sys
+from model.build import check_segkd, describe_checkpoint
+from util.checkpoint import load_checkpoint
+from util.errors import SegKDError
+try:
+    ckpt = load_checkpoint(sys.argv[1])
+    check_segkd(ckpt, sys.argv[1], "TEACHER")
+    if ckpt["mode"] != "supervised":
+        raise SegKDError(f"{sys.argv[1]}: TEACHER is {describe_checkpoint(ckpt)}, not a supervised teacher")
+except SegKDError as e:
+    sys.exit(f"error: {e}")
+print(ckpt["layers"])
+EOF
+) || exit 1
+    if [ -e "$dest" ]; then
+        cmp -s "$TEACHER" "$dest" || segkd_die "$dest exists and is not TEACHER=$TEACHER; remove it or set RUNS"
+    else
+        mkdir -p "$(dirname "$dest")"
+        cp "$TEACHER" "$dest.tmp" && mv "$dest.tmp" "$dest"
+    fi
+    echo "$layers"
+}
+
+# DATASET: the teacher once (or TEACHER, adopted), then each student row for each seed, then the table in
+# $RUNS/DATASET (configs in config/DATASET). With TEACHER_CACHE=1 the distilled runs share the teacher's logits in
+# $RUNS/DATASET/teacher_cache.
 segkd_table() {
     local ds=$1 cfgdir=config/$1 root=$RUNS/$1 seed row start k=1
     local teacher_dir=$root/pspnet50_teacher
@@ -171,7 +203,14 @@ segkd_table() {
     done
     EVAL=$(segkd_probe "$cfgdir/pspnet50_teacher.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1
     EVAL=${EVAL% *}
-    echo "table $ds: runs in $root, seeds $SEEDS (teacher seed $TEACHER_SEED), eval/$EVAL, NPROC=$NPROC"
+    local teacher_kd=() layers
+    if [ -n "${TEACHER:-}" ]; then
+        layers=$(segkd_adopt_teacher "$teacher_dir") || exit 1
+        teacher_kd=("teacher.layers=$layers")
+        echo "table $ds: runs in $root, seeds $SEEDS (teacher TEACHER=$TEACHER, R$layers), eval/$EVAL, NPROC=$NPROC"
+    else
+        echo "table $ds: runs in $root, seeds $SEEDS (teacher seed $TEACHER_SEED), eval/$EVAL, NPROC=$NPROC"
+    fi
     segkd_progress $k $total pspnet50_teacher
     segkd_run pspnet50_teacher "$cfgdir/pspnet50_teacher.yaml" "$teacher_dir" "$root/logs/pspnet50_teacher" \
         "${common[@]}" ${TEACHER_ARGS[@]+"${TEACHER_ARGS[@]}"} "train.seed=$TEACHER_SEED"
@@ -179,7 +218,7 @@ segkd_table() {
         for row in $ROWS; do
             local kd=()
             if [ "$row" != pspnet18_baseline ]; then
-                kd=("teacher.checkpoint=$teacher_dir/model/final.pth")
+                kd=("teacher.checkpoint=$teacher_dir/model/final.pth" ${teacher_kd[@]+"${teacher_kd[@]}"})
                 if [ "${TEACHER_CACHE:-${PRESET_TEACHER_CACHE:-0}}" = 1 ]; then
                     kd+=("distill.teacher_cache=$root/teacher_cache")
                 fi

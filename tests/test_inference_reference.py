@@ -134,3 +134,53 @@ def test_the_reference_is_sensitive():
     ours = predict_probs(model, image, CLASSES, 150, CROP, [1.0], True, 2 / 3, torch.device("cpu"))
     ref = reference(model, image, 150, [1.0], False)
     assert np.abs(ours.numpy().transpose(1, 2, 0) - ref).max() > 1e-3
+
+
+# ---------------------------------------------------------------- mmsegmentation's VOC protocol
+def mmseg_reference(model, image, short, flip):
+    """mmseg's test pipeline for VOC, written from its Resize(scale=(2048, 512), keep_ratio=True) and
+    EncoderDecoder.whole_inference: scale factor min(2048 / long, 512 / short), new size int(x * f + 0.5), the
+    whole image through the network, logits zoomed to it with align_corners=False, softmax (flip-averaged); here
+    the probabilities are resized back to the image with OpenCV, as segkd does for both protocols."""
+    h, w = image.shape[:2]
+    factor = min(4 * short / max(h, w), short / min(h, w))
+    nh, nw = int(h * factor + 0.5), int(w * factor + 0.5)
+    scaled = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    x = torch.from_numpy(scaled.transpose(2, 0, 1).copy()).float()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = ((x - mean) / std)[None]
+    with torch.no_grad():
+        outs = [model(x)["out"]] + ([model(x.flip(3))["out"].flip(3)] if flip else [])
+    probs = sum(F.softmax(F.interpolate(o, (nh, nw), mode="bilinear", align_corners=False), 1) for o in outs)
+    probs = (probs / len(outs))[0].numpy().transpose(1, 2, 0)
+    return cv2.resize(probs, (w, h), interpolation=cv2.INTER_LINEAR), (nh, nw)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("size, short, resized", [((75, 100), 80, (80, 107)), ((30, 200), 40, (24, 160))])
+def test_whole_image_short_side_protocol_matches_mmsegs(flip, size, short, resized):
+    """(30, 200) at 40: the short side would make the long one 267 > 4 x 40, so the long side caps it (x 0.8)."""
+    model = TinyNet(2).eval()
+    model.align_corners = False
+    image = np.random.default_rng(3).uniform(0, 255, (*size, 3)).astype(np.float32)
+    ours = predict_probs(model, image, CLASSES, short, CROP, [1.0], flip, 2 / 3, torch.device("cpu"),
+                         mode="whole", resize="short")
+    ref, got_size = mmseg_reference(model, image, short, flip)
+    assert got_size == resized
+    np.testing.assert_allclose(ours.numpy().transpose(1, 2, 0), ref, atol=1e-5, rtol=0)
+    slid = predict_probs(model, image, CLASSES, short, CROP, [1.0], flip, 2 / 3, torch.device("cpu"))
+    assert np.abs(slid.numpy().transpose(1, 2, 0) - ref).max() > 1e-3  # the default protocol is another one
+
+
+def test_protocol_names_and_keys():
+    from engine.evaluate import protocol, protocol_name
+    from util.config import load_config
+    from util.errors import SegKDError
+
+    assert protocol_name(load_config(None, [])) == "ss"
+    cfg = load_config(None, ["test.mode=whole", "test.resize=short"])
+    assert protocol_name(cfg) == "whole_ss_short"
+    assert protocol(cfg)["mode"] == "whole" and protocol(cfg)["resize"] == "short"
+    assert protocol_name(load_config(None, ["test.flip=true", "test.scales=[0.5,1.0]"])) == "ms_flip"
+    with pytest.raises(SegKDError, match="test.mode"):
+        load_config(None, ["test.mode=windows"])

@@ -104,7 +104,7 @@ def test_mismatched_keys_listed_and_module_untouched():
         load_backbone_weights(net, saved, origin="weights.pth")
     msg = str(err.value)
     assert "missing keys: layer4.1.conv2.weight" in msg and "unexpected keys: extra.weight" in msg
-    assert "torchvision-layout" in msg
+    assert "model.stem=semseg" in msg and "initmodel/resnet*_v2.pth" in msg
     assert torch.equal(net.conv1.weight, before)
 
 
@@ -114,11 +114,11 @@ def test_deeper_checkpoint_truncates_key_list():
         load_backbone_weights(ResNetBackbone(18), saved)
 
 
-def test_semseg_deep_stem_rejected_with_hint():
+def test_semseg_deep_stem_into_the_torchvision_stem_rejected_with_hint():
     saved = fabricated_r18()
     saved["conv2.weight"] = torch.zeros(64, 64, 3, 3)
     saved["conv3.weight"] = torch.zeros(128, 64, 3, 3)
-    with pytest.raises(SegKDError, match=r"conv2\.weight.*conv3\.weight.*torchvision-layout"):
+    with pytest.raises(SegKDError, match=r"conv2\.weight.*conv3\.weight.*initmodel/resnet\*_v2\.pth model\.stem=semseg"):
         load_backbone_weights(ResNetBackbone(18), saved)
 
 

@@ -40,7 +40,14 @@ DISTILL = {  # the values each config's comment cites (docs/VOC.md for the first
                              "dist_beta": 1.0, "dist_gamma": 1.0},
     "pspnet18_kd_aux_kl_std": {"kd_loss": "kl_std", "kd_weight": 1.0, "temperature": 2.0, "feat_loss": "kl_std",
                                "feat_weight": 0.4},
+    **{f"pspnet18_kd_from_{t}": {"kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none"}
+       for t in ("semseg", "mmseg", "deeplabv3_r101")},
 }
+# the teachers of the kd configs: (depth, checkpoint); published ones imported by tools.import_weights (docs/VOC.md)
+TEACHERS = {"pspnet18_kd_from_semseg": (50, "teachers/semseg_pspnet50_voc2012.pth"),
+            "pspnet18_kd_from_mmseg": (50, "teachers/mmseg_pspnet50_voc2012.pth"),
+            "pspnet18_kd_from_deeplabv3_r101": (101, "runs/voc2012/deeplabv3_r101_teacher/model/final.pth")}
+TEACHER_CONFIGS = {"pspnet50_teacher": ("pspnet", 50), "deeplabv3_r101_teacher": ("deeplabv3", 101)}
 for _name, _cls in METHODS.items():  # logit KD plus one method at the weight its paper's code publishes
     DISTILL[f"pspnet18_kd_{_name}"] = {
         "kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none", "terms": [_name],
@@ -102,11 +109,12 @@ def test_defaults_and_voc_configs_keep_semsegs_recipe(path):
     if path is None:
         return
     name = os.path.splitext(os.path.basename(path))[0]
-    assert cfg.model.layers == (50 if name == "pspnet50_teacher" else 18)
+    assert (cfg.model.arch, cfg.model.layers) == TEACHER_CONFIGS.get(name, ("pspnet", 18))
     assert cfg.model.pretrained is True and cfg.model.weights == "IMAGENET1K_V1"
     assert cfg.output.dir == f"runs/voc2012/{name}"
     if name.startswith("pspnet18_kd"):
-        assert cfg.teacher.layers == 50 and cfg.teacher.checkpoint == "runs/voc2012/pspnet50_teacher/model/final.pth"
+        layers, checkpoint = TEACHERS.get(name, (50, "runs/voc2012/pspnet50_teacher/model/final.pth"))
+        assert cfg.teacher.layers == layers and cfg.teacher.checkpoint == checkpoint
         got = {k: cfg.distill[k] for k in DISTILL[name]}
         assert {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in got.items()} == DISTILL[name]
         assert cfg.distill.full_resolution is False

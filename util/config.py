@@ -58,6 +58,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp_dtype": ("bfloat16", "float16"),
     "train.optimizer": ("sgd", "adamw"),
     "train.device": ("auto", "cpu", "cuda"),
+    "test.mode": ("slide", "whole"),
+    "test.resize": ("long", "short"),
 }
 
 # What a value must be, beyond its type: key -> (test, what the message says it must be).
