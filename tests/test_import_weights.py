@@ -252,7 +252,8 @@ def test_torchvision_references_wrapper_and_semseg_without_prefix(published, tmp
     torch.save({"model": net.state_dict(), "optimizer": {}, "epoch": 29, "args": {"lr": 0.02}}, src)
     a, _ = iw.convert(src, "torchvision")
     b, _ = iw.convert(published["torchvision"][1], "torchvision")
-    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     net, _ = published["semseg"]
     src = str(tmp_path / "plain.pth")
     torch.save({"state_dict": net.state_dict()}, src)

@@ -110,7 +110,8 @@ FORMATS: dict[str, Format] = {
     "torchvision": Format(
         "torchvision", {"arch": "deeplabv3", "stem": "torchvision", "dilation": "contract", "align_corners": False},
         wrappers=("model",),
-        rules=((r"backbone\.((conv1|bn1)\..+)", r"backbone.\1"), (rf"backbone\.{_LAYERS[0]}", rf"backbone.{_LAYERS[1]}"),
+        rules=((r"backbone\.((conv1|bn1)\..+)", r"backbone.\1"),
+               (rf"backbone\.{_LAYERS[0]}", rf"backbone.{_LAYERS[1]}"),
                (r"classifier\.0\.convs\.([0-4])\.(.+)", r"aspp.branches.\1.\2"),
                (r"classifier\.0\.project\.([01])\.(.+)", r"aspp.project.\1.\2"),
                *_head("classifier", "head", conv="1", bn="2"), *_head("aux_classifier", "aux_head"))),
