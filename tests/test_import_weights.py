@@ -315,7 +315,8 @@ def test_wrong_class_count_is_named(published, tmp_path):
 def test_wrong_format_is_refused(published, tmp_path):
     """semseg's file read as mmseg's: no rule of mmseg's maps its keys."""
     dst = str(tmp_path / "t.pth")
-    with pytest.raises(SegKDError, match=r"not a mmseg pspnet checkpoint: keys no rule maps: module\.layer0\.0\.weight"):
+    message = r"not a mmseg pspnet checkpoint: keys no rule maps: module\.layer0\.0\.weight"
+    with pytest.raises(SegKDError, match=message):
         iw.import_weights(published["semseg"][1], dst, "mmseg")
     assert not os.path.exists(dst)
 
