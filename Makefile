@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint demo clean-demo
+.PHONY: venv test test-fast test-long lint demo clean-demo
 
 # Create the virtual environment once and (re)install when the requirements change. requirements-dev.txt
 # is requirements.txt plus what the tests and `make lint` use (scipy, ruff).
@@ -16,11 +16,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# make test: every test but the `long` ones, on two pytest-xdist workers of one thread each (most of the slow
+# tier is process start-up, ~6 s of imports per process, which one core cannot overlap); a test file stays on
+# one worker, so its module fixtures are built once. make test-long: the minute-plus end-to-end tests
+# (pyproject.toml's markers), the same way. Both together are the whole suite.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not long" -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+test-long: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m long -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -27,7 +27,7 @@ from data.palette import load_names
 from engine.cli import run_command
 from engine.evaluate import evaluate, protocol, protocol_name
 from engine.flops import count_params, gflops
-from model.build import model_from_checkpoint
+from model.build import arch_of, model_from_checkpoint
 from util.config import REPO_ROOT, Config, check_testing
 from util.distributed import DistInfo, barrier
 from util.errors import SegKDError
@@ -98,7 +98,8 @@ def run(cfg: Config, info: DistInfo) -> dict:
         "checkpoint": os.path.abspath(ckpt_path),
         "checkpoint_relative": os.path.relpath(os.path.abspath(ckpt_path), os.path.abspath(out_dir)),
         "iteration": ckpt.get("iteration"),
-        "mode": ckpt.get("mode"), "layers": ckpt["layers"], "classes": ckpt["classes"],
+        "mode": ckpt.get("mode"), "layers": ckpt["layers"], "classes": ckpt["classes"], **arch_of(ckpt),
+        "imported": ckpt.get("imported"),  # tools.import_weights: the published file's format, path, sha256
         "list": list_file, "images": len(read_list(cfg.data.root, list_file)),
         "protocol": protocol(cfg), "params": count_params(model),
         # what evaluation computes per sliding window: the network without its aux head on a test.crop_size crop

@@ -17,6 +17,8 @@ import numpy as np
 from util.errors import SegKDError
 
 # (row name = config name, label, (mode, layers, distill.feat_loss or None when supervised)), in table order.
+# The teacher row takes a supervised run of any architecture and depth (TEACHER=PATH adopts e.g. an imported
+# DeepLabV3-R101): its label names what its metrics.json says it is.
 PAPER_ROWS = [
     ("pspnet50_teacher", "Teacher PSPNet-R50", ("supervised", 50, None)),
     ("pspnet18_baseline", "Student PSPNet-R18 baseline", ("supervised", 18, None)),
@@ -25,6 +27,8 @@ PAPER_ROWS = [
     ("pspnet18_kd_aux_smoothl1", "R18 + logit KD + aux SmoothL1", ("distill", 18, "smoothl1")),
 ]
 TEACHER_ROW, BASELINE_ROW = PAPER_ROWS[0][0], PAPER_ROWS[1][0]
+# model.build.ARCHS's display names (not imported: the table scripts stay free of torch; a test keeps them equal)
+ARCH_NAMES = {"pspnet": "PSPNet", "deeplabv3": "DeepLabV3"}
 SINGLE_SEED_ROWS = {TEACHER_ROW}  # one teacher serves every seed: its row is n=1, no seeds expected
 SCORES = ("mIoU", "mAcc", "allAcc")
 SKIP_DIRS = {"eval", "model", "tb", "gray", "color"}
@@ -75,7 +79,10 @@ def load_run(metrics_path: str) -> Run:
             metrics = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise SegKDError(f"{metrics_path}: cannot read metrics ({e})") from None
-    seed = config_value(metrics, "train.seed", metrics_path)
+    # an imported checkpoint (tools.import_weights; adopted as a table's teacher by TEACHER=PATH) has no training
+    # config: it was trained elsewhere, once, as a single-seed row; it counts as seed 0
+    seed = 0 if metrics.get("imported") and not metrics.get("config") else config_value(
+        metrics, "train.seed", metrics_path)
     # metrics.json sits in <run>/eval/<protocol>/
     run_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(metrics_path))))
     check_checkpoint(metrics, metrics_path, run_dir)
@@ -143,10 +150,16 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
             label = key
         else:
             key = row_name(run)
-            if key in paper and signature(run) != paper[key][1]:
+            if key == TEACHER_ROW and signature(run)[0] == "supervised":
+                layers = run.metrics.get("layers")
+                rows[key] = rows.get(key) or Row(key, "")
+                arch = ARCH_NAMES.get(run.metrics.get("arch", "pspnet"), run.metrics.get("arch"))
+                rows[key].label = f"Teacher {arch}-R{layers}"
+            elif key in paper and signature(run) != paper[key][1]:
                 raise SegKDError(f"{run.metrics_path}: in row {key} but the run is a {describe(signature(run))} "
                                  f"(expected {describe(paper[key][1])})")
-            label = paper[key][0] if key in paper else f"{key} ({describe(signature(run))})"
+            label = rows[key].label if key == TEACHER_ROW and key in rows else (
+                paper[key][0] if key in paper else f"{key} ({describe(signature(run))})")
         rows.setdefault(key, Row(key, label)).runs.append(run)
     for row in rows.values():
         check_seeds(row, None if row.key in SINGLE_SEED_ROWS and group_by is None else seeds)

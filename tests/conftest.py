@@ -67,7 +67,10 @@ def forbid_slow_work(test: str):
 
 
 def _unless_slow(item):
-    """Run a test phase under :func:`forbid_slow_work` unless the test is marked slow."""
+    """Run a test phase under :func:`forbid_slow_work` unless the test is marked slow. A ``long`` test must be
+    ``slow`` too (make test-fast skips every test that starts a process or trains)."""
+    if item.get_closest_marker("long") is not None and item.get_closest_marker("slow") is None:
+        raise NotMarkedSlow(f"{item.nodeid}: marked long but not slow; mark it @pytest.mark.slow too")
     if item.get_closest_marker("slow") is not None:
         return (yield)
     with forbid_slow_work(item.nodeid) as tried:

@@ -20,7 +20,7 @@ from util.config import load_config
 pytestmark = pytest.mark.slow
 KD_CFG = "config/synthetic/pspnet18_kd.yaml"
 ITERS = 6
-ENV = {"OMP_NUM_THREADS": "2"}
+ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}  # make test: 1 per worker
 
 
 @pytest.fixture(scope="module")

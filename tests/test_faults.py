@@ -27,7 +27,7 @@ from util.config import load_config
 from util.errors import SegKDError
 
 BASELINE = "config/synthetic/pspnet18_baseline.yaml"
-ENV = {"OMP_NUM_THREADS": "2"}
+ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}  # make test: 1 per worker
 ITERS = 12  # two epochs of 6 on the tiny dataset
 
 

@@ -46,6 +46,7 @@ def write_colour_squares(root, n_train=48, n_val=8, size=72):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_student_learns_an_easy_task(tmp_path):
     root, run = str(tmp_path / "squares"), str(tmp_path / "run")
     write_colour_squares(root)
@@ -63,6 +64,7 @@ def test_student_learns_an_easy_task(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_cpu_tier_is_learnable(tmp_path):
     """The CPU benchmark's task (python -m tools.synthetic --preset cpu) with its own recipe
     (config/synthetic_cpu): R18 for 60 iterations must beat predicting background everywhere, on 40 val

@@ -22,6 +22,7 @@ def values(tree, out, configs):
     return torch.load(out, weights_only=True)
 
 
+@pytest.mark.long
 def test_shipped_configs_give_the_same_bits_as_before(tmp_path):
     old = tmp_path / "old"
     old.mkdir()

@@ -310,3 +310,17 @@ def test_iters_column_and_the_teachers_schedule(paper_runs, tmp_path, capsys):
     assert code == 0 and rows["pspnet18_kd"]["notes"] == "iteration not recorded: seed 2"
     assert rows["pspnet18_kd"]["iters"] == "300" and rows["pspnet50_teacher"]["iters"] == ""
     assert "The teacher trained" not in out
+
+
+def test_teacher_row_names_an_adopted_teachers_architecture(tmp_path, capsys):
+    """TEACHER=PATH can put a DeepLabV3-R101 (imported, say) at the teacher's place: its row says so."""
+    from model.build import ARCHS
+
+    root = tmp_path / "runs" / "synthetic"
+    write_run(str(root / "pspnet50_teacher"), (0.8, 0.85, 0.9), 1, "supervised", 101, iteration=None)
+    path = root / "pspnet50_teacher" / "eval" / "ss" / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "arch": "deeplabv3"}))
+    write_run(str(root / "pspnet18_baseline" / "seed1"), (0.5, 0.6, 0.7), 1, "supervised", 18)
+    code, out, _ = run_main([root, "--seeds", "1"], capsys)
+    assert code == 0 and "| Teacher DeepLabV3-R101 |" in out and "Teacher PSPNet-R50" not in out
+    assert table_stats.ARCH_NAMES == {k: v[0] for k, v in ARCHS.items()}

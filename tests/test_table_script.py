@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO
@@ -16,9 +17,25 @@ SCRIPT = os.path.join(REPO, "scripts", "synthetic", "table.sh")
 ROWS = ["pspnet50_teacher", "pspnet18_baseline", "pspnet18_kd", "pspnet18_kd_aux_kl", "pspnet18_kd_aux_smoothl1"]
 
 
+THREADS = os.environ.get("OMP_NUM_THREADS", "2")  # make test runs two workers of one thread each
+
+
+def fabricate_teacher(path: str, layers: int = 50, classes: int = 4, **arch) -> str:
+    """A randomly initialised supervised segkd checkpoint, as train.py (or tools.import_weights) writes one."""
+    from model.build import ARCH_DEFAULTS, build_network
+    from util.checkpoint import save_checkpoint
+
+    arch = {**ARCH_DEFAULTS, **arch}
+    torch.manual_seed(0)
+    model = build_network(arch, layers, classes, pretrained=False)
+    save_checkpoint({"format": "segkd", "mode": "supervised", "layers": layers, "classes": classes, **arch,
+                     "model": model.state_dict()}, path)
+    return path
+
+
 def run_table(tmp_path, **env):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "SCALE": "tiny", "PYTHON": sys.executable, "NPROC": "0",
-                "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "2", **env}
+                "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": THREADS, **env}
     # from another directory: the script must find its repo and keep the user's relative paths meaningful
     return subprocess.run(["bash", SCRIPT], cwd=str(tmp_path), capture_output=True, text=True, env=full_env,
                           timeout=600)
@@ -38,6 +55,7 @@ def final_mtimes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_tiny_table_skip_fail_resume(tmp_path):
     r = run_table(tmp_path, TEACHER_CACHE="1")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -95,6 +113,35 @@ def test_tiny_table_skip_fail_resume(tmp_path):
     assert records["pspnet18_kd"]["notes"] == "missing: seed 2"
 
 
+@pytest.mark.slow
+def test_tiny_table_from_an_imported_teacher(tmp_path):
+    """TEACHER=PATH, here torchvision's DeepLabV3-R50 imported by tools.import_weights: adopted as the table's
+    teacher run, evaluated as its row, the teacher of every distilled row with teacher.layers from the file; a
+    different file at the teacher's place later stops the script and is left as it is."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    from tools.import_weights import import_weights
+
+    (tmp_path / "imported").mkdir()
+    src, teacher = str(tmp_path / "imported" / "torchvision.pth"), str(tmp_path / "imported" / "deeplabv3_r50.pth")
+    torch.save(deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=4, aux_loss=True).state_dict(), src)
+    import_weights(src, teacher, "torchvision", classes=4)
+    r = run_table(tmp_path, TEACHER=os.path.relpath(teacher, tmp_path), ROWS="pspnet18_kd")  # relative to cwd
+    assert r.returncode == 0, r.stdout + r.stderr
+    adopted = run_dir(tmp_path, "pspnet50_teacher") / "model" / "final.pth"
+    assert adopted.read_bytes() == open(teacher, "rb").read()
+    assert f"teacher TEACHER={teacher}, R50" in r.stdout and "[test] pspnet50_teacher" in r.stdout
+    assert json.loads(metrics(tmp_path, "pspnet50_teacher").read_text())["checkpoint"] == str(adopted)
+    resolved = yaml.safe_load((run_dir(tmp_path, "pspnet18_kd") / "config.yaml").read_text())
+    assert resolved["teacher"] == {"layers": 50, "checkpoint": str(adopted)}
+    assert "| Teacher DeepLabV3-R50" in (tmp_path / "runs" / "synthetic" / "table.md").read_text()
+
+    other = fabricate_teacher(str(tmp_path / "imported" / "other.pth"), layers=18)
+    r = run_table(tmp_path, TEACHER=other, ROWS="pspnet18_kd")
+    assert r.returncode != 0 and f"{adopted} exists and is not TEACHER={other}" in r.stderr
+    assert adopted.read_bytes() == open(teacher, "rb").read()
+
+
 @pytest.mark.slow  # bash subprocesses
 def test_bad_arguments_fail_before_any_run(tmp_path):
     r = run_table(tmp_path, SCALE="huge")
@@ -115,7 +162,7 @@ def test_bad_arguments_fail_before_any_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key, values, resolved_value", [
-    ("distill.feat_loss", ["cwd", "dist", "kl_std"], lambda v: v),
+    pytest.param("distill.feat_loss", ["cwd", "dist", "kl_std"], lambda v: v, marks=pytest.mark.long),
     ("distill.terms", ["fitnet"], lambda v: [v]),  # a registered method (one is enough: the rows are as above)
 ])
 def test_sweep_ablates_the_new_feature_losses(tmp_path, tiny_data, key, values, resolved_value):
@@ -123,13 +170,9 @@ def test_sweep_ablates_the_new_feature_losses(tmp_path, tiny_data, key, values, 
     registered methods: one row per value, each paired with the baseline the sweep trains for the same seed,
     and each run trained with the value it names."""
     teacher = tmp_path / "teacher"
-    r = subprocess.run([sys.executable, "train.py", "--config", "config/synthetic/pspnet50_teacher.yaml",
-                        f"data.root={tiny_data}", "data.classes=4", "train.iters=1", "train.batch_size=2",
-                        "train.crop_size=65", "train.workers=0", f"output.dir={teacher}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    fabricate_teacher(str(teacher / "model" / "final.pth"))
     env = {**os.environ, "SCALE": "tiny", "PYTHON": sys.executable, "NPROC": "0", "RUNS": str(tmp_path / "runs"),
-           "DATA": tiny_data, "TEACHER": str(teacher / "model" / "final.pth"), "OMP_NUM_THREADS": "2"}
+           "DATA": tiny_data, "TEACHER": str(teacher / "model" / "final.pth"), "OMP_NUM_THREADS": THREADS}
     config = os.path.join(REPO, "config", "synthetic", "pspnet18_kd.yaml")
     r = subprocess.run(["bash", os.path.join(REPO, "scripts", "sweep.sh"), config, key, *values],
                        cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=600)

@@ -102,3 +102,20 @@ def test_slow_items_are_not_wrapped_and_others_are():
 
     assert drive(Item(slow=True), unwrapped) == "result"
     assert drive(Item(slow=False), wrapped) == "result"
+
+
+def test_a_long_test_must_be_slow_too():
+    """make test skips `long`, make test-fast skips `slow`: a long test that is not slow would run in the fast
+    tier."""
+    from types import SimpleNamespace
+
+    item = SimpleNamespace(nodeid="t", get_closest_marker=lambda name: object() if name == "long" else None)
+    with pytest.raises(NotMarkedSlow, match="marked long but not slow"):
+        next(_unless_slow(item))
+
+
+def test_make_test_and_test_long_split_the_suite_by_the_long_marker():
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "Makefile")) as f:
+        text = f.read()
+    assert '-m "not long"' in text.split("\ntest:")[1].split("\n\n")[0]
+    assert "-m long" in text.split("\ntest-long:")[1].split("\n\n")[0]
