@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # run as a script from anywhere: the repo (util/) and table_stats
+from paired_stats import pooled_std, resolution  # noqa: E402
 from table_stats import (  # noqa: E402
     BASELINE_ROW,
     SCORES,
@@ -52,7 +53,8 @@ from util.errors import SegKDError  # noqa: E402
 
 CSV_FIELDS = ["row", "label", "n", "seeds", "mIoU", "mIoU_std", "mAcc", "mAcc_std", "allAcc", "allAcc_std",
               "params_M", "gflops", "gflops_crop_size", "config", "resolved_config", "notes",
-              "iters", "d_mIoU", "d_mIoU_std", "d_pairs", "d_unpaired"]
+              "iters", "d_mIoU", "d_mIoU_std", "d_pairs", "d_unpaired",
+              "d_ci95_low", "d_ci95_high", "d_above_zero", "d_resolved"]
 
 
 def relative(target: str, base_dir: str) -> str:
@@ -81,12 +83,38 @@ def fmt_score(mean: Optional[float], std: Optional[float]) -> str:
 
 
 def fmt_paired(rec: dict[str, Any]) -> str:
-    """``+4.80 ± 0.28 | 2 (unpaired: seed 3)``: the Δ mIoU and pairs cells; ``— | —`` for a row not compared."""
+    """``**+4.80 ± 0.28** [+2.28, +7.32] | 2 (2 > 0; unpaired: seed 3)``: the Δ mIoU cell (mean ± std, the 95% t
+    interval, bold when it excludes zero) and the pairs cell (how many pairs are above zero); ``— | —`` for a row
+    not compared."""
     if rec.get("d_pairs") is None:
         return "— | —"
     mean, std = rec["d_mIoU"], rec["d_mIoU_std"]
     delta = "—" if mean is None else f"{mean:+.2f}" + ("" if std is None else f" ± {std:.2f}")
-    return f"{delta} | {rec['d_pairs']}" + (f" ({seeds_note('unpaired', rec['unpaired'])})" if rec["unpaired"] else "")
+    if rec.get("d_resolved"):
+        delta = f"**{delta}**"
+    if rec.get("d_ci95_low") is not None:
+        delta += f" [{rec['d_ci95_low']:+.2f}, {rec['d_ci95_high']:+.2f}]"
+    notes = [f"{rec['d_above_zero']} > 0"] if rec.get("d_above_zero") is not None and rec["d_pairs"] else []
+    notes += [seeds_note("unpaired", rec["unpaired"])] if rec["unpaired"] else []
+    return f"{delta} | {rec['d_pairs']}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def resolution_line(records: list[dict[str, Any]]) -> Optional[str]:
+    """What the table can resolve: the pooled paired std of the compared rows and, at each number of pairs the
+    rows have, the half-width of a 95% interval and the difference detected with 80% power."""
+    groups = [rec["d_values"] for rec in records if rec.get("d_values")]
+    std, df = pooled_std(groups)
+    if std is None:
+        return None
+    sizes = sorted({len(g) for g in groups if len(g) > 1})
+    parts = []
+    for n in sizes:
+        half, detect = resolution(std, df, n)
+        parts.append(f"with {n} pairs a 95% interval is ± {half:.2f} points (a true difference of {detect:.2f} is "
+                     "found with 80% power)")
+    return (f"Resolution: pooled paired std {std:.2f} points over {sum(len(g) > 1 for g in groups)} compared rows "
+            f"({df} degrees of freedom); {'; '.join(parts)}. A paired Δ smaller than its row's half-width is "
+            "noise at this n.")
 
 
 def markdown(rows: list[Row], records: list[dict[str, Any]], caption: str) -> str:
@@ -98,7 +126,8 @@ def markdown(rows: list[Row], records: list[dict[str, Any]], caption: str) -> st
         scores = " | ".join(fmt_score(rec[s], rec[s + "_std"]) for s in SCORES)
         lines.append(f"| {row.label} | {scores} | {rec['n']} | {params} | {flops} | {rec['iters'] or '—'} "
                      f"| {fmt_paired(rec)} | {rec['links']} | {rec['notes']} |")
-    return caption + "\n\n" + "\n".join(lines) + "\n"
+    footer = resolution_line(records)
+    return caption + "\n\n" + "\n".join(lines) + "\n" + (f"\n{footer}\n" if footer else "")
 
 
 def caption_for(rows: list[Row], records: list[dict[str, Any]], eval_name: str, baseline: Optional[str]) -> str:
@@ -111,7 +140,9 @@ def caption_for(rows: list[Row], records: list[dict[str, Any]], eval_name: str, 
             "forward pass on a crop × crop image.")
     if baseline:
         text += (f" Δ mIoU vs baseline: for each seed both have, the row's mIoU minus that of {baseline}, in "
-                 "percentage points; mean ± sample std over the pairs (no ± with one pair), unpaired seeds left out.")
+                 "percentage points; mean ± sample std over the pairs (no ± with one pair), unpaired seeds left out; "
+                 "in brackets the 95% Student's t interval of the mean (from 2 pairs), **bold** when it excludes zero; "
+                 "pairs: how many, and how many of them above zero.")
     spans = {row.key: rec["iter_span"] for row, rec in zip(rows, records)}
     teacher, students = spans.get(TEACHER_ROW), spans.get(BASELINE_ROW)
     if teacher and students and teacher[0] == teacher[1] and students[0] == students[1] and students[0] > 0:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+from paired_stats import paired_interval
 
 from util.errors import SegKDError
 
@@ -231,8 +232,12 @@ def paired_difference(row: Row, base: Row) -> dict[str, Any]:
     common = [s for s in mine if s in theirs]
     mean, std = mean_std([mine[s] - theirs[s] for s in common]) if common else (None, None)
     unpaired = sorted(set(mine) ^ set(theirs)) if row.runs else []
+    values = [100.0 * (mine[s] - theirs[s]) for s in common]
+    ci = paired_interval(values)
     return {"d_mIoU": mean, "d_mIoU_std": std, "d_pairs": len(common), "unpaired": unpaired,
-            "d_unpaired": " ".join(map(str, unpaired)) or None}
+            "d_unpaired": " ".join(map(str, unpaired)) or None, "d_values": values,
+            "d_ci95_low": ci["low"], "d_ci95_high": ci["high"], "d_above_zero": ci["above"] if values else None,
+            "d_resolved": ci["excludes_zero"]}
 
 
 def iterations(row: Row) -> Optional[tuple[int, int]]:

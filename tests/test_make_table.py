@@ -234,14 +234,24 @@ def test_paired_difference_to_the_baseline_row(paper_runs, tmp_path, capsys):
     # logit KD, seeds 1 2: 55.1 - 50.1 = 5.0, 56.9 - 52.3 = 4.6 -> 4.8 ± 0.4 / sqrt(2); baseline seed 3 unpaired
     d, std, pairs, unpaired = paired(rows["pspnet18_kd"])
     assert (d, std, pairs, unpaired) == (pytest.approx(4.8), pytest.approx(0.28284271247), 2, "3")
-    assert "| +4.80 ± 0.28 | 2 (unpaired: seed 3) |" in out
+    # 95% interval: 4.8 ± t(0.975, 1) 0.2828 / sqrt(2) = 4.8 ± 12.7062 x 0.2 = [2.26, 7.34]: excludes zero (bold)
+    assert "| **+4.80 ± 0.28** [+2.26, +7.34] | 2 (2 > 0; unpaired: seed 3) |" in out
+    assert float(rows["pspnet18_kd"]["d_ci95_low"]) == pytest.approx(2.25875905)
+    assert rows["pspnet18_kd"]["d_resolved"] == "True" and rows["pspnet18_kd"]["d_above_zero"] == "2"
     # SmoothL1, seeds 1-4: 5.9, 5.7, 8.2 -> 6.6, std sqrt((0.49 + 0.81 + 2.56) / 2); its seed 4 has no baseline
     d, std, pairs, unpaired = paired(rows["pspnet18_kd_aux_smoothl1"])
     assert (d, std, pairs, unpaired) == (pytest.approx(6.6), pytest.approx(1.38924439894), 3, "4")
-    assert "| +6.60 ± 1.39 | 3 (unpaired: seed 4) |" in out
+    # 6.6 ± t(0.975, 2) 1.3892 / sqrt(3) = 6.6 ± 4.3027 x 0.8021 = [3.15, 10.05]
+    assert "| **+6.60 ± 1.39** [+3.15, +10.05] | 3 (3 > 0; unpaired: seed 4) |" in out
     # one pair: 53.5 - 52.3
     assert paired(rows["kd_T4"]) == (pytest.approx(1.2), None, 1, "1 3")
-    assert "| +1.20 | 1 (unpaired: seeds 1, 3) |" in out
+    assert "| +1.20 | 1 (1 > 0; unpaired: seeds 1, 3) |" in out  # no interval from one pair
+    assert rows["kd_T4"]["d_ci95_low"] == "" and rows["kd_T4"]["d_resolved"] == ""
+    # the resolution line pools the two rows with 2+ pairs: s^2 = (0.08 + 3.86) / (1 + 2) on 3 degrees of freedom
+    pooled = ((0.08 + 3.86) / 3) ** 0.5
+    assert f"Resolution: pooled paired std {pooled:.2f} points over 2 compared rows (3 degrees of freedom)" in out
+    half2 = 3.18244630528 * pooled / 2 ** 0.5  # t(0.975, 3)
+    assert f"with 2 pairs a 95% interval is ± {half2:.2f} points" in out
     # no runs: no pairs and no Δ; the teacher, the baseline itself and the R34 row are not compared
     assert paired(rows["pspnet18_kd_aux_kl"]) == (None, None, 0, "")
     for row in ("pspnet50_teacher", "pspnet18_baseline", "r34"):
@@ -275,12 +285,14 @@ def test_baseline_option_pairs_every_group(tmp_path, capsys):
     assert paired(rows["distill.temperature=4.0"]) == (pytest.approx(-4.0), pytest.approx(1.41421356237), 2, "")
     assert paired(rows["distill.temperature=1.0"]) == (pytest.approx(5.5), pytest.approx(0.70710678119), 2, "")
     assert paired(rows["distill.temperature=2.0"]) == (pytest.approx(14.5), pytest.approx(2.12132034356), 2, "")
-    assert "| -4.00 ± 1.41 | 2 |" in out and "| +14.50 ± 2.12 | 2 |" in out
+    # one degree of freedom each: ± t(0.975, 1) x std / sqrt(2) = ± 12.7062 x 1.0 and x 1.5: neither excludes zero
+    assert "| -4.00 ± 1.41 [-16.71, +8.71] | 2 (0 > 0) |" in out
+    assert "| +14.50 ± 2.12 [-4.56, +33.56] | 2 (2 > 0) |" in out
     assert "runs/pspnet18_baseline` (supervised R18, seeds 1 2)" in out
     # without --seeds the baseline's seed 3 is unpaired in every row
     code, out, _ = run_main([*args, "--baseline", base], capsys)
     assert code == 0 and all(paired(rec)[2:] == (2, "3") for rec in read_csv(tmp_path / "s.csv").values())
-    assert out.count("| 2 (unpaired: seed 3) |") == 3
+    assert out.count("> 0; unpaired: seed 3) |") == 3
     # without --baseline a sweep has nothing to pair with
     code, out, _ = run_main(args, capsys)
     assert code == 0 and all(paired(rec) == (None, None, None, "") for rec in read_csv(tmp_path / "s.csv").values())

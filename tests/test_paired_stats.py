@@ -1,0 +1,58 @@
+"""scripts/paired_stats.py: the t quantile against scipy, the interval and the resolution against values
+computed by hand."""
+
+import math
+import os
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import paired_stats as ps  # noqa: E402
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 29, 30.5, 120, 1000])
+@pytest.mark.parametrize("p", [0.6, 0.8, 0.95, 0.975, 0.995, 0.025])
+def test_t_quantile_matches_scipy(p, df):
+    from scipy import stats
+
+    assert ps.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9, abs=1e-9)
+
+
+def test_table_values():
+    """The printed t table: t(0.975) for 1, 2, 9 degrees of freedom."""
+    assert round(ps.t_quantile(0.975, 1), 3) == 12.706
+    assert round(ps.t_quantile(0.975, 2), 3) == 4.303
+    assert round(ps.t_quantile(0.975, 9), 3) == 2.262
+
+
+def test_paired_interval_by_hand():
+    # 1, 2, 3: mean 2, std 1, half-width 4.302653 / sqrt(3) = 2.484138
+    ci = ps.paired_interval([1.0, 2.0, 3.0])
+    assert ci["mean"] == 2.0 and ci["std"] == pytest.approx(1.0)
+    assert (ci["low"], ci["high"]) == (pytest.approx(-0.484138, abs=1e-6), pytest.approx(4.484138, abs=1e-6))
+    assert ci["above"] == 3 and ci["excludes_zero"] is False
+    # 2, 3, 4, 3: mean 3, std sqrt(2/3) = 0.8164966, half-width 3.1824463 x 0.8164966 / 2 = 1.2992283
+    ci = ps.paired_interval([2.0, 3.0, 4.0, 3.0])
+    assert ci["low"] == pytest.approx(3 - 1.2992283, abs=1e-6) and ci["excludes_zero"] is True
+    ci = ps.paired_interval([-1.0, -1.5, -1.2, -0.9, -1.1])
+    assert ci["high"] < 0 and ci["excludes_zero"] is True and ci["above"] == 0
+    one = ps.paired_interval([0.7])
+    assert one["mean"] == 0.7 and one["low"] is None and one["excludes_zero"] is None and one["above"] == 1
+
+
+def test_pooled_std_and_resolution_by_hand():
+    # groups (1, 3): ss 2, df 1; (0, 0, 3): mean 1, ss 6, df 2; (5,): nothing -> s = sqrt(8 / 3)
+    std, df = ps.pooled_std([[1.0, 3.0], [0.0, 0.0, 3.0], [5.0]])
+    assert df == 3 and std == pytest.approx(math.sqrt(8 / 3))
+    half, detect = ps.resolution(2.0, 9, 10)  # t(0.975, 9) 2.262157, t(0.80, 9) 0.883404 (printed tables)
+    assert half == pytest.approx(2.262157 * 2 / math.sqrt(10), abs=1e-5)
+    assert detect == pytest.approx((2.262157 + 0.883404) * 2 / math.sqrt(10), abs=1e-5)
+    assert ps.pooled_std([[1.0], []]) == (None, 0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="0 < p < 1"):
+        ps.t_quantile(1.0, 3)
