@@ -2,6 +2,7 @@
 
     python test.py --config config/synthetic/pspnet18_kd.yaml                       # output.dir/model/final.pth
     python test.py --config config/voc2012/pspnet50_teacher.yaml test.checkpoint=runs/t/model/final.pth
+    python test.py --config config/voc2012/dml_pspnet50_pspnet18.yaml           # output.dir/peer0/model/final.pth
     python test.py --config ... test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] test.flip=true   # multi-scale + flip
     torchrun --nproc_per_node=8 test.py --config ...                                 # images sharded over GPUs
 
@@ -34,11 +35,13 @@ from util.errors import SegKDError
 
 
 def resolve_paths(cfg: Config) -> tuple[str, str]:
-    """(checkpoint, output folder): test.checkpoint (default output.dir/model/final.pth) and test.out_dir
-    (default ``eval/<protocol>`` in the checkpoint's run directory, :func:`checkpoint_run_dir`)."""
+    """(checkpoint, output folder): test.checkpoint (default output.dir/model/final.pth; for a mutual run, peer 0's,
+    output.dir/peer0/model/final.pth) and test.out_dir (default ``eval/<protocol>`` in the checkpoint's run
+    directory, :func:`checkpoint_run_dir`; the mutual run's own for its peer 0)."""
     ckpt = cfg.test.checkpoint
     if ckpt is None:  # check_testing made sure one of the two is set
-        ckpt = os.path.join(cfg.output.dir, "model", "final.pth")
+        peer = ("peer0",) if cfg.mutual.peers else ()
+        ckpt = os.path.join(cfg.output.dir, *peer, "model", "final.pth")
     if not os.path.isfile(ckpt):
         raise SegKDError(f"{ckpt}: checkpoint not found (set test.checkpoint or output.dir)")
     out_dir = cfg.test.out_dir

@@ -1,9 +1,11 @@
-"""Train a PSPNet: a supervised teacher, a supervised student, or a student distilled from a teacher.
+"""Train a PSPNet: a supervised teacher, a supervised student, a student distilled from a teacher, or peers
+trained together by mutual learning (``mutual.peers``).
 
     python train.py --config config/synthetic/pspnet50_teacher.yaml
     python train.py --config config/synthetic/pspnet18_kd.yaml teacher.checkpoint=runs/t/model/final.pth
     torchrun --nproc_per_node=8 train.py --config config/voc2012/pspnet18_kd_aux_kl.yaml
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --config ...
+    python train.py --config config/synthetic_cpu/dml_pspnet18_pspnet18.yaml   # output.dir/peer<i>/model/final.pth
     python train.py --config ... train.resume=auto        # continue from output.dir/model/last.pth
 
 A config with ``teacher.checkpoint`` distils; one without trains supervised. ``train.batch_size`` is the
@@ -27,7 +29,7 @@ from engine.rundir import RunLog, check_run_dir
 from engine.setup import build_data, build_distiller, build_optimizer
 from engine.state import agreed_resume
 from engine.trainer import Trainer
-from model.build import checkpoint_meta
+from model.build import run_meta
 from util.config import Config, check_training
 from util.distributed import DistInfo, barrier
 
@@ -42,11 +44,10 @@ def run(cfg: Config, info: DistInfo) -> int:
     distiller = build_distiller(cfg, info)
     seed_everything(cfg.train.seed + info.rank)  # dropout differs across ranks, reproducibly
     optimizer = build_optimizer(distiller.student, cfg, distiller.trainable_parameters())
-    mode = "distill" if distiller.teacher is not None else "supervised"
     resume, state = agreed_resume(cfg, info)
     log = RunLog(cfg.output.dir, cfg) if info.is_main else None
     barrier()
-    meta = checkpoint_meta(cfg.model, cfg, mode)
+    meta = run_meta(cfg, distiller.teacher is not None)
     trainer = Trainer(cfg, info, distiller, optimizer, loader, sampler, log, meta)
     if state is not None:
         trainer.restore(state, resume)

@@ -4,7 +4,7 @@ for the device and the processes, frozen teacher) and the optimizer. ``train.py`
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -13,6 +13,7 @@ from data.loader import build_train_loader
 from data.transforms import build_train_transform
 from model.build import build_model, load_teacher
 from model.distiller import Distiller
+from model.mutual import MutualLearner
 from model.teacher_cache import TeacherCache, file_digest
 from util.config import Config
 from util.distributed import DistInfo, unwrap
@@ -32,8 +33,11 @@ def build_data(cfg: Config, info: DistInfo):
                               pin_memory=info.device.type == "cuda")
 
 
-def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
-    """Student (SyncBN on several GPUs, compiled if asked, DDP) and the frozen teacher (none of those)."""
+def build_distiller(cfg: Config, info: DistInfo) -> Union[Distiller, MutualLearner]:
+    """Student (SyncBN on several GPUs, compiled if asked, DDP) and the frozen teacher (none of those); with
+    ``mutual.peers``, the peers instead (:func:`build_mutual`)."""
+    if cfg.mutual.peers:
+        return build_mutual(cfg, info)
     student = build_model(cfg)
     teacher = load_teacher(cfg) if cfg.teacher.checkpoint else None
     student, teacher = prepare_models(student, teacher, cfg, info)
@@ -43,6 +47,14 @@ def build_distiller(cfg: Config, info: DistInfo) -> Distiller:
     distiller = Distiller.from_config(student, teacher, cfg, cache)
     distiller.methods.to(info.device)  # the methods' connectors, beside the student
     return distiller
+
+
+def build_mutual(cfg: Config, info: DistInfo) -> MutualLearner:
+    """Peer 0 from ``model.*``, then one network per depth of ``mutual.peers`` with the same keys, built one after
+    the other from the seeded RNG (so their random layers start different); each prepared as a student, with its
+    own SyncBN, compile and DDP module (DDP averages each peer's gradients on its own)."""
+    nets = [build_model(cfg), *(build_model(cfg, layers) for layers in cfg.mutual.peers)]
+    return MutualLearner.from_config([prepare_models(net, None, cfg, info)[0] for net in nets], cfg)
 
 
 def prepare_models(student: torch.nn.Module, teacher: Optional[torch.nn.Module], cfg: Config,
@@ -71,12 +83,17 @@ def build_optimizer(student: torch.nn.Module, cfg: Config,
                     extra: Optional[list[torch.nn.Parameter]] = None) -> torch.optim.Optimizer:
     """``train.optimizer`` (SGD with momentum, or AdamW), backbone at base_lr and the new layers (PPM,
     heads) at base_lr * head_lr_mult; ``extra`` (the distillation methods' connectors, new layers too) in a
-    third group at base_lr * head_lr_mult, present only when there are any."""
+    third group at base_lr * head_lr_mult, present only when there are any. ``student`` may be a ModuleList
+    (the peers of a mutual run): each network then gets its two groups, in order. SGD and AdamW keep their state
+    per parameter and the trainer's poly schedule scales every group alike, so this equals one optimizer per peer."""
     t = cfg.train
-    backbone, heads = unwrap(student).param_groups()
     head_lr = t.base_lr * t.head_lr_mult
-    groups = [{"params": backbone, "lr": t.base_lr, "initial_lr": t.base_lr},
-              {"params": heads, "lr": head_lr, "initial_lr": head_lr}]
+    nets = list(student) if isinstance(student, torch.nn.ModuleList) else [student]
+    groups = []
+    for net in nets:
+        backbone, heads = unwrap(net).param_groups()
+        groups += [{"params": backbone, "lr": t.base_lr, "initial_lr": t.base_lr},
+                   {"params": heads, "lr": head_lr, "initial_lr": head_lr}]
     if extra:
         groups.append({"params": list(extra), "lr": head_lr, "initial_lr": head_lr})
     if t.optimizer == "adamw":

@@ -12,10 +12,11 @@ import os
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from data.loader import rng_state, set_rng_state
 from engine.rundir import experiment_diff
-from model.build import arch_of, describe_checkpoint
+from model.build import arch_of, describe_checkpoint, peer_meta
 from util.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from util.config import Config, flat_dict
 from util.distributed import DistInfo, all_gather_objects, broadcast_flag, broadcast_object
@@ -48,9 +49,9 @@ class Checkpoints:
                 "epoch": epoch, "iteration": iteration, "rng": rngs, "config": self.cfg.to_dict(),
                 **({"distill_modules": methods.state_dict()} if methods is not None and methods.state_dict() else {})}
 
-    def write(self, name: str, state: dict[str, Any]) -> None:
-        """Write ``model/<name>`` on rank 0 (collective). If the write fails, every rank stops."""
-        path = os.path.join(self.model_dir, name)
+    def write(self, name: str, state: dict[str, Any], path: Optional[str] = None) -> None:
+        """Write ``model/<name>`` (or ``path``) on rank 0 (collective). If the write fails, every rank stops."""
+        path = path or os.path.join(self.model_dir, name)
         error = None
         if self.info.is_main:
             try:
@@ -61,6 +62,18 @@ class Checkpoints:
             raise error or SegKDError(f"{path}: rank 0 could not write the checkpoint; stopping")
         if name == "last.pth":
             self.saved_at = state["iteration"]
+
+    def write_peers(self, peers: nn.ModuleList, state: dict[str, Any]) -> list[str]:
+        """Each peer of a mutual run as ``output.dir/peer<i>/model/final.pth`` (collective): one network, mode
+        ``mutual``, with the run's iteration, epoch and config, which test.py and ``teacher.checkpoint`` load. Its
+        optimizer state stays in the run's own checkpoints (a peer alone does not resume)."""
+        paths = []
+        for i, peer in enumerate(peers):
+            path = os.path.join(self.cfg.output.dir, f"peer{i}", "model", "final.pth")
+            self.write("final.pth", {**peer_meta(self.meta, i), "model": peer.state_dict(),
+                                     **{k: state[k] for k in ("epoch", "iteration", "config")}}, path)
+            paths.append(path)
+        return paths
 
     def kept(self) -> str:
         """What survives a stop, for its message."""
@@ -78,7 +91,7 @@ class Checkpoints:
         if state.get("format") != "segkd" or missing:
             raise SegKDError(f"{path}: not a segkd last.pth (missing {', '.join(missing) or 'format'}) - "
                              "cannot resume from it")
-        same = all(state.get(k) == self.meta[k] for k in ("mode", "layers", "classes"))
+        same = all(state.get(k) == self.meta.get(k) for k in ("mode", "layers", "classes", "peers"))
         if not same or arch_of(state) != arch_of(self.meta):
             raise SegKDError(f"{path}: train.resume is {describe_checkpoint(state)} but this run trains "
                              f"{describe_checkpoint(self.meta)}; give this run's model/last.pth")

@@ -28,7 +28,7 @@ from data.transforms import normalize
 from engine.preemption import StopRequest, release_workers, shield_workers, worker_error_line
 from engine.rundir import RunLog
 from engine.state import Checkpoints
-from model.build import arch_name
+from model.build import network_name
 from model.distiller import Distiller
 from util.config import Config
 from util.distributed import (
@@ -192,7 +192,7 @@ class Trainer:
     def validate(self) -> None:
         from engine.evaluate import evaluate
 
-        model = unwrap(self.distiller.student)
+        model = unwrap(self.distiller.evaluated)
         cm = evaluate(model, self.cfg, self.info, self.cfg.data.val_list, progress=False)
         result = cm.compute()
         if self.log:
@@ -211,6 +211,10 @@ class Trainer:
                                           self.iteration // self.iters_per_epoch, self.total_iters,
                                           self.distiller.methods if name == "last.pth" else None)
         self.checkpoints.write(name, state)
+        if name == "final.pth" and "peers" in self.meta:  # a mutual run: each peer's own checkpoint too
+            paths = self.checkpoints.write_peers(unwrap(self.distiller.student), state)
+            if self.log:
+                self.log.info(f"peer checkpoints: {', '.join(paths)}")
 
     def restore(self, state: dict[str, Any], path: str) -> None:
         """Continue from ``path``'s state (engine/state.py checks it is this same run)."""
@@ -243,7 +247,7 @@ class Trainer:
         """The run's first log line: it creates the run directory (RunLog is lazy)."""
         if not self.log:
             return
-        net = f"{arch_name(self.meta)}-R{self.meta['layers']}"
+        net = network_name(self.meta)
         self.log.info(f"{self.meta['mode']} {net}: {self.total_iters} iterations, "
                       f"{self.epochs} epochs of {self.iters_per_epoch}, {self.info.world_size} process(es) "
                       f"on {self.info.device.type}")
@@ -283,7 +287,8 @@ class Trainer:
         if any(not torch.equal(d, digests[0]) for d in digests):
             raise SegKDError("student weights differ between processes after training (DDP desync)")
         if self.log:
-            self.log.info(f"student parameters identical on all {self.info.world_size} processes")
+            what = f"every peer's ({len(self.meta['peers'])} peers)" if "peers" in self.meta else "student"
+            self.log.info(f"{what} parameters identical on all {self.info.world_size} processes")
 
     def interrupt(self, signum: int) -> int:
         self.save("last.pth")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from model.backbone import DILATIONS, STEMS
 from model.deeplabv3 import build_deeplabv3
@@ -16,6 +16,7 @@ ARCHS = {"pspnet": ("PSPNet", build_pspnet), "deeplabv3": ("DeepLabV3", build_de
 # The architecture keys of model.* that a checkpoint records, with the value a checkpoint written before
 # they existed was built with (the defaults of config/defaults.yaml).
 ARCH_DEFAULTS: dict[str, Any] = {"arch": "pspnet", "stem": "torchvision", "dilation": "semseg", "align_corners": True}
+TEACHER_MODES = ("supervised", "mutual")  # trained without a frozen teacher: what teacher.checkpoint takes
 _ARCH_VALUES = {"arch": tuple(ARCHS), "stem": STEMS, "dilation": DILATIONS, "align_corners": (True, False)}
 
 
@@ -27,10 +28,11 @@ def build_network(arch: dict[str, Any], layers: int, classes: int, **kwargs: Any
                  **kwargs)
 
 
-def build_model(cfg: Config) -> Segmentor:
-    """The network being trained (the student when distilling), ImageNet-initialised as configured."""
+def build_model(cfg: Config, layers: Optional[int] = None) -> Segmentor:
+    """The network being trained (the student when distilling), ImageNet-initialised as configured; ``layers``:
+    another depth with the same ``model.*`` keys (a peer of ``mutual.peers``)."""
     m = cfg.model
-    return build_network(arch_of(m.to_dict()), m.layers, cfg.data.classes, pretrained=m.pretrained,
+    return build_network(arch_of(m.to_dict()), layers or m.layers, cfg.data.classes, pretrained=m.pretrained,
                          weights=m.weights, dropout=m.dropout, zero_init_residual=m.zero_init_residual)
 
 
@@ -45,6 +47,28 @@ def checkpoint_meta(model_cfg: Config, cfg: Config, mode: str) -> dict[str, Any]
             **arch_of(model_cfg.to_dict())}
 
 
+def run_meta(cfg: Config, distilled: bool) -> dict[str, Any]:
+    """The meta of a run's ``last.pth`` and ``final.pth``: ``supervised``, ``distill``, or ``mutual`` with ``peers``,
+    every peer's depth (peer 0, ``model.layers``, first)."""
+    if cfg.mutual.peers:
+        return {**checkpoint_meta(cfg.model, cfg, "mutual"), "peers": [cfg.model.layers, *cfg.mutual.peers]}
+    return checkpoint_meta(cfg.model, cfg, "distill" if distilled else "supervised")
+
+
+def peer_meta(run: dict[str, Any], i: int) -> dict[str, Any]:
+    """The meta of peer i's own checkpoint, from the mutual run's: one network (mode ``mutual``, its depth), which
+    test.py and ``teacher.checkpoint`` load; ``peer_of`` records the run's peers."""
+    meta = {k: v for k, v in run.items() if k != "peers"}
+    return {**meta, "layers": run["peers"][i], "peer": i, "peer_of": list(run["peers"])}
+
+
+def network_name(meta: dict[str, Any]) -> str:
+    """``'PSPNet-R50'``; ``'PSPNet-R18+R50'`` for a mutual run's peers."""
+    peers = meta.get("peers")
+    depths = "+".join(f"R{d}" for d in peers) if isinstance(peers, list) else f"R{meta.get('layers', '?')}"
+    return f"{arch_name(meta)}-{depths}"
+
+
 def describe_checkpoint(meta: dict[str, Any]) -> str:
     """``'a supervised PSPNet-R50 with 21 classes'`` (``DeepLabV3-R101``, ...) from a checkpoint's (or a run's)
     meta keys; a stem or dilation other than the default is named after the depth."""
@@ -54,7 +78,7 @@ def describe_checkpoint(meta: dict[str, Any]) -> str:
     extras += [f"{arch['dilation']} dilation"] if arch["dilation"] != "semseg" else []
     extras += ["align_corners false"] if arch["align_corners"] is not True else []
     detail = f" ({', '.join(extras)})" if extras else ""
-    return f"a {mode} {arch_name(meta)}-R{layers}{detail} with {classes} classes"
+    return f"a {mode} {network_name({**meta, 'layers': layers})}{detail} with {classes} classes"
 
 
 def arch_name(meta: dict[str, Any]) -> str:
@@ -76,6 +100,10 @@ def check_segkd(ckpt: dict[str, Any], path: str, role: str) -> None:
            if k in ckpt and not any(ckpt[k] is v or (isinstance(v, str) and ckpt[k] == v) for v in values)]
     if bad:
         raise SegKDError(f"{path}: {role} has unknown architecture keys {', '.join(bad)}")
+    if isinstance(ckpt.get("peers"), list):  # a mutual run's model/{last,final}.pth: every peer in one file
+        peer0 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "peer0", "model", "final.pth")
+        raise SegKDError(f"{path}: {role} is a whole mutual-learning run ({describe_checkpoint(ckpt)}); give one "
+                         f"peer's checkpoint, e.g. {peer0}")
 
 
 def model_from_checkpoint(path: str, classes: int, role: str = "checkpoint") -> tuple[Segmentor, dict[str, Any]]:
@@ -97,16 +125,19 @@ def load_teacher(cfg: Config) -> Segmentor:
     """The frozen teacher of ``teacher.checkpoint``: a supervised run of depth ``teacher.layers``, of the
     architecture (``arch``, ``stem``, ``dilation``, ``align_corners``) its checkpoint records.
 
-    A distilled student, a run of another depth or class count, or a file that is not a segkd checkpoint
-    is refused with a one-line SegKDError naming the file.
+    A peer of a mutual run (mode ``mutual``, trained without a teacher) teaches as a supervised run does, a
+    distilled run only as a teacher assistant (``teacher.assistant``, the middle of a chain). Another distilled
+    run, a run of another depth or class count, or a file that is not a segkd checkpoint is refused with a
+    one-line SegKDError naming the file.
     """
     path = cfg.teacher.checkpoint
     if not os.path.isfile(path):
         raise SegKDError(f"{path}: teacher.checkpoint not found")
     ckpt = load_checkpoint(path)
     check_segkd(ckpt, path, "teacher.checkpoint")
-    if ckpt["mode"] != "supervised":
-        raise SegKDError(f"{path}: teacher.checkpoint is {describe_checkpoint(ckpt)}, not a supervised teacher")
+    if ckpt["mode"] not in TEACHER_MODES and not (ckpt["mode"] == "distill" and cfg.teacher.assistant):
+        raise SegKDError(f"{path}: teacher.checkpoint is {describe_checkpoint(ckpt)}, not a supervised teacher "
+                         "(a distilled run teaches as an assistant with teacher.assistant=true)")
     if ckpt["layers"] != cfg.teacher.layers:
         raise SegKDError(f"{path}: teacher.checkpoint is {describe_checkpoint(ckpt)} but "
                          f"teacher.layers={cfg.teacher.layers}")

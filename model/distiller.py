@@ -160,16 +160,30 @@ class Distiller(nn.Module):
     def compare(self, loss: str, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The distillation loss named ``loss`` between two N×K×h×w logit maps, with this distiller's
         parameters (model/losses.py documents each)."""
-        ign, full, p, ac = self.ignore_index, self.full_resolution, self.params, self.align_corners
-        if loss == "kl":
-            return kd_kl_loss(student, teacher, target, self.temperature, ign, full, ac)
-        if loss == "kl_std":
-            return kl_std_loss(student, teacher, target, self.temperature, ign, full, ac)
-        if loss == "smoothl1":
-            return smooth_l1_logits_loss(student, teacher, target, ign, p["smoothl1_beta"], full, ac)
-        if loss == "cwd":
-            return cwd_loss(student, teacher, target, p["cwd_tau"], ign, full, ac)
-        return dist_loss(student, teacher, target, p["dist_beta"], p["dist_gamma"], ign, full, ac)
+        return compare_logits(loss, student, teacher, target, self.temperature, self.params, self.ignore_index,
+                              self.full_resolution, self.align_corners)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network validation scores and final.pth holds: the student."""
+        return self.student
+
+
+def compare_logits(loss: str, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
+                   params: dict[str, float], ignore_index: int, full_resolution: bool, align_corners: bool
+                   ) -> torch.Tensor:
+    """The loss of :data:`KD_LOSSES` / :data:`FEAT_LOSSES` named ``loss`` between two N×K×h×w logit maps;
+    ``params``: ``smoothl1_beta``, ``cwd_tau``, ``dist_beta``, ``dist_gamma``."""
+    ign, full, p, ac = ignore_index, full_resolution, params, align_corners
+    if loss == "kl":
+        return kd_kl_loss(student, teacher, target, temperature, ign, full, ac)
+    if loss == "kl_std":
+        return kl_std_loss(student, teacher, target, temperature, ign, full, ac)
+    if loss == "smoothl1":
+        return smooth_l1_logits_loss(student, teacher, target, ign, p["smoothl1_beta"], full, ac)
+    if loss == "cwd":
+        return cwd_loss(student, teacher, target, p["cwd_tau"], ign, full, ac)
+    return dist_loss(student, teacher, target, p["dist_beta"], p["dist_gamma"], ign, full, ac)
 
 
 def build_terms(cfg, student: nn.Module, teacher: nn.Module) -> list[Term]:
@@ -212,4 +226,4 @@ def _channels(model: nn.Module, classes: int) -> dict[str, int]:
     return {**getattr(unwrap(model), "feature_channels", {}), **{name: classes for name in LOGITS}}
 
 
-__all__ = ["Distiller", "FEAT_LOSSES", "KD_LOSSES", "METHODS", "Term", "build_terms", "freeze"]
+__all__ = ["Distiller", "FEAT_LOSSES", "compare_logits", "KD_LOSSES", "METHODS", "Term", "build_terms", "freeze"]

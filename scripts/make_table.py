@@ -9,12 +9,14 @@
 Each argument is a run directory (holding ``eval/<EVAL>/metrics.json``), a ``metrics.json`` or a folder searched
 for run directories. A run in ``.../<name>/seed<k>`` belongs to row ``<name>``, any other run to the row named
 after its directory; ``--group-by KEY`` makes the rows the values of a config key instead. The five rows of the
-paper (teacher, R18 baseline, + logit KD, + aux KL, + aux SmoothL1) are recognised by their config names and
+paper (teacher, R18 baseline, + logit KD, + aux KL, + aux SmoothL1), and the rows of a teacher-assistant chain
+(``pspnet34_kd``, ``pspnet18_kd_ta``) and of mutual learning (``dml_*``), are recognised by their config names and
 checked against the mode, depth and ``distill.feat_loss`` their checkpoints record; a ``metrics.json`` that names a
 checkpoint outside its run directory (another run's model scored into this folder) is refused. Scores are in %, as
 mean ± sample standard deviation (n - 1) over seeds; the CSV holds the same numbers unrounded. Each student row
 also shows its paired difference to the baseline (``pspnet18_baseline``, or the runs of ``--baseline``): the mean
-± sample std over the seeds both have of row mIoU - baseline mIoU, in points, and its training iterations.
+± sample std over the seeds both have of row mIoU - baseline mIoU, in points, and its training iterations; the
+chained student's notes also pair it with the direct R50 -> R18 row (``pspnet18_kd``).
 Standard library and numpy only. The runs, rows and their numbers are scripts/table_stats.py; this file is the
 command and renders them (markdown table with its caption and links, CSV).
 """
@@ -36,6 +38,7 @@ from table_stats import (  # noqa: E402
     SCORES,
     TEACHER_ROW,
     Row,
+    also_paired_note,
     compared,
     describe,
     find_metrics,
@@ -202,6 +205,9 @@ def build(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         rec["links"] = config_links(paths, base_dir)
         if compared(row, base, paper):
             rec.update(paired_difference(row, base))
+        note = also_paired_note(row, rows) if args.group_by is None else None
+        if note:
+            rec["notes"] = "; ".join(n for n in (rec["notes"], note) if n)
     return markdown(rows, records, caption_for(rows, records, args.eval, baseline_phrase(base, base_dir))), records
 
 

@@ -5,6 +5,8 @@
 
 SEGKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STUDENT_ROWS="pspnet18_baseline pspnet18_kd pspnet18_kd_aux_kl pspnet18_kd_aux_smoothl1"
+MUTUAL_ROWS="dml_pspnet18_pspnet18 dml_pspnet50_pspnet18"  # ROWS may name them (no teacher); not run by default
+CHAIN_ASSISTANT=pspnet34_kd CHAIN_STUDENT=pspnet18_kd_ta     # CHAIN="<teacher depth> 34 18": their configs
 CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the demo configs say 150)
 
 # The scripts cd to the repo root (configs and `-m tools.synthetic` resolve there): user paths must not move.
@@ -165,13 +167,13 @@ segkd_adopt_teacher() {
     [ -f "$TEACHER" ] || segkd_die "TEACHER=$TEACHER: not found"
     layers=$("$PYTHON" - "$TEACHER" <<'EOF'
 import sys
-from model.build import check_segkd, describe_checkpoint
+from model.build import TEACHER_MODES, check_segkd, describe_checkpoint
 from util.checkpoint import load_checkpoint
 from util.errors import SegKDError
 try:
     ckpt = load_checkpoint(sys.argv[1])
     check_segkd(ckpt, sys.argv[1], "TEACHER")
-    if ckpt["mode"] != "supervised":
+    if ckpt["mode"] not in TEACHER_MODES:
         raise SegKDError(f"{sys.argv[1]}: TEACHER is {describe_checkpoint(ckpt)}, not a supervised teacher")
 except SegKDError as e:
     sys.exit(f"error: {e}")
@@ -187,23 +189,47 @@ EOF
     echo "$layers"
 }
 
-# DATASET: the teacher once (or TEACHER, adopted), then each student row for each seed, then the table in
-# $RUNS/DATASET (configs in config/DATASET). With TEACHER_CACHE=1 the distilled runs share the teacher's logits in
-# $RUNS/DATASET/teacher_cache.
+# DEPTH: CHAIN is empty or "DEPTH 34 18" (DEPTH: the table's teacher): the one chain there are configs for.
+segkd_check_chain() {
+    local words
+    read -r -a words <<< "${CHAIN:-}"
+    if [ "${#words[@]}" -eq 0 ] || [ "${words[*]}" = "$1 34 18" ]; then return 0; fi
+    segkd_die "CHAIN=\"$CHAIN\": the chain is \"$1 34 18\" (the table's R$1 teacher, the R34 assistant of" \
+        "$CHAIN_ASSISTANT.yaml, the R18 student of $CHAIN_STUDENT.yaml) or empty"
+}
+
+# ROW SEED OVERRIDES...: the progress line, then train and test one student run into $root/ROW/seed<SEED> with
+# config $cfgdir/ROW.yaml, timed for the ETA (k, total, cfgdir, root and common are segkd_table's locals).
+segkd_student() {
+    local row=$1 seed=$2 start=$SECONDS
+    shift 2
+    k=$((k + 1))
+    segkd_progress $k $total "$row seed$seed"
+    segkd_run "$row seed$seed" "$cfgdir/$row.yaml" "$root/$row/seed$seed" "$root/logs/${row}_seed$seed" \
+        "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"} "$@" "train.seed=$seed"
+    STUDENTS_LEFT=$((STUDENTS_LEFT - 1))
+    if [ "$RAN" = 1 ]; then
+        STUDENT_SECONDS=$((STUDENT_SECONDS + SECONDS - start)) STUDENTS_TIMED=$((STUDENTS_TIMED + 1))
+    fi
+}
+
+# DATASET: the teacher once (or TEACHER, adopted), then each student row for each seed (and, with CHAIN, the
+# assistant distilled from the teacher and the student distilled from that seed's assistant), then the table in
+# $RUNS/DATASET (configs in config/DATASET). With TEACHER_CACHE=1 the runs distilled from the teacher share its
+# logits in $RUNS/DATASET/teacher_cache.
 segkd_table() {
-    local ds=$1 cfgdir=config/$1 root=$RUNS/$1 seed row start k=1
+    local ds=$1 cfgdir=config/$1 root=$RUNS/$1 seed row k=1 chain=0
     local teacher_dir=$root/pspnet50_teacher
     local common=(${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
     local n_seeds n_rows total
     n_seeds=$(wc -w <<< "$SEEDS") n_rows=$(wc -w <<< "$ROWS")
-    total=$((1 + n_seeds * n_rows))
-    STUDENT_SECONDS=0 STUDENTS_TIMED=0 STUDENTS_LEFT=$((n_seeds * n_rows))
     for row in $ROWS; do
-        case " $STUDENT_ROWS " in *" $row "*) ;; *) segkd_die "ROWS: $row is not one of: $STUDENT_ROWS" ;; esac
+        case " $STUDENT_ROWS $MUTUAL_ROWS " in *" $row "*) ;;
+            *) segkd_die "ROWS: $row is not one of: $STUDENT_ROWS $MUTUAL_ROWS" ;; esac
     done
     EVAL=$(segkd_probe "$cfgdir/pspnet50_teacher.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1
     EVAL=${EVAL% *}
-    local teacher_kd=() layers
+    local teacher_kd=() layers=50
     if [ -n "${TEACHER:-}" ]; then
         layers=$(segkd_adopt_teacher "$teacher_dir") || exit 1
         teacher_kd=("teacher.layers=$layers")
@@ -211,27 +237,29 @@ segkd_table() {
     else
         echo "table $ds: runs in $root, seeds $SEEDS (teacher seed $TEACHER_SEED), eval/$EVAL, NPROC=$NPROC"
     fi
+    segkd_check_chain "$layers"
+    if [ -n "${CHAIN//[[:space:]]/}" ]; then chain=2; echo "chain R$layers -> R34 -> R18 for every seed"; fi
+    total=$((1 + n_seeds * (n_rows + chain)))
+    STUDENT_SECONDS=0 STUDENTS_TIMED=0 STUDENTS_LEFT=$((n_seeds * (n_rows + chain)))
     segkd_progress $k $total pspnet50_teacher
     segkd_run pspnet50_teacher "$cfgdir/pspnet50_teacher.yaml" "$teacher_dir" "$root/logs/pspnet50_teacher" \
         "${common[@]}" ${TEACHER_ARGS[@]+"${TEACHER_ARGS[@]}"} "train.seed=$TEACHER_SEED"
+    local kd=("teacher.checkpoint=$teacher_dir/model/final.pth" ${teacher_kd[@]+"${teacher_kd[@]}"})
+    if [ "${TEACHER_CACHE:-${PRESET_TEACHER_CACHE:-0}}" = 1 ]; then
+        kd+=("distill.teacher_cache=$root/teacher_cache")
+    fi
     for seed in $SEEDS; do
         for row in $ROWS; do
-            local kd=()
-            if [ "$row" != pspnet18_baseline ]; then
-                kd=("teacher.checkpoint=$teacher_dir/model/final.pth" ${teacher_kd[@]+"${teacher_kd[@]}"})
-                if [ "${TEACHER_CACHE:-${PRESET_TEACHER_CACHE:-0}}" = 1 ]; then
-                    kd+=("distill.teacher_cache=$root/teacher_cache")
-                fi
-            fi
-            k=$((k + 1)) start=$SECONDS
-            segkd_progress $k $total "$row seed$seed"
-            segkd_run "$row seed$seed" "$cfgdir/$row.yaml" "$root/$row/seed$seed" "$root/logs/${row}_seed$seed" \
-                "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"} ${kd[@]+"${kd[@]}"} "train.seed=$seed"
-            STUDENTS_LEFT=$((STUDENTS_LEFT - 1))
-            if [ "$RAN" = 1 ]; then
-                STUDENT_SECONDS=$((STUDENT_SECONDS + SECONDS - start)) STUDENTS_TIMED=$((STUDENTS_TIMED + 1))
-            fi
+            case $row in
+                pspnet18_baseline | dml_*) segkd_student "$row" "$seed" ;;  # no teacher
+                *) segkd_student "$row" "$seed" "${kd[@]}" ;;
+            esac
         done
+        if [ "$chain" -gt 0 ]; then
+            segkd_student "$CHAIN_ASSISTANT" "$seed" "${kd[@]}"
+            segkd_student "$CHAIN_STUDENT" "$seed" \
+                "teacher.checkpoint=$root/$CHAIN_ASSISTANT/seed$seed/model/final.pth" teacher.layers=34
+        fi
     done
     "$PYTHON" scripts/make_table.py "$root" --seeds "$SEEDS" --eval "$EVAL" --config-dir "$cfgdir" \
         --out-md "$root/table.md" --out-csv "$root/table.csv"

@@ -27,6 +27,16 @@ PAPER_ROWS = [
     ("pspnet18_kd_aux_kl", "R18 + logit KD + aux KL", ("distill", 18, "kl")),
     ("pspnet18_kd_aux_smoothl1", "R18 + logit KD + aux SmoothL1", ("distill", 18, "smoothl1")),
 ]
+# Rows beyond the paper's that the table scripts train (CHAIN="50 34 18", ROWS=dml_...): labelled and checked as
+# those are, shown after them in this order when they have runs.
+EXTRA_ROWS = [
+    ("pspnet34_kd", "Assistant PSPNet-R34 + logit KD (R50 -> R34)", ("distill", 34, "none")),
+    ("pspnet18_kd_ta", "R18 + logit KD from the R34 assistant (R50 -> R34 -> R18)", ("distill", 18, "none")),
+    ("dml_pspnet18_pspnet18", "R18 + mutual learning with an R18 peer", ("mutual", 18, None)),
+    ("dml_pspnet50_pspnet18", "R18 + mutual learning with an R50 peer", ("mutual", 18, None)),
+]
+# A row also paired, seed by seed, with another row (in its notes): the chained student with the direct R50 -> R18.
+ALSO_PAIRED = {"pspnet18_kd_ta": "pspnet18_kd"}
 TEACHER_ROW, BASELINE_ROW = PAPER_ROWS[0][0], PAPER_ROWS[1][0]
 # model.build.ARCHS's display names (not imported: the table scripts stay free of torch; a test keeps them equal)
 ARCH_NAMES = {"pspnet": "PSPNet", "deeplabv3": "DeepLabV3"}
@@ -139,7 +149,7 @@ def describe(sig: tuple[Any, Any, Any]) -> str:
 def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[int]]) -> list[Row]:
     """Rows in table order: the paper's five (when any is present and not grouping by a key), then the rest."""
     rows: dict[str, Row] = {}
-    paper = {name: (label, sig) for name, label, sig in PAPER_ROWS}
+    paper = {name: (label, sig) for name, label, sig in PAPER_ROWS + EXTRA_ROWS}
     if group_by is None and any(row_name(r) in paper for r in runs):
         rows = {name: Row(name, label) for name, label, _ in PAPER_ROWS}
     for run in runs:
@@ -164,7 +174,8 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
         rows.setdefault(key, Row(key, label)).runs.append(run)
     for row in rows.values():
         check_seeds(row, None if row.key in SINGLE_SEED_ROWS and group_by is None else seeds)
-    return list(rows.values())
+    order = {name: i for i, (name, _, _) in enumerate(PAPER_ROWS + EXTRA_ROWS)}
+    return sorted(rows.values(), key=lambda row: order.get(row.key, len(order)))  # stable: the rest as found
 
 
 def check_seeds(row: Row, seeds: Optional[list[int]]) -> None:
@@ -238,6 +249,19 @@ def paired_difference(row: Row, base: Row) -> dict[str, Any]:
             "d_unpaired": " ".join(map(str, unpaired)) or None, "d_values": values,
             "d_ci95_low": ci["low"], "d_ci95_high": ci["high"], "d_above_zero": ci["above"] if values else None,
             "d_resolved": ci["excludes_zero"]}
+
+
+def also_paired_note(row: Row, rows: list[Row]) -> Optional[str]:
+    """``Δ mIoU vs R18 + logit KD: +0.40 ± 1.10 (3 pairs)`` for a row of :data:`ALSO_PAIRED` whose partner row is in
+    ``rows``: the paired difference as in the Δ column, against that row instead of the baseline."""
+    other = next((r for r in rows if r.key == ALSO_PAIRED.get(row.key)), None)
+    if other is None or not row.runs or not other.runs:
+        return None
+    d = paired_difference(row, other)
+    if d["d_mIoU"] is None:
+        return f"Δ mIoU vs {other.label}: no seed in common"
+    std = "" if d["d_mIoU_std"] is None else f" ± {d['d_mIoU_std']:.2f}"
+    return f"Δ mIoU vs {other.label}: {d['d_mIoU']:+.2f}{std} ({d['d_pairs']} pair{'s' if d['d_pairs'] > 1 else ''})"
 
 
 def iterations(row: Row) -> Optional[tuple[int, int]]:

@@ -1,7 +1,8 @@
 """What docs/VOC.md says matches hszhao/semseg (its model/pspnet.py and config/voc2012/voc2012_pspnet50.yaml), pinned:
 PPM bins 1-2-3-6 with branches of C/4 channels and align_corners upsampling, heads of 512 and 256 channels with
 Dropout2d 0.1, aux weight 0.4, 10x lr for PPM and heads, and the rest of the recipe in config/defaults.yaml and
-every config/voc2012/*.yaml; plus the distillation weights each VOC config cites."""
+every config/voc2012/*.yaml; plus the distillation weights each VOC config cites, the chain's teachers and the
+mutual-learning configs' peers."""
 
 import glob
 import os
@@ -42,12 +43,21 @@ DISTILL = {  # the values each config's comment cites (docs/VOC.md for the first
                                "feat_weight": 0.4},
     **{f"pspnet18_kd_from_{t}": {"kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none"}
        for t in ("semseg", "mmseg", "deeplabv3_r101")},
+    **{name: {"kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none"}
+       for name in ("pspnet34_kd", "pspnet18_kd_ta")},
 }
-# the teachers of the kd configs: (depth, checkpoint); published ones imported by tools.import_weights (docs/VOC.md)
+# the teachers of the kd configs: (depth, checkpoint); published ones imported by tools.import_weights (docs/VOC.md);
+# the chain R50 -> R34 -> R18: the assistant pspnet34_kd (distilled as pspnet18_kd is) teaches pspnet18_kd_ta
 TEACHERS = {"pspnet18_kd_from_semseg": (50, "teachers/semseg_pspnet50_voc2012.pth"),
             "pspnet18_kd_from_mmseg": (50, "teachers/mmseg_pspnet50_voc2012.pth"),
-            "pspnet18_kd_from_deeplabv3_r101": (101, "runs/voc2012/deeplabv3_r101_teacher/model/final.pth")}
-TEACHER_CONFIGS = {"pspnet50_teacher": ("pspnet", 50), "deeplabv3_r101_teacher": ("deeplabv3", 101)}
+            "pspnet18_kd_from_deeplabv3_r101": (101, "runs/voc2012/deeplabv3_r101_teacher/model/final.pth"),
+            "pspnet18_kd_ta": (34, "runs/voc2012/pspnet34_kd/model/final.pth")}
+TEACHER_CONFIGS = {"pspnet50_teacher": ("pspnet", 50), "deeplabv3_r101_teacher": ("deeplabv3", 101),
+                   "pspnet34_kd": ("pspnet", 34)}
+ASSISTANT_STUDENTS = {"pspnet18_kd_ta"}  # teacher.assistant: true (a distilled teacher)
+# deep mutual learning: peer 0 the R18 of model.*, the peers' depths, the paper's KL (T 1, weight 1)
+MUTUAL = {f"dml_pspnet{d}_pspnet18": {"peers": [d], "weight": 1.0, "temperature": 1.0, "feat_loss": "none"}
+          for d in (18, 50)}
 for _name, _cls in METHODS.items():  # logit KD plus one method at the weight its paper's code publishes
     DISTILL[f"pspnet18_kd_{_name}"] = {
         "kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none", "terms": [_name],
@@ -112,14 +122,17 @@ def test_defaults_and_voc_configs_keep_semsegs_recipe(path):
     assert (cfg.model.arch, cfg.model.layers) == TEACHER_CONFIGS.get(name, ("pspnet", 18))
     assert cfg.model.pretrained is True and cfg.model.weights == "IMAGENET1K_V1"
     assert cfg.output.dir == f"runs/voc2012/{name}"
-    if name.startswith("pspnet18_kd"):
+    assert cfg.teacher.assistant is (name in ASSISTANT_STUDENTS)
+    assert {k: cfg.mutual[k] for k in MUTUAL.get(name, {})} == MUTUAL.get(name, {})
+    assert bool(cfg.mutual.peers) is (name in MUTUAL)
+    if name in DISTILL:
         layers, checkpoint = TEACHERS.get(name, (50, "runs/voc2012/pspnet50_teacher/model/final.pth"))
         assert cfg.teacher.layers == layers and cfg.teacher.checkpoint == checkpoint
         got = {k: cfg.distill[k] for k in DISTILL[name]}
         assert {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in got.items()} == DISTILL[name]
         assert cfg.distill.full_resolution is False
     else:
-        assert cfg.teacher.checkpoint is None
+        assert cfg.teacher.checkpoint is None and not name.startswith("pspnet18_kd")
 
 
 def test_ppm_and_heads_get_ten_times_the_lr():

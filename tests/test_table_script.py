@@ -150,6 +150,8 @@ def test_bad_arguments_fail_before_any_run(tmp_path):
     assert r.returncode != 0 and "ROWS: pspnet50_teacher" in r.stderr
     r = run_table(tmp_path, EXTRA="train.itres=3")
     assert r.returncode != 0 and "train.itres" in r.stderr
+    r = run_table(tmp_path, CHAIN="50 18")
+    assert r.returncode != 0 and 'CHAIN="50 18": the chain is "50 34 18"' in r.stderr
     assert not (tmp_path / "runs" / "synthetic").exists()  # the bad override was caught before training
     sweep = os.path.join(REPO, "scripts", "sweep.sh")
     r = subprocess.run(["bash", sweep, "config/synthetic/pspnet18_kd.yaml", "distill.temperature"],

@@ -48,13 +48,14 @@ NULL_TYPES: dict[str, tuple[type, ...]] = {
     "test.out_dir": (str,),
 }
 # Item types of list keys whose default is an empty list; one item alone stands for a list of one.
-LIST_ITEMS: dict[str, type] = {"distill.terms": str}
+LIST_ITEMS: dict[str, type] = {"distill.terms": str, "mutual.peers": int}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("pspnet", "deeplabv3"),
     "model.stem": ("torchvision", "semseg", "mmseg"),
     "model.dilation": ("semseg", "contract"),
     "distill.kd_loss": ("kl", "dist", "kl_std"),
     "distill.feat_loss": ("none", "kl", "smoothl1", "cwd", "dist", "kl_std"),
+    "mutual.feat_loss": ("none", "kl", "smoothl1", "cwd", "dist", "kl_std"),
     "train.amp_dtype": ("bfloat16", "float16"),
     "train.optimizer": ("sgd", "adamw"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -73,6 +74,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "distill.cwd_tau": (lambda v: v > 0, "positive"),
     "distill.dist_beta": (lambda v: v >= 0, "0 or more"),
     "distill.dist_gamma": (lambda v: v >= 0, "0 or more"),
+    "mutual.peers": (lambda v: all(d in (18, 34, 50, 101) for d in v), "a list of depths out of 18, 34, 50, 101"),
+    "mutual.weight": (lambda v: v >= 0, "0 or more"),
+    "mutual.temperature": (lambda v: v > 0, "positive"),
+    "mutual.feat_weight": (lambda v: v >= 0, "0 or more"),
     "train.iters": _AT_LEAST_1,
     "train.stop_after": _AT_LEAST_1,
     "train.batch_size": _AT_LEAST_1,
@@ -283,6 +288,22 @@ def check_training(cfg: Config, world_size: int, sync_bn: bool, device_type: str
         raise SegKDError(f"train.epochs={t.epochs}: must be at least 1 (or set train.iters)")
     if t.amp and t.amp_dtype == "float16" and device_type != "cuda":
         raise SegKDError("train.amp_dtype=float16 needs CUDA; use bfloat16 on the CPU")
+    _check_mutual(cfg)
+
+
+def _check_mutual(cfg: Config) -> None:
+    """Mutual learning trains every network it has: no frozen teacher, so no teacher-based distillation term."""
+    if not cfg.mutual.peers:
+        return
+    if cfg.teacher.checkpoint is not None:
+        raise SegKDError("mutual.peers and teacher.checkpoint are both set: mutual learning trains its peers without a "
+                         "frozen teacher; unset one of them")
+    if cfg.distill.terms:
+        raise SegKDError(f"mutual.peers and distill.terms={cfg.distill.terms} are both set: the methods of "
+                         "distill.terms need a frozen teacher; mutual.feat_loss compares the peers' aux logits")
+    if isinstance(cfg.model.pretrained, str) and any(d != cfg.model.layers for d in cfg.mutual.peers):
+        raise SegKDError(f"mutual.peers={cfg.mutual.peers}: a peer of another depth than model.layers="
+                         f"{cfg.model.layers} cannot start from model.pretrained={cfg.model.pretrained}")
 
 
 def check_testing(cfg: Config) -> None:

@@ -5,6 +5,8 @@
 #   SCALE=demo scripts/synthetic/table.sh           # what `make demo` runs: the CPU tier, 3 seeds, 2 CPU cores
 #   SCALE=cpu-long scripts/synthetic/table.sh       # the same tier, 5 seeds, students 400 iterations (~1 h)
 #   SEEDS="1 2" EXTRA="train.epochs=10" NPROC=4 scripts/synthetic/table.sh
+#   CHAIN="50 34 18" ROWS="pspnet18_baseline pspnet18_kd" scripts/synthetic/table.sh  # + an R34 assistant, R18 from it
+#   ROWS="pspnet18_baseline dml_pspnet18_pspnet18 dml_pspnet50_pspnet18" scripts/synthetic/table.sh  # mutual
 #
 # Generates DATA (with GEN_ARGS) when it has no list/val.txt, trains the teacher once, each student row for
 # each seed, evaluates every run and writes $RUNS/<table>/table.{md,csv} and figure.png (<table>: synthetic, or

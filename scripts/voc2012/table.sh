@@ -2,6 +2,8 @@
 # The results table on PASCAL VOC 2012 val: teacher, R18 baseline, + logit KD, + aux KL, + aux SmoothL1.
 #
 #   NPROC=8 scripts/voc2012/table.sh                # after scripts/voc2012/prepare.sh (docs/VOC.md)
+#   CHAIN="50 34 18" ROWS="pspnet18_baseline pspnet18_kd" scripts/voc2012/table.sh   # + the R34 assistant, R18 from it
+#   ROWS="pspnet18_baseline dml_pspnet18_pspnet18 dml_pspnet50_pspnet18" scripts/voc2012/table.sh   # mutual learning
 #   SEEDS="1" DATA=/data/voc2012 RUNS=/scratch/runs TEST_EXTRA="test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] \
 #       test.flip=true" scripts/voc2012/table.sh
 #
