@@ -66,6 +66,7 @@ def test_mutual_resume_is_bitwise_and_the_peers_load_in_test_py_and_as_teachers(
     assert r.returncode == 2 and "is a whole mutual-learning run" in r.stderr and "\n" not in r.stderr.strip()
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun"))
                     and shutil.which("torchrun") is None, reason="torchrun not installed")
 def test_torchrun_keeps_every_peer_identical_across_processes(tiny_data, tmp_path):
@@ -82,6 +83,7 @@ def test_torchrun_keeps_every_peer_identical_across_processes(tiny_data, tmp_pat
     assert sorted(os.listdir(run_dir / "peer1" / "model")) == ["final.pth"]
 
 
+@pytest.mark.long
 def test_chain_through_the_table_script(tiny_data, tmp_path):
     """SCALE=tiny ROWS=pspnet18_kd CHAIN="50 34 18": the teacher, the direct R50 -> R18 student, the R34 assistant
     and the R18 student distilled from it, in that order; the table has the chain's rows."""
