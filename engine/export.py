@@ -9,12 +9,12 @@ is then not resized).
 
 TorchScript is a trace (``torch.jit.trace``: the network has no data-dependent control flow, and the sizes of
 the PPM's and the final upsampling are traced as sizes, so height and width stay dynamic). ONNX uses
-``torch.onnx.export(..., dynamo=False)``, the TorchScript-based exporter, which needs neither onnxscript nor
-onnx; it cannot export ``adaptive_avg_pool2d`` (the PPM's 2, 3 and 6 bins) on dynamic sizes, so the exported
-copy pools with :class:`MatrixAdaptiveAvgPool2d`, the same averages as two matrix products built from the
-input's size. (The dynamo exporter, with onnxscript installed, exported a graph whose pooling was fixed to the
-example's size: equal to eager at that size, wrong by 2.5 at 65×49. The check below runs a second size for
-that reason.)
+``torch.onnx.export(..., dynamo=False)``, the TorchScript-based exporter, which needs the onnx package but not
+onnxscript (the dynamo exporter's); it cannot export ``adaptive_avg_pool2d`` (the PPM's 2, 3 and 6 bins) on
+dynamic sizes, so the exported copy pools with :class:`MatrixAdaptiveAvgPool2d`, the same averages as two
+matrix products built from the input's size. (The dynamo exporter, with onnxscript installed, exported a graph
+whose pooling was fixed to the example's size: equal to eager at that size, wrong by 2.5 at 65×49. The check
+runs a second size for that reason.)
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ def load_exported(path: str, fmt: str, threads: int = 0):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise SegKDError("onnxruntime is not installed: pip install -r requirements-dev.txt (it checks and times "
-                         "the ONNX export; exporting itself does not need it)") from None
+        raise SegKDError("onnxruntime is not installed: it runs the ONNX file (pip install onnxruntime, or "
+                         "-r requirements-dev.txt)") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

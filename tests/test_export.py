@@ -4,6 +4,7 @@ network is evaluation's (its argmax is engine.inference.predict's whole-image cl
 to overwrite and writes nothing when the check fails."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -139,3 +140,11 @@ def test_cli_bad_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {bad}") and "\n" not in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_without_onnxruntime_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    ckpt = tiny_checkpoint(str(tmp_path / "final.pth"))
+    assert export_cli.main(["--checkpoint", ckpt, "--format", "onnx", str(tmp_path / "x.onnx")]) == 2
+    assert "error: onnxruntime is not installed" in capsys.readouterr().err
+    assert set(os.listdir(tmp_path)) == {"final.pth"}

@@ -11,8 +11,8 @@ NOT normalised (ImageNet's mean and std are inside the graph); output ``logits``
 The check runs on every export: the written file (TorchScript through ``torch.jit.load``, ONNX through ONNX
 Runtime's CPU provider) against the eager network on a fixed seeded input at ``--size`` and at a second size
 whose sides are not multiples of 8; it prints the max abs difference of each and fails above
-``1e-4 + 1e-5 * max |eager logit|`` (``engine.export.tolerance``). ONNX needs onnxruntime for the check
-(requirements-dev.txt), not for exporting.
+``1e-4 + 1e-5 * max |eager logit|`` (``engine.export.tolerance``). ONNX needs onnx (the exporter) and onnxruntime
+(the check), development dependencies (requirements-dev.txt); TorchScript needs neither.
 
 OUT is written only when the check passes (through ``OUT.tmp``) and never replaces a file unless ``--overwrite``.
 Exit status: 0 written; 1 the check failed (OUT not written); 2 bad input (checkpoint, arguments, OUT exists).
@@ -21,6 +21,7 @@ Exit status: 0 written; 1 the check failed (OUT not written); 2 bad input (check
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Optional
@@ -43,17 +44,24 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def need_onnx() -> None:
+    """onnx (torch.onnx.export writes through it) and onnxruntime (the check runs the file) are development
+    dependencies: without them, one line before anything is exported."""
+    for module in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise SegKDError(f"{module} is not installed: the ONNX export needs onnx and onnxruntime "
+                             "(pip install onnx onnxruntime, or -r requirements-dev.txt)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if min(args.size) < 32:
         raise SegKDError(f"--size {args.size[0]} {args.size[1]}: both sides must be at least 32")
     if os.path.exists(args.out) and not args.overwrite:
         raise SegKDError(f"{args.out}: already exists; remove it or pass --overwrite (nothing was written)")
     if args.format == "onnx":
-        try:
-            import onnxruntime  # noqa: F401  (before the export: the check needs it)
-        except ImportError:
-            raise SegKDError("onnxruntime is not installed: the ONNX export's check needs it "
-                             "(pip install -r requirements-dev.txt)") from None
+        need_onnx()
     segmentor, ckpt = model_from_checkpoint(args.checkpoint, None)
     network = InferenceNetwork(segmentor).eval()
     size = tuple(args.size)
