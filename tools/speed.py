@@ -1,8 +1,9 @@
 """Inference speed of the deployed networks: teacher (PSPNet-R50) and student (PSPNet-R18), eager / TorchScript /
 ONNX Runtime, ms per image at batch 1, with params and GFLOPs and a student / teacher row.
 
-    python -m tools.speed                                   # 512x512, 21 classes, median of 20 after 3 warm-ups
+    python -m tools.speed                                   # 512x512, 21 classes, median of 20 after 2 warm-ups
     python -m tools.speed --size 512 --repeats 30 --out speed.json
+    python -m tools.speed --before '/bin/kill -STOP -- -PGID' --after '/bin/kill -CONT -- -PGID'  # others paused
     python -m tools.speed --models student --size 64 --repeats 2 --warmup 0   # smoke test (tests/test_speed_table.py)
 
 Each network is ``engine.export.InferenceNetwork`` (RGB 0..255 in, normalisation, no aux head, logits zoomed to
@@ -11,8 +12,11 @@ checkpoint is needed. TorchScript and ONNX are the files ``tools.export`` writes
 a temporary folder), each checked against eager before it is timed; eager and TorchScript run under
 ``torch.inference_mode``, ONNX Runtime on its CPU provider with ``torch.get_num_threads()`` intra-op threads (the
 machine's threads unless OMP_NUM_THREADS says otherwise). A time is the median of ``--repeats`` single-image
-calls after ``--warmup`` untimed ones, on the same fixed input. bf16 (eager under CPU autocast) is measured only
-when the CPU has bf16 units (``avx512_bf16`` or ``amx_bf16`` in its flags); otherwise the column says why not.
+calls after ``--warmup`` untimed ones, on the same fixed input; ``--before`` and ``--after`` are shell commands
+run right before and after each runtime's timed calls (on a shared machine: pause the other jobs; they run in
+``/bin/sh``, whose ``kill`` builtin may not take ``--``, hence ``/bin/kill``). bf16 (eager
+under CPU autocast) is measured only when the CPU has bf16 units (``avx512_bf16`` or ``amx_bf16`` in its flags);
+otherwise the column says why not.
 GFLOPs are ``engine.flops.gflops`` at the input size (the network without its aux head), params
 ``engine.flops.count_params``.
 """
@@ -20,10 +24,12 @@ GFLOPs are ``engine.flops.gflops`` at the input size (the network without its au
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -100,17 +106,45 @@ def prepare(name: str, classes: int, size: int, folder: str) -> dict:
             "params": count_params(network.segmentor), "gflops": gflops(NETWORKS[name], classes, size)}
 
 
-def time_network(prepared: dict, size: int, warmup: int, repeats: int, bf16: bool) -> dict[str, Optional[float]]:
+def time_network(prepared: dict, size: int, warmup: int, repeats: int, bf16: bool,
+                 quiet: Callable[[], contextlib.AbstractContextManager]) -> dict[str, Optional[float]]:
+    """{runtime: median ms}; each runtime's calls inside ``quiet()`` (the ``--before`` / ``--after`` hooks)."""
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
-    row: dict[str, Optional[float]] = {}
+    calls = dict(prepared["calls"])
+    if bf16:
+        calls["bf16"] = lambda x: _bf16(prepared["network"], x)
+    row: dict[str, Optional[float]] = {"bf16": None}
     with torch.inference_mode():
-        for runtime, call in prepared["calls"].items():
-            row[runtime] = median_ms(lambda call=call: call(x), warmup, repeats)
-        row["bf16"] = None
-        if bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                row["bf16"] = median_ms(lambda: prepared["network"](x), warmup, repeats)
+        for runtime, call in calls.items():
+            with quiet():
+                row[runtime] = median_ms(lambda call=call: call(x), warmup, repeats)
+            log(f"  {runtime}: {row[runtime]:.0f} ms")
     return row
+
+
+def _bf16(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return network(x)
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def hooks(args: argparse.Namespace):
+    """``--before``, then the timed calls, then ``--after`` (also when they fail): shell commands around each
+    runtime's timing, e.g. pausing other jobs on a shared machine; a failing hook is an error."""
+    _hook(args.before, "before")
+    try:
+        yield
+    finally:
+        _hook(args.after, "after")
+
+
+def _hook(command: Optional[str], what: str) -> None:
+    if command and subprocess.run(command, shell=True).returncode != 0:
+        raise SegKDError(f"--{what} {command!r} failed")
 
 
 def format_table(result: dict) -> str:
@@ -147,13 +181,19 @@ def run(args: argparse.Namespace) -> dict:
         raise SegKDError(f"--size {args.size} --repeats {args.repeats} --warmup {args.warmup}: need size >= 32, "
                          "repeats >= 1, warmup >= 0")
     note = bf16_units(cpu_flags())
+    rows, timed_s = {}, 0.0
     with tempfile.TemporaryDirectory() as folder:
-        prepared = {name: prepare(name, args.classes, args.size, folder) for name in args.models}
-        start = time.time()  # the timed part, for whoever quiets the machine around it
-        rows = {name: {"params": p["params"], "gflops": p["gflops"],
-                       "ms": time_network(p, args.size, args.warmup, args.repeats, note is None)}
-                for name, p in prepared.items()}
-        timed_s = time.time() - start
+        prepared = {}
+        for name in args.models:
+            start = time.time()
+            prepared[name] = prepare(name, args.classes, args.size, folder)
+            log(f"{name}: built and exported in {time.time() - start:.0f} s, exports checked against eager")
+        for name, p in prepared.items():
+            log(f"timing {name} ({args.warmup} warm-up + {args.repeats} calls per runtime)")
+            start = time.time()
+            ms = time_network(p, args.size, args.warmup, args.repeats, note is None, lambda: hooks(args))
+            timed_s += time.time() - start
+            rows[name] = {"params": p["params"], "gflops": p["gflops"], "ms": ms}
     import onnxruntime
 
     return {"rows": rows, "bf16_note": note, "size": args.size, "classes": args.classes, "batch": 1,
@@ -169,9 +209,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=512, help="square input side")
     p.add_argument("--classes", type=int, default=21, help="output classes (VOC: 21)")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per runtime; the median is reported")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     p.add_argument("--models", type=lambda s: s.split(","), default=list(NETWORKS), help="teacher,student")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--before", default=None, help="shell command run right before each runtime is timed")
+    p.add_argument("--after", default=None, help="shell command run right after (also when timing fails)")
     return p.parse_args(argv)
 
 
