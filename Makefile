@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast test-long lint demo clean-demo
+.PHONY: venv test test-fast test-long lint demo deploy
 
 # Create the virtual environment once and (re)install when the requirements change. requirements-dev.txt
 # is requirements.txt plus what the tests and `make lint` use (scipy, ruff).
@@ -39,3 +39,21 @@ lint: $(STAMP)
 # figure.
 demo: $(STAMP)
 	SCALE=demo PYTHON=$(abspath $(PY)) bash scripts/synthetic/table.sh
+
+# The C++ (libtorch) predictor of deploy/cpp/README.md, compiled against the libtorch inside the pip torch wheel
+# (CMake's find_package(Torch) stops on a CUDA wheel without the CUDA toolkit, so no CMake). Images: Debian's
+# libstb-dev (stb_image, stb_image_write), or STB_INCLUDE=<folder with stb_image.h and stb_image_write.h>.
+STB_INCLUDE ?= /usr/include/stb
+DEPLOY_BIN ?= deploy/cpp/build/segkd_predict
+CXX ?= g++
+
+deploy: $(STAMP)
+	@test -f $(STB_INCLUDE)/stb_image.h -a -f $(STB_INCLUDE)/stb_image_write.h || \
+		{ echo "error: stb_image.h/stb_image_write.h not in $(STB_INCLUDE): apt-get install libstb-dev or set STB_INCLUDE" >&2; exit 2; }
+	@mkdir -p $(dir $(DEPLOY_BIN))
+	TORCH=$$($(PY) -c "import os, torch; print(os.path.dirname(torch.__file__))") && \
+	ABI=$$($(PY) -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))") && \
+	$(CXX) -std=c++20 -O2 -D_GLIBCXX_USE_CXX11_ABI=$$ABI deploy/cpp/segkd_predict.cpp -o $(DEPLOY_BIN) \
+		-isystem $$TORCH/include -isystem $$TORCH/include/torch/csrc/api/include -isystem $(STB_INCLUDE) \
+		-L$$TORCH/lib -Wl,-rpath,$$TORCH/lib -ltorch -ltorch_cpu -lc10
+	@echo "built $(DEPLOY_BIN)"

@@ -106,11 +106,14 @@ def check_segkd(ckpt: dict[str, Any], path: str, role: str) -> None:
                          f"peer's checkpoint, e.g. {peer0}")
 
 
-def model_from_checkpoint(path: str, classes: int, role: str = "checkpoint") -> tuple[Segmentor, dict[str, Any]]:
-    """Rebuild the network a checkpoint was trained as (no ImageNet weights needed) and load it strictly."""
+def model_from_checkpoint(
+    path: str, classes: Optional[int], role: str = "checkpoint",
+) -> tuple[Segmentor, dict[str, Any]]:
+    """Rebuild the network a checkpoint was trained as (no ImageNet weights needed) and load it strictly;
+    ``classes`` must match the checkpoint's (None: take the checkpoint's own, as ``tools.export`` does)."""
     ckpt = load_checkpoint(path)
     check_segkd(ckpt, path, role)
-    return _rebuild(ckpt, path, classes, role), ckpt
+    return _rebuild(ckpt, path, ckpt["classes"] if classes is None else classes, role), ckpt
 
 
 def _rebuild(ckpt: dict[str, Any], path: str, classes: int, role: str) -> Segmentor:
