@@ -238,7 +238,7 @@ segkd_table() {
         echo "table $ds: runs in $root, seeds $SEEDS (teacher seed $TEACHER_SEED), eval/$EVAL, NPROC=$NPROC"
     fi
     segkd_check_chain "$layers"
-    if [ -n "${CHAIN//[[:space:]]/}" ]; then chain=2; echo "chain R$layers -> R34 -> R18 for every seed"; fi
+    if [ -n "${CHAIN:-}" ] && [ -n "${CHAIN//[[:space:]]/}" ]; then chain=2; echo "chain R$layers -> R34 -> R18 for every seed"; fi
     total=$((1 + n_seeds * (n_rows + chain)))
     STUDENT_SECONDS=0 STUDENTS_TIMED=0 STUDENTS_LEFT=$((n_seeds * (n_rows + chain)))
     segkd_progress $k $total pspnet50_teacher

@@ -133,7 +133,7 @@ def test_tiny_table_from_an_imported_teacher(tmp_path):
     assert f"teacher TEACHER={teacher}, R50" in r.stdout and "[test] pspnet50_teacher" in r.stdout
     assert json.loads(metrics(tmp_path, "pspnet50_teacher").read_text())["checkpoint"] == str(adopted)
     resolved = yaml.safe_load((run_dir(tmp_path, "pspnet18_kd") / "config.yaml").read_text())
-    assert resolved["teacher"] == {"layers": 50, "checkpoint": str(adopted)}
+    assert (resolved["teacher"]["layers"], resolved["teacher"]["checkpoint"]) == (50, str(adopted))
     assert "| Teacher DeepLabV3-R50" in (tmp_path / "runs" / "synthetic" / "table.md").read_text()
 
     other = fabricate_teacher(str(tmp_path / "imported" / "other.pth"), layers=18)
