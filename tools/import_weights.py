@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from model.build import build_network, describe_checkpoint, model_from_checkpoint
-from util.checkpoint import _load_error, save_checkpoint
+from util.checkpoint import read_torch_file, save_checkpoint
 from util.errors import SegKDError
 
 # layer3's block count and the block type give the depth (ResNet-152's 36 blocks: no segkd builder).
@@ -123,10 +123,7 @@ def read_source(path: str, fmt: Format) -> dict[str, Tensor]:
     the format's prefix stripped (if every key has it)."""
     if not os.path.isfile(path):
         raise SegKDError(f"{path}: file not found (SRC)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors all mean "not a checkpoint"
-        raise SegKDError(f"{path}: not a readable PyTorch checkpoint ({_load_error(e)})") from None
+    obj = read_torch_file(path)
     if isinstance(obj, Mapping):
         for key in fmt.wrappers:
             if isinstance(obj.get(key), Mapping):

@@ -69,13 +69,18 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     a checkpoint can never run code. A missing file or one that is not a checkpoint is a SegKDError."""
     if not os.path.isfile(path):
         raise SegKDError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip, EOF and torch errors all mean "not a checkpoint"
-        raise SegKDError(f"{path}: not a readable PyTorch checkpoint ({_load_error(e)})") from None
+    ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
         raise SegKDError(f"{path}: not a segkd checkpoint (expected a dict with a 'model' state dict)")
     return ckpt
+
+
+def read_torch_file(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is one SegKDError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip, EOF and torch errors all mean "not a checkpoint"
+        raise SegKDError(f"{path}: not a readable PyTorch checkpoint ({_load_error(e)})") from None
 
 
 def _load_error(e: Exception) -> str:
