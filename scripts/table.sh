@@ -6,6 +6,10 @@
 SEGKD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STUDENT_ROWS="pspnet18_baseline pspnet18_kd pspnet18_kd_aux_kl pspnet18_kd_aux_smoothl1"
 MUTUAL_ROWS="dml_pspnet18_pspnet18 dml_pspnet50_pspnet18"  # ROWS may name them (no teacher); not run by default
+# The other distilled rows ROWS may name (configs in config/synthetic_cpu and config/voc2012): the aux-head losses
+# beyond the seed's, then one registered method of distill.terms each next to logit KD.
+METHOD_ROWS="pspnet18_kd_aux_cwd pspnet18_kd_aux_dist pspnet18_kd_aux_kl_std pspnet18_kd_dkd pspnet18_kd_fitnet
+    pspnet18_kd_at pspnet18_kd_skd pspnet18_kd_ifvd pspnet18_kd_cirkd"
 CHAIN_ASSISTANT=pspnet34_kd CHAIN_STUDENT=pspnet18_kd_ta     # CHAIN="<teacher depth> 34 18": their configs
 CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the demo configs say 150)
 
@@ -18,20 +22,25 @@ segkd_die() { echo "error: $*" >&2; exit 1; }
 #   full: the VOC-sized tier with the configs of config/synthetic as written (321 crop, 30 epochs): a GPU table.
 #   demo: `make demo`, the CPU tier (96 px scenes, config/synthetic_cpu), 3 seeds; measured in docs/TABLES.md.
 #   cpu-long: the same tier and recipe with 5 seeds and students trained 400 iterations (about an hour).
+#   cpu-paired: the demo's recipe (students 150 iterations) over 10 seeds with every row and the chain: the
+#     instrument of docs/TABLES.md (about 22 min per seed on a 2-vCPU VM; runs can span sessions).
 #   tiny: seconds per run, for tests/test_table_script.py; the numbers mean nothing.
 # The CPU presets share the teacher's logits between the distilled rows of a seed (distill.teacher_cache).
 segkd_synthetic_preset() {
     PRESET_EXTRA="" PRESET_TEACHER_EXTRA="" PRESET_STUDENT_EXTRA="" PRESET_TEST_EXTRA=""
-    PRESET_CFGDIR=config/synthetic PRESET_TEACHER_CACHE=0
+    PRESET_CFGDIR=config/synthetic PRESET_TEACHER_CACHE=0 PRESET_ROWS=$STUDENT_ROWS PRESET_CHAIN=""
     case "${SCALE:-full}" in
         full)
             PRESET_GEN="--train 1464 --val 300 --classes 21 --seed 0" PRESET_SEEDS="1 2 3"
             PRESET_DATA=datasets/synthetic PRESET_RUNS=runs ;;
-        demo | cpu-long)
+        demo | cpu-long | cpu-paired)
             PRESET_GEN="--preset cpu --train 2000 --val 300 --seed 0" PRESET_DATA=datasets/synthetic_cpu
             PRESET_CFGDIR=config/synthetic_cpu PRESET_TEACHER_CACHE=1
             if [ "$SCALE" = demo ]; then
                 PRESET_SEEDS="1 2 3" PRESET_RUNS=runs/demo
+            elif [ "$SCALE" = cpu-paired ]; then
+                PRESET_SEEDS="1 2 3 4 5 6 7 8 9 10" PRESET_RUNS=runs/cpu-paired PRESET_CHAIN="50 34 18"
+                PRESET_ROWS=$(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS)
             else
                 PRESET_SEEDS="1 2 3 4 5" PRESET_RUNS=runs/cpu-long PRESET_STUDENT_EXTRA="train.iters=$CPU_LONG_ITERS"
             fi ;;
@@ -40,7 +49,7 @@ segkd_synthetic_preset() {
             PRESET_DATA=datasets/synthetic_tiny PRESET_RUNS=runs/tiny
             PRESET_EXTRA="train.iters=2 train.batch_size=2 train.crop_size=65 train.workers=0 train.log_every=1
                 test.base_size=80 test.crop_size=65" ;;
-        *) segkd_die "SCALE=$SCALE: expected full, demo, cpu-long or tiny" ;;
+        *) segkd_die "SCALE=$SCALE: expected full, demo, cpu-long, cpu-paired or tiny" ;;
     esac
 }
 
@@ -54,7 +63,8 @@ segkd_setup() {
     SEEDS=${SEEDS:-${PRESET_SEEDS:-1 2 3}}
     TEACHER_SEED=${TEACHER_SEED:-1}
     if [ -n "${TEACHER:-}" ]; then TEACHER=$(segkd_abspath "$TEACHER"); fi
-    ROWS=${ROWS:-$STUDENT_ROWS}
+    ROWS=${ROWS:-${PRESET_ROWS:-$STUDENT_ROWS}}
+    CHAIN=${CHAIN-${PRESET_CHAIN:-}}  # set and empty: no chain, whatever the preset says
     if [ -z "${NPROC:-}" ]; then
         NPROC=0
         if command -v nvidia-smi >/dev/null 2>&1; then NPROC=$(nvidia-smi -L 2>/dev/null | wc -l); fi
@@ -224,8 +234,9 @@ segkd_table() {
     local n_seeds n_rows total
     n_seeds=$(wc -w <<< "$SEEDS") n_rows=$(wc -w <<< "$ROWS")
     for row in $ROWS; do
-        case " $STUDENT_ROWS $MUTUAL_ROWS " in *" $row "*) ;;
-            *) segkd_die "ROWS: $row is not one of: $STUDENT_ROWS $MUTUAL_ROWS" ;; esac
+        case " $(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS) " in *" $row "*) ;;
+            *) segkd_die "ROWS: $row is not one of: $(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS)" ;; esac
+        [ -f "$cfgdir/$row.yaml" ] || segkd_die "ROWS: $row has no config $cfgdir/$row.yaml"
     done
     EVAL=$(segkd_probe "$cfgdir/pspnet50_teacher.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1
     EVAL=${EVAL% *}
