@@ -102,6 +102,7 @@ def run(cfg: Config, info: DistInfo) -> dict:
         "checkpoint_relative": os.path.relpath(os.path.abspath(ckpt_path), os.path.abspath(out_dir)),
         "iteration": ckpt.get("iteration"),
         "mode": ckpt.get("mode"), "layers": ckpt["layers"], "classes": ckpt["classes"], **arch_of(ckpt),
+        "trained_on": ckpt.get("machine"),  # train.py's util.machine.machine(); None for older checkpoints
         "imported": ckpt.get("imported"),  # tools.import_weights: the published file's format, path, sha256
         "list": list_file, "images": len(read_list(cfg.data.root, list_file)),
         "protocol": protocol(cfg), "params": count_params(model),

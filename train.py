@@ -32,6 +32,7 @@ from engine.trainer import Trainer
 from model.build import run_meta
 from util.config import Config, check_training
 from util.distributed import DistInfo, barrier
+from util.machine import machine
 
 
 def run(cfg: Config, info: DistInfo) -> int:
@@ -47,7 +48,8 @@ def run(cfg: Config, info: DistInfo) -> int:
     resume, state = agreed_resume(cfg, info)
     log = RunLog(cfg.output.dir, cfg) if info.is_main else None
     barrier()
-    meta = run_meta(cfg, distiller.teacher is not None)
+    # the machine goes into every checkpoint: CPUs differ in their arithmetic, a paired table names each seed's CPU
+    meta = {**run_meta(cfg, distiller.teacher is not None), "machine": machine(info.device)}
     trainer = Trainer(cfg, info, distiller, optimizer, loader, sampler, log, meta)
     if state is not None:
         trainer.restore(state, resume)

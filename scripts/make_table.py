@@ -53,6 +53,7 @@ from table_stats import (  # noqa: E402
 )
 
 from util.errors import SegKDError  # noqa: E402
+from util.machine import machine_label  # noqa: E402
 
 CSV_FIELDS = ["row", "label", "n", "seeds", "mIoU", "mIoU_std", "mAcc", "mAcc_std", "allAcc", "allAcc_std",
               "params_M", "gflops", "gflops_crop_size", "config", "resolved_config", "notes",
@@ -120,6 +121,28 @@ def resolution_line(records: list[dict[str, Any]]) -> Optional[str]:
             "noise at this n.")
 
 
+def machines_line(rows: list[Row]) -> Optional[str]:
+    """Which machine trained each seed's runs (``trained_on`` of metrics.json): CPUs move every run, so a pair is
+    only a pair on one machine. None when no run recorded one."""
+    seeds: dict[str, set[int]] = {}
+    teacher: set[str] = set()
+    for row in rows:
+        for run in row.runs:
+            label = machine_label(run.metrics.get("trained_on"))
+            if row.key == TEACHER_ROW:
+                teacher.add(label)
+            else:
+                seeds.setdefault(label, set()).add(run.seed)
+    if not any(label != "not recorded" for label in set(seeds) | teacher):
+        return None
+    parts = [f"seed{'s' if len(s) > 1 else ''} {' '.join(str(k) for k in sorted(s))}: {label}"
+             for label, s in sorted(seeds.items(), key=lambda item: min(item[1]))]
+    parts += [f"the teacher: {' / '.join(sorted(teacher))}"] if teacher else []
+    mixed = [k for k in {k for s in seeds.values() for k in s} if sum(k in s for s in seeds.values()) > 1]
+    warn = f" Seeds {' '.join(map(str, sorted(mixed)))} mix machines: their pairs compare CPUs." if mixed else ""
+    return "Trained on: " + "; ".join(parts) + "." + warn
+
+
 def markdown(rows: list[Row], records: list[dict[str, Any]], caption: str) -> str:
     lines = ["| row | mIoU | mAcc | allAcc | n seeds | params (M, no aux head) | GFLOPs @ crop (no aux head) | iters "
              "| Δ mIoU vs baseline | pairs | config | notes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -129,7 +152,7 @@ def markdown(rows: list[Row], records: list[dict[str, Any]], caption: str) -> st
         scores = " | ".join(fmt_score(rec[s], rec[s + "_std"]) for s in SCORES)
         lines.append(f"| {row.label} | {scores} | {rec['n']} | {params} | {flops} | {rec['iters'] or '—'} "
                      f"| {fmt_paired(rec)} | {rec['links']} | {rec['notes']} |")
-    footer = resolution_line(records)
+    footer = "\n\n".join(line for line in (resolution_line(records), machines_line(rows)) if line)
     return caption + "\n\n" + "\n".join(lines) + "\n" + (f"\n{footer}\n" if footer else "")
 
 

@@ -41,34 +41,11 @@ from engine.export import InferenceNetwork, export, load_exported, max_differenc
 from engine.flops import count_params, gflops
 from model.pspnet import build_pspnet
 from util.errors import SegKDError
+from util.machine import cpu_flags, cpu_name
 
 NETWORKS = {"teacher": 50, "student": 18}  # name -> ResNet depth (PSPNet, torchvision stem, semseg dilation)
 RUNTIMES = ("eager", "torchscript", "onnxruntime", "bf16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (/proc/cpuinfo, what lscpu prints); empty where there is no such file."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_name() -> str:
-    """lscpu's "Model name" (/proc/cpuinfo's model name), else the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bf16_units(flags: set[str]) -> Optional[str]:
