@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
+from tests.test_make_table import table_stats
 
 SCRIPT = os.path.join(REPO, "scripts", "synthetic", "table.sh")
 ROWS = ["pspnet50_teacher", "pspnet18_baseline", "pspnet18_kd", "pspnet18_kd_aux_kl", "pspnet18_kd_aux_smoothl1"]
@@ -195,3 +196,45 @@ def test_sweep_ablates_the_new_feature_losses(tmp_path, tiny_data, key, values, 
 def baseline_miou(tmp_path):
     path = tmp_path / "runs" / "sweep" / "synthetic_baseline" / "seed1" / "eval" / "ss" / "metrics.json"
     return 100 * json.loads(path.read_text())["mIoU"]
+
+
+def preset(scale, **env):
+    """SEEDS, ROWS and CHAIN as scripts/table.sh's preset and setup resolve them (no run)."""
+    script = (f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset; segkd_setup datasets/x; '
+              'echo "$SEEDS"; echo "$ROWS"; echo "${CHAIN}"')
+    env = {**os.environ, "SCALE": scale, **env}
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    seeds, rows, chain = r.stdout.split("\n")[:3]
+    return seeds.split(), rows.split(), chain
+
+
+@pytest.mark.slow  # bash subprocesses (a fraction of a second each)
+def test_cpu_paired_preset_runs_every_row_over_ten_seeds():
+    from util.config import load_config
+
+    seeds, rows, chain = preset("cpu-paired")
+    assert seeds == [str(k) for k in range(1, 11)] and chain == "50 34 18"
+    labelled = {name: sig for name, _, sig in table_stats.PAPER_ROWS + table_stats.EXTRA_ROWS}
+    chain_rows = {"pspnet34_kd", "pspnet18_kd_ta"}
+    assert set(rows) == set(labelled) - {"pspnet50_teacher"} - chain_rows and len(rows) == len(set(rows))
+    for row in rows + sorted(chain_rows):  # each row's config exists and is the run its table row expects
+        cfg = load_config(os.path.join(REPO, "config", "synthetic_cpu", f"{row}.yaml"))
+        mode = "mutual" if cfg.mutual.peers else "distill" if cfg.teacher.checkpoint else "supervised"
+        feat = cfg.distill.feat_loss if mode == "distill" else None
+        assert (mode, cfg.model.layers, feat) == labelled[row], row
+        assert cfg.train.iters == 150 and cfg.test.crop_size == 97  # the demo's schedule, one window per image
+    assert rows.index("pspnet18_kd") < rows.index("pspnet18_kd_aux_cwd")  # logit KD first: it fills the cache
+    seeds, rows, chain = preset("cpu-paired", CHAIN="", SEEDS="3", ROWS="pspnet18_kd_dkd")
+    assert (seeds, rows, chain) == (["3"], ["pspnet18_kd_dkd"], "")  # the user's variables win, an empty CHAIN too
+    assert preset("demo")[1:] == (ROWS[1:], "")
+
+
+@pytest.mark.slow  # bash subprocesses
+def test_method_rows_need_their_config(tmp_path):
+    r = run_table(tmp_path, ROWS="pspnet18_kd_fitnet")  # SCALE=tiny reads config/synthetic: no method configs
+    missing = "ROWS: pspnet18_kd_fitnet has no config config/synthetic/pspnet18_kd_fitnet.yaml"
+    assert r.returncode != 0 and missing in r.stderr
+    r = run_table(tmp_path, ROWS="pspnet18_kd_bogus")
+    assert r.returncode != 0 and "ROWS: pspnet18_kd_bogus is not one of: pspnet18_baseline" in r.stderr
+    assert not (tmp_path / "runs" / "synthetic").exists()

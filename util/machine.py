@@ -50,7 +50,7 @@ def machine(device: torch.device) -> dict[str, Any]:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"cpu": cpu_name(), "vendor": _cpuinfo_field("vendor_id") or platform.machine(),
             "isa": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count(), "device": dev,
-            "torch": torch.__version__}
+            "torch": str(torch.__version__)}  # a plain str: TorchVersion is refused by weights_only loads
 
 
 def machine_label(meta: dict[str, Any] | None) -> str:

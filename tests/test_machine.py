@@ -1,0 +1,60 @@
+"""util/machine: the machine train.py records in every checkpoint, test.py's ``trained_on``, and the line of
+scripts/make_table.py that names which machine trained each seed."""
+
+import json
+import os
+
+import torch
+
+from tests.test_make_table import make_table, paper_runs, run_main  # noqa: F401  (paper_runs: a fixture)
+from util.machine import ISA_FLAGS, cpu_flags, machine, machine_label
+
+INTEL = {"cpu": "Intel(R) Xeon(R) Processor", "vendor": "GenuineIntel", "isa": ["avx2", "avx512f", "amx_bf16"],
+         "cpus": 2, "device": "cpu", "torch": "2.14.1"}
+AMD = {"cpu": "AMD EPYC 9B14", "vendor": "AuthenticAMD", "isa": ["avx2", "avx512f"], "cpus": 2, "device": "cpu",
+       "torch": "2.14.1"}
+
+
+def test_machine_describes_this_cpu():
+    m = machine(torch.device("cpu"))
+    assert m["device"] == "cpu" and m["torch"] == torch.__version__ and m["cpus"] == os.cpu_count()
+    assert m["isa"] == [f for f in ISA_FLAGS if f in cpu_flags()]  # in ISA_FLAGS' order, only those present
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        assert m["cpu"] in text and m["vendor"] in text
+    json.dumps(m)  # it goes into checkpoints loaded with weights_only=True and into metrics.json: plain values
+
+
+def test_machine_label():
+    assert machine_label(INTEL) == "Intel(R) Xeon(R) Processor (GenuineIntel; avx2 avx512f amx_bf16), 2 CPUs"
+    assert machine_label({**AMD, "isa": []}) == "AMD EPYC 9B14 (AuthenticAMD; no AVX2), 2 CPUs"
+    assert machine_label({**INTEL, "device": "NVIDIA A100"}).endswith("2 CPUs, NVIDIA A100")
+    assert machine_label(None) == "not recorded"
+
+
+def set_machine(root, row, seed, meta):
+    run = root / row if seed is None else root / row / f"seed{seed}"
+    path = run / "eval" / "ss" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["trained_on"] = meta
+    path.write_text(json.dumps(metrics))
+
+
+def test_table_names_the_machine_of_each_seed(paper_runs, capsys):  # noqa: F811
+    code, out, _ = run_main([paper_runs], capsys)
+    assert code == 0 and "Trained on" not in out  # nothing recorded (runs of an older train.py): no line
+    for row, seeds in [("pspnet18_baseline", [1, 2, 3]), ("pspnet18_kd", [1, 2]),
+                       ("pspnet18_kd_aux_smoothl1", [1, 2, 3, 4])]:
+        for seed in seeds:
+            set_machine(paper_runs, row, seed, AMD if seed == 3 else INTEL)
+    set_machine(paper_runs, "pspnet50_teacher", None, INTEL)
+    code, out, _ = run_main([paper_runs], capsys)
+    intel, amd = machine_label(INTEL), machine_label(AMD)
+    assert code == 0
+    assert f"Trained on: seeds 1 2 4: {intel}; seed 3: {amd}; the teacher: {intel}." in out
+    assert "mix machines" not in out
+    set_machine(paper_runs, "pspnet18_kd_aux_smoothl1", 2, AMD)  # seed 2's baseline on Intel, one of its rows on AMD
+    code, out, _ = run_main([paper_runs], capsys)
+    assert "seeds 2 3: " + amd in out and "Seeds 2 mix machines: their pairs compare CPUs." in out
+
