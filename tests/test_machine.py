@@ -15,7 +15,7 @@ AMD = {"cpu": "AMD EPYC 9B14", "vendor": "AuthenticAMD", "isa": ["avx2", "avx512
        "torch": "2.14.1"}
 
 
-def test_machine_describes_this_cpu():
+def test_machine_describes_this_cpu(tmp_path):
     m = machine(torch.device("cpu"))
     assert m["device"] == "cpu" and m["torch"] == torch.__version__ and m["cpus"] == os.cpu_count()
     assert m["isa"] == [f for f in ISA_FLAGS if f in cpu_flags()]  # in ISA_FLAGS' order, only those present
@@ -23,7 +23,10 @@ def test_machine_describes_this_cpu():
         with open("/proc/cpuinfo") as f:
             text = f.read()
         assert m["cpu"] in text and m["vendor"] in text
-    json.dumps(m)  # it goes into checkpoints loaded with weights_only=True and into metrics.json: plain values
+    json.dumps(m)  # it goes into metrics.json and into checkpoints, which are loaded with weights_only=True:
+    path = os.path.join(str(tmp_path), "meta.pth")
+    torch.save({"machine": m}, path)
+    assert torch.load(path, weights_only=True) == {"machine": m}  # (torch.__version__ itself is refused there)
 
 
 def test_machine_label():
