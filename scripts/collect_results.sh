@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Copy a table's per-run metrics.json files (and each run's resolved config.yaml), nothing else, into a folder to
+# commit (e.g. docs/results/...):
+#
+#   scripts/collect_results.sh runs/cpu-paired/synthetic_cpu docs/results/cpu-paired        # eval/ss
+#   EVAL=ss_flip scripts/collect_results.sh RUNS/TABLE DEST
+#
+# Keeps the layout (<row>/seed<k>/eval/<EVAL>/metrics.json, the teacher's <row>/eval/<EVAL>/metrics.json), so
+#   python scripts/make_table.py DEST --config-dir config/synthetic_cpu
+# rebuilds the table without retraining (each metrics.json names its checkpoint relative to itself). Files already
+# in DEST are kept: an identical one is skipped, a different one is an error and nothing is copied, so runs from
+# several sessions or machines add up without one overwriting another.
+set -euo pipefail
+if [ "$#" -ne 2 ]; then
+    echo "usage: $0 RUNS/TABLE DEST   (e.g. runs/cpu-paired/synthetic_cpu docs/results/cpu-paired)" >&2
+    exit 2
+fi
+src=$1 dest=$2 eval=${EVAL:-ss}
+[ -d "$src" ] || { echo "error: $src: not a folder" >&2; exit 1; }
+mapfile -t metrics < <(cd "$src" && find . -path "*/eval/$eval/metrics.json" -not -path "./logs/*" | sort)
+[ "${#metrics[@]}" -gt 0 ] || { echo "error: $src: no */eval/$eval/metrics.json" >&2; exit 1; }
+files=()
+for f in "${metrics[@]}"; do
+    files+=("$f")
+    run=${f%/eval/"$eval"/metrics.json}
+    if [ -f "$src/$run/config.yaml" ]; then files+=("$run/config.yaml"); fi
+done
+new=()
+for f in "${files[@]}"; do
+    if [ -e "$dest/$f" ]; then
+        cmp -s "$src/$f" "$dest/$f" || { echo "error: $dest/${f#./} exists and differs from $src/${f#./};" \
+            "nothing was copied" >&2; exit 1; }
+    else
+        new+=("$f")
+    fi
+done
+mkdir -p "$dest"
+if [ "${#new[@]}" -gt 0 ]; then (cd "$src" && tar -cf - "${new[@]}") | (cd "$dest" && tar -xf -); fi
+echo "$dest: ${#new[@]} new files, $((${#files[@]} - ${#new[@]})) already there (${#metrics[@]} runs' metrics.json" \
+    "and config.yaml)"

@@ -1,0 +1,73 @@
+"""scripts/collect_results.sh: a table's metrics.json files, and only those, copied with their layout; what the
+destination already holds is never overwritten; the copy rebuilds the same table."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_make_table import PAPER, run_main, write_run
+
+SCRIPT = os.path.join(REPO, "scripts", "collect_results.sh")
+
+
+def collect(src, dest, **env):
+    return subprocess.run(["bash", SCRIPT, str(src), str(dest)], capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def make_runs(root, seeds_of=None):
+    for row, (mode, layers, feat, seeds) in PAPER.items():
+        for seed, scores in seeds.items():
+            if seeds_of is not None and seed not in seeds_of and row != "pspnet50_teacher":
+                continue
+            run_dir = root / row if row == "pspnet50_teacher" else root / row / f"seed{seed}"
+            write_run(str(run_dir), scores, seed, mode, layers, feat, iteration=1200 if layers == 50 else 300)
+            (run_dir / "model").mkdir(exist_ok=True)
+            (run_dir / "model" / "final.pth").write_bytes(b"not copied")
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "logs" / "pspnet18_kd_seed1.train.log").write_text("not copied")
+
+
+def unlinked(markdown):
+    """The table without its links' targets (each table links the config files of its own folder)."""
+    return re.sub(r"\]\([^)]*\)", "]", markdown)
+
+
+def files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+@pytest.mark.slow  # bash
+def test_collect_copies_metrics_only_and_rebuilds_the_table(tmp_path, capsys):
+    src, dest = tmp_path / "runs" / "synthetic", tmp_path / "docs" / "results" / "t"
+    make_runs(src, seeds_of={1, 2})
+    r = collect(src, dest)
+    assert r.returncode == 0, r.stderr
+    copied = files(dest)
+    assert copied == sorted(p for p in files(src) if p.endswith(("metrics.json", "config.yaml")))
+    assert "pspnet50_teacher/eval/ss/metrics.json" in copied and f"{dest}: {len(copied)} new" in r.stdout
+    _, from_runs, _ = run_main([src], capsys)
+    _, from_copy, _ = run_main([dest], capsys)
+    assert "[resolved](" in from_copy and unlinked(from_copy) == unlinked(from_runs)  # links: to each one's files
+    make_runs(src)  # a later session adds seeds 3 and 4: only the new files are copied
+    r = collect(src, dest)
+    assert r.returncode == 0 and f"{len(files(dest)) - len(copied)} new files, {len(copied)} already" in r.stdout
+
+
+@pytest.mark.slow  # bash
+def test_collect_never_overwrites(tmp_path):
+    src, dest = tmp_path / "runs", tmp_path / "dest"
+    make_runs(src, seeds_of={1})
+    assert collect(src, dest).returncode == 0
+    kept = dest / "pspnet18_kd" / "seed1" / "eval" / "ss" / "metrics.json"
+    kept.write_text('{"mIoU": 0.1}')
+    make_runs(src)
+    r = collect(src, dest)
+    assert r.returncode == 1 and f"{kept} exists and differs" in r.stderr and "nothing was copied" in r.stderr
+    assert kept.read_text() == '{"mIoU": 0.1}' and not (dest / "pspnet18_kd" / "seed2").exists()
+    assert collect(src, tmp_path / "x", EVAL="ms").returncode == 1  # no eval/ms anywhere: an error, no folder
+    assert not (tmp_path / "x").exists()
+    assert collect(src, tmp_path / "y").returncode == 0 and collect(tmp_path / "none", dest).returncode == 1
