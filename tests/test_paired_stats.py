@@ -39,6 +39,11 @@ def test_paired_interval_by_hand():
     assert ci["low"] == pytest.approx(3 - 1.2992283, abs=1e-6) and ci["excludes_zero"] is True
     ci = ps.paired_interval([-1.0, -1.5, -1.2, -0.9, -1.1])
     assert ci["high"] < 0 and ci["excludes_zero"] is True and ci["above"] == 0
+    # 1..10: mean 5.5, std sqrt(82.5 / 9) = 3.0276504, half-width 2.2621572 x 3.0276504 / sqrt(10) = 2.1658506
+    ci = ps.paired_interval([float(k) for k in range(1, 11)])
+    assert ci["std"] == pytest.approx(3.0276504, abs=1e-6) and ci["above"] == 10
+    half = 2.1658506
+    assert (ci["low"], ci["high"]) == (pytest.approx(5.5 - half, abs=1e-6), pytest.approx(5.5 + half, abs=1e-6))
     one = ps.paired_interval([0.7])
     assert one["mean"] == 0.7 and one["low"] is None and one["excludes_zero"] is None and one["above"] == 1
 
