@@ -135,9 +135,11 @@ def machines_line(rows: list[Row]) -> Optional[str]:
                 seeds.setdefault(label, set()).add(run.seed)
     if not any(label != "not recorded" for label in set(seeds) | teacher):
         return None
-    parts = [f"seed{'s' if len(s) > 1 else ''} {' '.join(str(k) for k in sorted(s))}: {label}"
-             for label, s in sorted(seeds.items(), key=lambda item: min(item[1]))]
-    parts += [f"the teacher: {' / '.join(sorted(teacher))}"] if teacher else []
+    parts = []
+    for label, s in sorted(seeds.items(), key=lambda item: min(item[1])):
+        who = f"seed{'s' if len(s) > 1 else ''} {' '.join(str(k) for k in sorted(s))}"
+        parts.append(f"{who}{' and the teacher' if label in teacher else ''}: {label}")
+    parts += [f"the teacher: {label}" for label in sorted(teacher - set(seeds))]
     mixed = [k for k in {k for s in seeds.values() for k in s} if sum(k in s for s in seeds.values()) > 1]
     warn = f" Seeds {' '.join(map(str, sorted(mixed)))} mix machines: their pairs compare CPUs." if mixed else ""
     return "Trained on: " + "; ".join(parts) + "." + warn
@@ -167,8 +169,8 @@ def caption_for(rows: list[Row], records: list[dict[str, Any]], eval_name: str, 
     if baseline:
         text += (f" Δ mIoU vs baseline: for each seed both have, the row's mIoU minus that of {baseline}, in "
                  "percentage points; mean ± sample std over the pairs (no ± with one pair), unpaired seeds left out; "
-                 "in brackets the 95% Student's t interval of the mean (from 2 pairs), **bold** when it excludes zero; "
-                 "pairs: how many, and how many of them above zero.")
+                 "in brackets the 95% Student's t interval of the mean (rows with 2 or more pairs), **bold** when it "
+                 "excludes zero; pairs: how many, and how many of them above zero.")
     spans = {row.key: rec["iter_span"] for row, rec in zip(rows, records)}
     teacher, students = spans.get(TEACHER_ROW), spans.get(BASELINE_ROW)
     if teacher and students and teacher[0] == teacher[1] and students[0] == students[1] and students[0] > 0:

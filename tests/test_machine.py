@@ -55,7 +55,10 @@ def test_table_names_the_machine_of_each_seed(paper_runs, capsys):  # noqa: F811
     code, out, _ = run_main([paper_runs], capsys)
     intel, amd = machine_label(INTEL), machine_label(AMD)
     assert code == 0
-    assert f"Trained on: seeds 1 2 4: {intel}; seed 3: {amd}; the teacher: {intel}." in out
+    assert f"Trained on: seeds 1 2 4 and the teacher: {intel}; seed 3: {amd}." in out
+    set_machine(paper_runs, "pspnet50_teacher", None, {**INTEL, "cpus": 4})
+    code, out, _ = run_main([paper_runs], capsys)
+    assert f"Trained on: seeds 1 2 4: {intel}; seed 3: {amd}; the teacher: {intel.replace('2 CPUs', '4 CPUs')}." in out
     assert "mix machines" not in out
     set_machine(paper_runs, "pspnet18_kd_aux_smoothl1", 2, AMD)  # seed 2's baseline on Intel, one of its rows on AMD
     code, out, _ = run_main([paper_runs], capsys)
