@@ -4,6 +4,7 @@
 #
 #   scripts/collect_results.sh runs/cpu-paired/synthetic_cpu docs/results/cpu-paired        # eval/ss
 #   EVAL=ss_flip scripts/collect_results.sh RUNS/TABLE DEST
+#   SEEDS="1 2 3" scripts/collect_results.sh RUNS/TABLE DEST     # only these seeds' runs (and the teacher's)
 #
 # Keeps the layout (<row>/seed<k>/eval/<EVAL>/metrics.json, the teacher's <row>/eval/<EVAL>/metrics.json), so
 #   python scripts/make_table.py DEST --config-dir config/synthetic_cpu
@@ -21,6 +22,9 @@ mapfile -t metrics < <(cd "$src" && find . -path "*/eval/$eval/metrics.json" -no
 [ "${#metrics[@]}" -gt 0 ] || { echo "error: $src: no */eval/$eval/metrics.json" >&2; exit 1; }
 files=()
 for f in "${metrics[@]}"; do
+    if [ -n "${SEEDS:-}" ] && [[ "$f" =~ /seed([0-9]+)/eval/ ]] && [[ " $SEEDS " != *" ${BASH_REMATCH[1]} "* ]]; then
+        continue
+    fi
     files+=("$f")
     run=${f%/eval/"$eval"/metrics.json}
     if [ -f "$src/$run/config.yaml" ]; then files+=("$run/config.yaml"); fi
@@ -36,5 +40,4 @@ for f in "${files[@]}"; do
 done
 mkdir -p "$dest"
 if [ "${#new[@]}" -gt 0 ]; then (cd "$src" && tar -cf - "${new[@]}") | (cd "$dest" && tar -xf -); fi
-echo "$dest: ${#new[@]} new files, $((${#files[@]} - ${#new[@]})) already there (${#metrics[@]} runs' metrics.json" \
-    "and config.yaml)"
+echo "$dest: ${#new[@]} new files, $((${#files[@]} - ${#new[@]})) already there (the runs' metrics.json and config.yaml)"
