@@ -27,14 +27,9 @@ PAPER_ROWS = [
     ("pspnet18_kd_aux_kl", "R18 + logit KD + aux KL", ("distill", 18, "kl")),
     ("pspnet18_kd_aux_smoothl1", "R18 + logit KD + aux SmoothL1", ("distill", 18, "smoothl1")),
 ]
-# Rows beyond the paper's that the table scripts train (CHAIN="50 34 18", ROWS=dml_... or a method row, e.g.
-# SCALE=cpu-paired): labelled and checked as
-# those are, shown after them in this order when they have runs.
+# Rows beyond the paper's that the table scripts train (a method row in ROWS, CHAIN="50 34 18", ROWS=dml_...; all
+# of them in SCALE=cpu-paired): labelled and checked as those are, shown after them in this order when they have runs.
 EXTRA_ROWS = [
-    ("pspnet34_kd", "Assistant PSPNet-R34 + logit KD (R50 -> R34)", ("distill", 34, "none")),
-    ("pspnet18_kd_ta", "R18 + logit KD from the R34 assistant (R50 -> R34 -> R18)", ("distill", 18, "none")),
-    ("dml_pspnet18_pspnet18", "R18 + mutual learning with an R18 peer", ("mutual", 18, None)),
-    ("dml_pspnet50_pspnet18", "R18 + mutual learning with an R50 peer", ("mutual", 18, None)),
     ("pspnet18_kd_aux_cwd", "R18 + logit KD + aux CWD", ("distill", 18, "cwd")),
     ("pspnet18_kd_aux_dist", "R18 + logit KD + aux DIST", ("distill", 18, "dist")),
     ("pspnet18_kd_aux_kl_std", "R18 + logit KD + aux kl_std", ("distill", 18, "kl_std")),
@@ -44,6 +39,10 @@ EXTRA_ROWS = [
     ("pspnet18_kd_skd", "R18 + logit KD + SKD (pairwise)", ("distill", 18, "none")),
     ("pspnet18_kd_ifvd", "R18 + logit KD + IFVD", ("distill", 18, "none")),
     ("pspnet18_kd_cirkd", "R18 + logit KD + CIRKD", ("distill", 18, "none")),
+    ("pspnet34_kd", "Assistant PSPNet-R34 + logit KD (R50 -> R34)", ("distill", 34, "none")),
+    ("pspnet18_kd_ta", "R18 + logit KD from the R34 assistant (R50 -> R34 -> R18)", ("distill", 18, "none")),
+    ("dml_pspnet18_pspnet18", "R18 + mutual learning with an R18 peer", ("mutual", 18, None)),
+    ("dml_pspnet50_pspnet18", "R18 + mutual learning with an R50 peer", ("mutual", 18, None)),
 ]
 # A row also paired, seed by seed, with another row (in its notes): the chained student with the direct R50 -> R18.
 ALSO_PAIRED = {"pspnet18_kd_ta": "pspnet18_kd"}
