@@ -1,0 +1,64 @@
+"""The committed results of the instrument (docs/results/cpu-paired): the table rebuilt from its metrics.json files
+equals the table committed beside them, which the runs printed; every seed has every row, each seed's runs come
+from one machine, and every run is the tier's recipe."""
+
+import json
+import os
+import re
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_collect_results import unlinked
+from tests.test_make_table import run_main, table_stats
+
+RESULTS = os.path.join(REPO, "docs", "results", "cpu-paired")
+CHAIN_ROWS = ["pspnet34_kd", "pspnet18_kd_ta"]
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(RESULTS, "table.md")),
+                                reason="no committed instrument results")
+
+
+def runs():
+    """{row: {seed: metrics}} of the committed folder (the teacher under seed None)."""
+    out = {}
+    for row in sorted(os.listdir(RESULTS)):
+        base = os.path.join(RESULTS, row)
+        if not os.path.isdir(base):
+            continue
+        if row == "pspnet50_teacher":
+            with open(os.path.join(base, "eval", "ss", "metrics.json")) as f:
+                out[row] = {None: json.load(f)}
+            continue
+        for seed_dir in sorted(os.listdir(base)):
+            with open(os.path.join(base, seed_dir, "eval", "ss", "metrics.json")) as f:
+                out.setdefault(row, {})[int(seed_dir[len("seed"):])] = json.load(f)
+    return out
+
+
+def test_rebuilt_table_equals_the_committed_one(tmp_path, capsys):
+    code, text, err = run_main([RESULTS, "--config-dir", os.path.join(REPO, "config", "synthetic_cpu")], capsys)
+    assert code == 0, err
+    with open(os.path.join(RESULTS, "table.md")) as f:
+        committed = f.read()
+    assert unlinked(text) == unlinked(committed)
+    assert "Resolution: pooled paired std" in text and "Trained on: " in text and "mix machines" not in text
+
+
+def test_every_seed_has_every_row_from_one_machine():
+    found = runs()
+    rows = {name for name, _, _ in table_stats.PAPER_ROWS + table_stats.EXTRA_ROWS} - {"pspnet50_teacher"}
+    assert set(found) == rows | {"pspnet50_teacher"}
+    seeds = set(found["pspnet18_baseline"])
+    assert len(seeds) >= 2
+    teacher = found["pspnet50_teacher"][None]
+    assert teacher["iteration"] == 500 and teacher["trained_on"] is not None
+    for row in rows:
+        assert set(found[row]) == seeds, row
+        for seed, m in found[row].items():
+            machine = found["pspnet18_baseline"][seed]["trained_on"]
+            assert m["trained_on"] == machine, (row, seed)  # a seed's runs: one machine
+            assert m["iteration"] == 150 and m["protocol"]["crop_size"] == 97 and m["images"] == 300, (row, seed)
+            assert m["config"]["train"]["seed"] == seed
+            if row in CHAIN_ROWS[1:]:  # the chained student's teacher is its own seed's assistant
+                assert re.search(rf"pspnet34_kd/seed{seed}/model/final.pth$", m["config"]["teacher"]["checkpoint"])
