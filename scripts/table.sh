@@ -23,7 +23,7 @@ segkd_die() { echo "error: $*" >&2; exit 1; }
 #   demo: `make demo`, the CPU tier (96 px scenes, config/synthetic_cpu), 3 seeds; measured in docs/TABLES.md.
 #   cpu-long: the same tier and recipe with 5 seeds and students trained 400 iterations (about an hour).
 #   cpu-paired: the demo's recipe (students 150 iterations) over 10 seeds with every row and the chain: the
-#     instrument of docs/TABLES.md (about 22 min per seed on a 2-vCPU VM; runs can span sessions).
+#     instrument of docs/TABLES.md (about 26 min per seed on a 2-vCPU VM; runs can span sessions).
 #   tiny: seconds per run, for tests/test_table_script.py; the numbers mean nothing.
 # The CPU presets share the teacher's logits between the distilled rows of a seed (distill.teacher_cache).
 segkd_synthetic_preset() {

@@ -4,7 +4,7 @@
 #   scripts/synthetic/table.sh                      # full scale (the configs as written): a GPU job
 #   SCALE=demo scripts/synthetic/table.sh           # what `make demo` runs: the CPU tier, 3 seeds, 2 CPU cores
 #   SCALE=cpu-long scripts/synthetic/table.sh       # the same tier, 5 seeds, students 400 iterations (~1 h)
-#   SCALE=cpu-paired scripts/synthetic/table.sh     # the demo's recipe, every row and the chain, 10 seeds (~22 min a seed)
+#   SCALE=cpu-paired scripts/synthetic/table.sh     # demo recipe, every row and the chain, 10 seeds (~26 min each)
 #   SEEDS="1 2" EXTRA="train.epochs=10" NPROC=4 scripts/synthetic/table.sh
 #   CHAIN="50 34 18" ROWS="pspnet18_baseline pspnet18_kd" scripts/synthetic/table.sh  # + an R34 assistant, R18 from it
 #   ROWS="pspnet18_baseline dml_pspnet18_pspnet18 dml_pspnet50_pspnet18" scripts/synthetic/table.sh  # mutual
