@@ -233,9 +233,10 @@ segkd_table() {
     local common=(${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
     local n_seeds n_rows total
     n_seeds=$(wc -w <<< "$SEEDS") n_rows=$(wc -w <<< "$ROWS")
+    local known
+    known=$(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS)  # one line, one space apart
     for row in $ROWS; do
-        case " $(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS) " in *" $row "*) ;;
-            *) segkd_die "ROWS: $row is not one of: $(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS)" ;; esac
+        case " $known " in *" $row "*) ;; *) segkd_die "ROWS: $row is not one of: $known" ;; esac
         [ -f "$cfgdir/$row.yaml" ] || segkd_die "ROWS: $row has no config $cfgdir/$row.yaml"
     done
     EVAL=$(segkd_probe "$cfgdir/pspnet50_teacher.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1

@@ -36,7 +36,7 @@ def runs():
     return out
 
 
-def test_rebuilt_table_equals_the_committed_one(tmp_path, capsys):
+def test_rebuilt_table_equals_the_committed_one(capsys):
     code, text, err = run_main([RESULTS, "--config-dir", os.path.join(REPO, "config", "synthetic_cpu")], capsys)
     assert code == 0, err
     with open(os.path.join(RESULTS, "table.md")) as f:
