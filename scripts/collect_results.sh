@@ -2,7 +2,7 @@
 # Copy a table's per-run metrics.json files (and each run's resolved config.yaml), nothing else, into a folder to
 # commit (e.g. docs/results/...):
 #
-#   scripts/collect_results.sh runs/cpu-paired/synthetic_cpu docs/results/cpu-paired        # eval/ss
+#   scripts/collect_results.sh runs/cpu-paired/synthetic_cpu docs/results/cpu-paired/amd-epyc   # eval/ss
 #   EVAL=ss_flip scripts/collect_results.sh RUNS/TABLE DEST
 #   SEEDS="1 2 3" scripts/collect_results.sh RUNS/TABLE DEST     # only these seeds' runs (and the teacher's)
 #
@@ -10,10 +10,13 @@
 #   python scripts/make_table.py DEST --config-dir config/synthetic_cpu
 # rebuilds the table without retraining (each metrics.json names its checkpoint relative to itself). Files already
 # in DEST are kept: an identical one is skipped, a different one is an error and nothing is copied, so runs from
-# several sessions or machines add up without one overwriting another.
+# several sessions add up without one overwriting another. A run whose metrics.json differs only in absolute paths
+# (the teacher retrained by a new session on the same kind of machine: the same scores, machine and config) keeps
+# DEST's files and is named. One DEST per machine (docs/results/cpu-paired/intel-xeon-amx, .../amd-epyc): each has
+# its own teacher, and make_table.py over their parent pairs every seed with its own machine's runs.
 set -euo pipefail
 if [ "$#" -ne 2 ]; then
-    echo "usage: $0 RUNS/TABLE DEST   (e.g. runs/cpu-paired/synthetic_cpu docs/results/cpu-paired)" >&2
+    echo "usage: $0 RUNS/TABLE DEST   (e.g. runs/cpu-paired/synthetic_cpu docs/results/cpu-paired/amd-epyc)" >&2
     exit 2
 fi
 src=$1 dest=$2 eval=${EVAL:-ss}
@@ -29,11 +32,34 @@ for f in "${metrics[@]}"; do
     run=${f%/eval/"$eval"/metrics.json}
     if [ -f "$src/$run/config.yaml" ]; then files+=("$run/config.yaml"); fi
 done
-new=()
+# A.json B.json: exit 0 when two metrics.json are one run's scores written from other folders: equal but for the
+# absolute paths (the checkpoint's, the data root's, output.dir...), as a teacher retrained on the same kind of
+# machine in a new session is (CPU training is deterministic there).
+same_scores() {
+    "${PYTHON:-python3}" - "$1" "$2" <<'EOF'
+import json, sys
+def norm(x):
+    if isinstance(x, dict):
+        return {k: norm(v) for k, v in x.items() if k != "checkpoint"}
+    if isinstance(x, list):
+        return [norm(v) for v in x]
+    return "<path>" if isinstance(x, str) and x.startswith("/") else x
+a, b = (json.load(open(p, encoding="utf-8")) for p in sys.argv[1:])
+sys.exit(0 if norm(a) == norm(b) and a.get("trained_on") is not None else 1)
+EOF
+}
+new=() kept=()
 for f in "${files[@]}"; do
     if [ -e "$dest/$f" ]; then
-        cmp -s "$src/$f" "$dest/$f" || { echo "error: $dest/${f#./} exists and differs from $src/${f#./};" \
-            "nothing was copied" >&2; exit 1; }
+        cmp -s "$src/$f" "$dest/$f" && continue
+        run=${f%/eval/"$eval"/metrics.json}
+        if [ "$run" != "$f" ] && same_scores "$src/$f" "$dest/$f"; then
+            kept+=("$run")
+            continue
+        fi
+        if [ "${f##*/}" = config.yaml ] && [[ " ${kept[*]-} " == *" ${f%/config.yaml} "* ]]; then continue; fi
+        echo "error: $dest/${f#./} exists and differs from $src/${f#./}; nothing was copied" >&2
+        exit 1
     else
         new+=("$f")
     fi
@@ -41,3 +67,6 @@ done
 mkdir -p "$dest"
 if [ "${#new[@]}" -gt 0 ]; then (cd "$src" && tar -cf - "${new[@]}") | (cd "$dest" && tar -xf -); fi
 echo "$dest: ${#new[@]} new files, $((${#files[@]} - ${#new[@]})) already there (the runs' metrics.json and config.yaml)"
+for run in ${kept[@]+"${kept[@]}"}; do
+    echo "  kept $dest/${run#./}: the same scores, machine and config as $src/${run#./} but for its paths"
+done

@@ -125,23 +125,31 @@ def machines_line(rows: list[Row]) -> Optional[str]:
     """Which machine trained each seed's runs (``trained_on`` of metrics.json): CPUs move every run, so a pair is
     only a pair on one machine. None when no run recorded one."""
     seeds: dict[str, set[int]] = {}
-    teacher: set[str] = set()
+    teacher: dict[str, float] = {}  # machine -> the teacher's mIoU there
     for row in rows:
         for run in row.runs:
             label = machine_label(run.metrics.get("trained_on"))
             if row.key == TEACHER_ROW:
-                teacher.add(label)
+                teacher[label] = run.metrics["mIoU"]
             else:
                 seeds.setdefault(label, set()).add(run.seed)
-    if not any(label != "not recorded" for label in set(seeds) | teacher):
+    if not any(label != "not recorded" for label in set(seeds) | set(teacher)):
         return None
+
+    def the_teacher(label: str) -> str:  # its mIoU too when each machine has its own
+        return "the teacher" + (f" ({100 * teacher[label]:.2f} mIoU)" if len(teacher) > 1 else "")
+
     parts = []
     for label, s in sorted(seeds.items(), key=lambda item: min(item[1])):
         who = f"seed{'s' if len(s) > 1 else ''} {' '.join(str(k) for k in sorted(s))}"
-        parts.append(f"{who}{' and the teacher' if label in teacher else ''}: {label}")
-    parts += [f"the teacher: {label}" for label in sorted(teacher - set(seeds))]
+        parts.append(f"{who}{' and ' + the_teacher(label) if label in teacher else ''}: {label}")
+    parts += [f"{the_teacher(label)}: {label}" for label in sorted(set(teacher) - set(seeds))]
     mixed = [k for k in {k for s in seeds.values() for k in s} if sum(k in s for s in seeds.values()) > 1]
     warn = f" Seeds {' '.join(map(str, sorted(mixed)))} mix machines: their pairs compare CPUs." if mixed else ""
+    orphans = sorted(k for label, s in seeds.items() if label not in teacher for k in s) if len(teacher) > 1 else []
+    if orphans:
+        warn += (f" Seeds {' '.join(map(str, orphans))}: no teacher from their machine in the table, which has one "
+                 "per machine.")
     return "Trained on: " + "; ".join(parts) + "." + warn
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from paired_stats import paired_interval
 
 from util.errors import SegKDError
+from util.machine import machine_label
 
 # (row name = config name, label, (mode, layers, distill.feat_loss or None when supervised)), in table order.
 # The teacher row takes a supervised run of any architecture and depth (TEACHER=PATH adopts e.g. an imported
@@ -49,7 +50,9 @@ ALSO_PAIRED = {"pspnet18_kd_ta": "pspnet18_kd"}
 TEACHER_ROW, BASELINE_ROW = PAPER_ROWS[0][0], PAPER_ROWS[1][0]
 # model.build.ARCHS's display names (not imported: the table scripts stay free of torch; a test keeps them equal)
 ARCH_NAMES = {"pspnet": "PSPNet", "deeplabv3": "DeepLabV3"}
-SINGLE_SEED_ROWS = {TEACHER_ROW}  # one teacher serves every seed: its row is n=1, no seeds expected
+# One teacher serves every seed of a machine: its row has one run per machine that trained seeds (a table spread
+# over two CPUs has two teachers, each distilling its own machine's seeds), no seeds expected.
+SINGLE_SEED_ROWS = {TEACHER_ROW}
 SCORES = ("mIoU", "mAcc", "allAcc")
 SKIP_DIRS = {"eval", "model", "tb", "gray", "color"}
 
@@ -182,19 +185,26 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
                 paper[key][0] if key in paper else f"{key} ({describe(signature(run))})")
         rows.setdefault(key, Row(key, label)).runs.append(run)
     for row in rows.values():
-        check_seeds(row, None if row.key in SINGLE_SEED_ROWS and group_by is None else seeds)
+        single = row.key in SINGLE_SEED_ROWS and group_by is None
+        check_seeds(row, None if single else seeds, per_machine=single)
+        if single and len(row.runs) > 1:
+            row.notes.append(f"one teacher per machine ({len(row.runs)} runs, see Trained on): each seed is distilled "
+                             "from its own machine's")
     order = {name: i for i, (name, _, _) in enumerate(PAPER_ROWS + EXTRA_ROWS)}
     return sorted(rows.values(), key=lambda row: order.get(row.key, len(order)))  # stable: the rest as found
 
 
-def check_seeds(row: Row, seeds: Optional[list[int]]) -> None:
-    """Refuse two runs with one seed; keep only the expected seeds and note the missing and ignored ones."""
-    by_seed: dict[int, Run] = {}
+def check_seeds(row: Row, seeds: Optional[list[int]], per_machine: bool = False) -> None:
+    """Refuse two runs with one seed (``per_machine``: with one seed on one machine, the teacher's rule); keep only
+    the expected seeds and note the missing and ignored ones."""
+    by_seed: dict[Any, Run] = {}
     for run in row.runs:
-        if run.seed in by_seed:
-            raise SegKDError(f"row {row.key}: two runs with train.seed={run.seed}: {by_seed[run.seed].run_dir} "
+        key = (run.seed, machine_label(run.metrics.get("trained_on"))) if per_machine else run.seed
+        if key in by_seed:
+            where = f" on {key[1]}" if per_machine else ""
+            raise SegKDError(f"row {row.key}: two runs with train.seed={run.seed}{where}: {by_seed[key].run_dir} "
                              f"and {run.run_dir}; pass only one of them")
-        by_seed[run.seed] = run
+        by_seed[key] = run
     if seeds is None:
         if not row.runs:
             row.notes.append("missing: no runs")

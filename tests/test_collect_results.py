@@ -73,3 +73,37 @@ def test_collect_never_overwrites(tmp_path):
     assert collect(src, tmp_path / "x", EVAL="ms").returncode == 1  # no eval/ms anywhere: an error, no folder
     assert not (tmp_path / "x").exists()
     assert collect(src, tmp_path / "y").returncode == 0 and collect(tmp_path / "none", dest).returncode == 1
+
+
+@pytest.mark.slow  # bash
+def test_a_retrained_teacher_with_the_same_scores_is_kept_not_refused(tmp_path):
+    """A new session on the same kind of machine retrains the teacher bit for bit into other folders: its
+    metrics.json differs from the committed one only in absolute paths, so the committed files stay and the new
+    seeds are copied; a teacher with other scores is still an error."""
+    import json
+
+    def teacher_metrics(root):
+        return root / "pspnet50_teacher" / "eval" / "ss" / "metrics.json"
+
+    def retrained(root, seeds, miou_shift=0.0):
+        make_runs(root, seeds_of=seeds)
+        path = teacher_metrics(root)
+        m = json.loads(path.read_text())
+        m.update(trained_on={"cpu": "x", "vendor": "y"}, mIoU=m["mIoU"] + miou_shift)
+        m["config"]["data"] = {"root": str(root / "data")}  # an absolute path of this session's
+        path.write_text(json.dumps(m))
+        (root / "pspnet50_teacher" / "config.yaml").write_text(f"data:\n  root: {root}/data\n")
+
+    dest = tmp_path / "dest"
+    retrained(tmp_path / "a", {1})
+    assert collect(tmp_path / "a", dest).returncode == 0
+    committed = teacher_metrics(dest).read_text(), (dest / "pspnet50_teacher" / "config.yaml").read_text()
+    retrained(tmp_path / "b", {2, 3, 4})  # the next session's seeds
+    r = collect(tmp_path / "b", dest)
+    assert r.returncode == 0, r.stderr
+    assert f"kept {dest}/pspnet50_teacher: the same scores, machine and config" in r.stdout
+    assert (teacher_metrics(dest).read_text(), (dest / "pspnet50_teacher" / "config.yaml").read_text()) == committed
+    assert (dest / "pspnet18_kd" / "seed2" / "eval" / "ss" / "metrics.json").is_file()
+    retrained(tmp_path / "c", {5}, miou_shift=0.01)  # another teacher: refused, as any differing file
+    r = collect(tmp_path / "c", dest)
+    assert r.returncode == 1 and "pspnet50_teacher/eval/ss/metrics.json exists and differs" in r.stderr

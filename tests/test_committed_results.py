@@ -1,6 +1,7 @@
 """The committed results of the instrument (docs/results/cpu-paired): the table rebuilt from its metrics.json files
 equals the table committed beside them, which the runs printed; every seed has every row, each seed's runs come
-from one machine, and every run is the tier's recipe."""
+from one machine (one folder per machine, each with its own teacher), no seed number is used on two machines, and
+every run is the tier's recipe."""
 
 import json
 import os
@@ -19,13 +20,17 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(RESULTS, "table.
                                 reason="no committed instrument results")
 
 
-def runs():
-    """{row: {seed: metrics}} of the committed folder (the teacher under seed None)."""
+def machine_folders():
+    """The folders of docs/results/cpu-paired, one per machine (e.g. intel-xeon-amx), each a table of its own."""
+    return sorted(d for d in os.listdir(RESULTS) if os.path.isdir(os.path.join(RESULTS, d)))
+
+
+def runs(folder):
+    """{row: {seed: metrics}} of one machine's folder (the teacher under seed None)."""
     out = {}
-    for row in sorted(os.listdir(RESULTS)):
-        base = os.path.join(RESULTS, row)
-        if not os.path.isdir(base):
-            continue
+    top = os.path.join(RESULTS, folder)
+    for row in sorted(os.listdir(top)):
+        base = os.path.join(top, row)
         if row == "pspnet50_teacher":
             with open(os.path.join(base, "eval", "ss", "metrics.json")) as f:
                 out[row] = {None: json.load(f)}
@@ -46,19 +51,22 @@ def test_rebuilt_table_equals_the_committed_one(capsys):
 
 
 def test_every_seed_has_every_row_from_one_machine():
-    found = runs()
     rows = {name for name, _, _ in table_stats.PAPER_ROWS + table_stats.EXTRA_ROWS} - {"pspnet50_teacher"}
-    assert set(found) == rows | {"pspnet50_teacher"}
-    seeds = set(found["pspnet18_baseline"])
-    assert len(seeds) >= 2
-    teacher = found["pspnet50_teacher"][None]
-    assert teacher["iteration"] == 500 and teacher["trained_on"] is not None
-    for row in rows:
-        assert set(found[row]) == seeds, row
-        for seed, m in found[row].items():
-            machine = found["pspnet18_baseline"][seed]["trained_on"]
-            assert m["trained_on"] == machine, (row, seed)  # a seed's runs: one machine
-            assert m["iteration"] == 150 and m["protocol"]["crop_size"] == 97 and m["images"] == 300, (row, seed)
-            assert m["config"]["train"]["seed"] == seed
-            if row in CHAIN_ROWS[1:]:  # the chained student's teacher is its own seed's assistant
-                assert re.search(rf"pspnet34_kd/seed{seed}/model/final.pth$", m["config"]["teacher"]["checkpoint"])
+    all_seeds = []
+    for folder in machine_folders():
+        found = runs(folder)
+        assert set(found) == rows | {"pspnet50_teacher"}, folder
+        seeds = set(found["pspnet18_baseline"])
+        all_seeds += sorted(seeds)
+        teacher = found["pspnet50_teacher"][None]
+        assert teacher["iteration"] == 500 and teacher["trained_on"] is not None
+        for row in rows:
+            assert set(found[row]) == seeds, (folder, row)
+            for seed, m in found[row].items():
+                # a seed's runs and the teacher it was distilled from: one machine
+                assert m["trained_on"] == teacher["trained_on"], (folder, row, seed)
+                assert m["iteration"] == 150 and m["protocol"]["crop_size"] == 97 and m["images"] == 300, (row, seed)
+                assert m["config"]["train"]["seed"] == seed
+                if row in CHAIN_ROWS[1:]:  # the chained student's teacher is its own seed's assistant
+                    assert re.search(rf"pspnet34_kd/seed{seed}/model/final.pth$", m["config"]["teacher"]["checkpoint"])
+    assert len(all_seeds) == len(set(all_seeds)) >= 2  # a seed number on one machine only: pairs are independent

@@ -6,7 +6,13 @@ import os
 
 import torch
 
-from tests.test_make_table import make_table, paper_runs, run_main  # noqa: F401  (paper_runs: a fixture)
+from tests.test_make_table import (  # noqa: F401  (paper_runs: a fixture)
+    make_table,
+    paper_runs,
+    read_csv,
+    run_main,
+    write_run,
+)
 from util.machine import ISA_FLAGS, cpu_flags, machine, machine_label
 
 INTEL = {"cpu": "Intel(R) Xeon(R) Processor", "vendor": "GenuineIntel", "isa": ["avx2", "avx512f", "amx_bf16"],
@@ -64,3 +70,38 @@ def test_table_names_the_machine_of_each_seed(paper_runs, capsys):  # noqa: F811
     code, out, _ = run_main([paper_runs], capsys)
     assert "seeds 2 3: " + amd in out and "Seeds 2 mix machines: their pairs compare CPUs." in out
 
+
+
+def test_a_table_over_two_machines_has_one_teacher_per_machine(tmp_path, capsys):
+    """The layout of docs/results/cpu-paired: one folder per machine, each with its teacher and its seeds; the
+    table over both pairs every seed with its own baseline and its teacher row holds one run per machine."""
+    scores = {"intel": {1: 0.40, 2: 0.42}, "amd": {5: 0.44}}
+    for folder, meta, teacher in (("intel", INTEL, 0.58), ("amd", AMD, 0.56)):
+        root = tmp_path / "cpu-paired" / folder
+        write_run(str(root / "pspnet50_teacher"), (teacher, 0.7, 0.9), 1, "supervised", 50, iteration=500)
+        set_machine(root, "pspnet50_teacher", None, meta)
+        for seed, base in scores[folder].items():
+            write_run(str(root / "pspnet18_baseline" / f"seed{seed}"), (base, 0.5, 0.8), seed, "supervised", 18)
+            write_run(str(root / "pspnet18_kd" / f"seed{seed}"), (base + 0.01 * seed, 0.5, 0.8), seed)
+            for row in ("pspnet18_baseline", "pspnet18_kd"):
+                set_machine(root, row, seed, meta)
+    csv_path = tmp_path / "t.csv"
+    code, out, err = run_main([tmp_path / "cpu-paired", "--out-csv", csv_path], capsys)
+    assert code == 0, err
+    rec = read_csv(csv_path)
+    assert rec["pspnet50_teacher"]["n"] == "2" and abs(float(rec["pspnet50_teacher"]["mIoU"]) - 57.0) < 1e-9
+    assert "one teacher per machine (2 runs" in rec["pspnet50_teacher"]["notes"]
+    assert rec["pspnet18_kd"]["d_pairs"] == "3" and abs(float(rec["pspnet18_kd"]["d_mIoU"]) - 8 / 3) < 1e-9
+    intel, amd = machine_label(INTEL), machine_label(AMD)
+    assert (f"Trained on: seeds 1 2 and the teacher (58.00 mIoU): {intel}; seed 5 and the teacher (56.00 mIoU): "
+            f"{amd}.") in out
+    # a seed whose machine has no teacher in a table that has one per machine is named
+    set_machine(tmp_path / "cpu-paired" / "amd", "pspnet18_baseline", 5, {**AMD, "cpus": 4})
+    set_machine(tmp_path / "cpu-paired" / "amd", "pspnet18_kd", 5, {**AMD, "cpus": 4})
+    code, out, _ = run_main([tmp_path / "cpu-paired"], capsys)
+    assert code == 0 and "Seeds 5: no teacher from their machine in the table" in out
+    # two teachers from one machine are two runs of one seed: refused, naming both
+    set_machine(tmp_path / "cpu-paired" / "amd", "pspnet50_teacher", None, INTEL)
+    code, _, err = run_main([tmp_path / "cpu-paired"], capsys)
+    assert code == 2 and "row pspnet50_teacher: two runs with train.seed=1 on " + intel in err
+    assert str(tmp_path / "cpu-paired" / "amd" / "pspnet50_teacher") in err
