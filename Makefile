@@ -34,7 +34,7 @@ test-long: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# The CPU benchmark (24-35 min on 2 cores from a fresh clone, by CPU: README, Results): the CPU tier of the
+# The CPU benchmark (26-48 min on 2 cores from a fresh clone, by CPU: README, Results): the CPU tier of the
 # generated dataset, the teacher once, four student rows x 3 seeds, evaluation, table with paired differences,
 # figure.
 demo: $(STAMP)
