@@ -70,3 +70,20 @@ def test_every_seed_has_every_row_from_one_machine():
                 if row in CHAIN_ROWS[1:]:  # the chained student's teacher is its own seed's assistant
                     assert re.search(rf"pspnet34_kd/seed{seed}/model/final.pth$", m["config"]["teacher"]["checkpoint"])
     assert len(all_seeds) == len(set(all_seeds)) >= 2  # a seed number on one machine only: pairs are independent
+
+
+def test_readme_and_tables_blocks_are_the_committed_results():
+    """The summaries between the instrument markers of README.md and docs/TABLES.md are what
+    scripts/instrument_blocks.py makes of the committed folder: a number in them cannot drift from the runs."""
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import instrument_blocks
+
+    made = instrument_blocks.blocks()
+    for name, with_seeds in instrument_blocks.TARGETS.items():
+        with open(os.path.join(REPO, name), encoding="utf-8") as f:
+            text = f.read()
+        inside = text.split(instrument_blocks.BEGIN, 1)[1].split(instrument_blocks.END, 1)[0]
+        assert inside == "\n" + made[with_seeds] + "\n", name
+    assert "| R18 + logit KD + CIRKD |" in made[False] and "| seed 1 |" in made[True]

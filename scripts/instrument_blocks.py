@@ -1,0 +1,108 @@
+"""The instrument's summary blocks of README.md and docs/TABLES.md, from the committed results (no training):
+
+    python scripts/instrument_blocks.py                 # print both blocks
+    python scripts/instrument_blocks.py --write         # replace them between the instrument markers in place
+
+README's block: one line per row (mIoU, the paired Δ with its 95% interval, bold when it excludes zero, and the
+pairs above zero), the resolution and the Trained-on lines of the full table (docs/results/cpu-paired/table.md,
+make_table.py). TABLES.md's block adds the mIoU of every run, seed by seed, with its difference to the baseline of
+that seed. The prose around the blocks (what they show) is written by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+import make_table  # noqa: E402
+from table_stats import BASELINE_ROW, TEACHER_ROW, find_metrics, group_runs, load_run  # noqa: E402
+
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(REPO, "docs", "results", "cpu-paired")
+BEGIN, END = "<!-- instrument:begin -->", "<!-- instrument:end -->"
+TARGETS = {"README.md": False, os.path.join("docs", "TABLES.md"): True}  # file -> with the per-seed table
+
+
+def summary(records: list[dict], footer: list[str]) -> list[str]:
+    lines = ["| row | mIoU | Δ mIoU vs baseline [95% interval] | pairs above zero |", "|---|---|---|---|"]
+    for rec in records:
+        miou = make_table.fmt_score(rec["mIoU"], rec["mIoU_std"])
+        if rec.get("d_pairs"):
+            delta = f"{rec['d_mIoU']:+.2f}"
+            if rec.get("d_ci95_low") is not None:
+                delta += f" [{rec['d_ci95_low']:+.2f}, {rec['d_ci95_high']:+.2f}]"
+            delta = f"**{delta}**" if rec.get("d_resolved") else delta
+            pairs = f"{rec['d_above_zero']} of {rec['d_pairs']}"
+        else:
+            delta = pairs = "—"
+        lines.append(f"| {rec['label']} | {miou} | {delta} | {pairs} |")
+    for line in footer:
+        lines += ["", line]
+    return lines
+
+
+def per_seed(rows) -> list[str]:
+    base = {r.seed: r.metrics["mIoU"] for row in rows if row.key == BASELINE_ROW for r in row.runs}
+    seeds = sorted(base)
+    lines = ["mIoU (%) per seed, in brackets the difference to the baseline of the same seed:", "",
+             "| row | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for row in rows:
+        if row.key == TEACHER_ROW or not row.runs:
+            continue
+        mine = {r.seed: r.metrics["mIoU"] for r in row.runs}
+        paired = row.key != BASELINE_ROW and make_table.compared(row, next(x for x in rows if x.key == BASELINE_ROW),
+                                                                 True)
+        cells = []
+        for s in seeds:
+            if s not in mine:
+                cells.append("—")
+                continue
+            cell = f"{100 * mine[s]:.2f}"
+            cells.append(cell + (f" ({100 * (mine[s] - base[s]):+.2f})" if paired else ""))
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def blocks(results: str = RESULTS, config_dir: Optional[str] = None) -> dict[bool, str]:
+    """{with_seeds: block text between the markers} for the committed results."""
+    args = argparse.Namespace(paths=[results], eval="ss", seeds=None, group_by=None, baseline=None, config=None,
+                              config_dir=config_dir or os.path.join(REPO, "config", "synthetic_cpu"), out_md=None)
+    text, records = make_table.build(args)
+    footer = [line for line in text.splitlines() if line.startswith(("Resolution:", "Trained on:"))]
+    rows = group_runs([load_run(p) for p in find_metrics([results], "ss")], None, None)
+    short = summary(records, footer)
+    return {False: "\n".join(short) + "\n", True: "\n".join(short + [""] + per_seed(rows)) + "\n"}
+
+
+def replace_block(text: str, block: str, where: str) -> str:
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"error: {where}: expected one {BEGIN} ... {END} pair")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--write", action="store_true", help="replace the blocks in README.md and docs/TABLES.md")
+    args = parser.parse_args(argv)
+    made = blocks()
+    for name, with_seeds in TARGETS.items():
+        path = os.path.join(REPO, name)
+        if args.write:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(replace_block(text, made[with_seeds], name))
+            print(f"wrote the instrument block of {name}")
+        else:
+            print(f"# {name}\n{made[with_seeds]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
