@@ -19,7 +19,7 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 import make_table  # noqa: E402
-from table_stats import BASELINE_ROW, TEACHER_ROW, find_metrics, group_runs, load_run  # noqa: E402
+from table_stats import BASELINE_ROW, TEACHER_ROW, compared, find_metrics, group_runs, load_run  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(REPO, "docs", "results", "cpu-paired")
@@ -46,7 +46,8 @@ def summary(records: list[dict], footer: list[str]) -> list[str]:
 
 
 def per_seed(rows) -> list[str]:
-    base = {r.seed: r.metrics["mIoU"] for row in rows if row.key == BASELINE_ROW for r in row.runs}
+    baseline = next(row for row in rows if row.key == BASELINE_ROW)
+    base = {r.seed: r.metrics["mIoU"] for r in baseline.runs}
     seeds = sorted(base)
     lines = ["mIoU (%) per seed, in brackets the difference to the baseline of the same seed:", "",
              "| row | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
@@ -54,8 +55,7 @@ def per_seed(rows) -> list[str]:
         if row.key == TEACHER_ROW or not row.runs:
             continue
         mine = {r.seed: r.metrics["mIoU"] for r in row.runs}
-        paired = row.key != BASELINE_ROW and make_table.compared(row, next(x for x in rows if x.key == BASELINE_ROW),
-                                                                 True)
+        paired = compared(row, baseline, True)
         cells = []
         for s in seeds:
             if s not in mine:
@@ -91,16 +91,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--write", action="store_true", help="replace the blocks in README.md and docs/TABLES.md")
     args = parser.parse_args(argv)
     made = blocks()
-    for name, with_seeds in TARGETS.items():
-        path = os.path.join(REPO, name)
-        if args.write:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(replace_block(text, made[with_seeds], name))
-            print(f"wrote the instrument block of {name}")
-        else:
+    if not args.write:
+        for name, with_seeds in TARGETS.items():
             print(f"# {name}\n{made[with_seeds]}")
+        return 0
+    texts = {}
+    for name, with_seeds in TARGETS.items():  # every file checked before any is written
+        with open(os.path.join(REPO, name), encoding="utf-8") as f:
+            texts[name] = replace_block(f.read(), made[with_seeds], name)
+    for name, text in texts.items():
+        with open(os.path.join(REPO, name), "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote the instrument block of {name}")
     return 0
 
 

@@ -87,3 +87,15 @@ def test_readme_and_tables_blocks_are_the_committed_results():
         inside = text.split(instrument_blocks.BEGIN, 1)[1].split(instrument_blocks.END, 1)[0]
         assert inside == "\n" + made[with_seeds] + "\n", name
     assert "| R18 + logit KD + CIRKD |" in made[False] and "| seed 1 |" in made[True]
+
+
+def test_a_file_without_one_marker_pair_is_a_one_line_error():
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import instrument_blocks as ib
+
+    assert ib.replace_block(f"a\n{ib.BEGIN}\nold\n{ib.END}\nb", "new\n", "X.md") == f"a\n{ib.BEGIN}\nnew\n\n{ib.END}\nb"
+    for bad in (f"{ib.BEGIN} only", f"{ib.END}\n{ib.BEGIN}", f"{ib.BEGIN}{ib.END}{ib.BEGIN}{ib.END}"):
+        with pytest.raises(SystemExit, match=r"^error: X.md: expected one <!-- instrument:begin -->"):
+            ib.replace_block(bad, "new\n", "X.md")
