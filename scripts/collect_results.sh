@@ -2,7 +2,7 @@
 # Copy a table's per-run metrics.json files (and each run's resolved config.yaml), nothing else, into a folder to
 # commit (e.g. docs/results/...):
 #
-#   scripts/collect_results.sh runs/cpu-paired/synthetic_cpu docs/results/cpu-paired/amd-epyc   # eval/ss
+#   scripts/collect_results.sh runs/cpu-paired/synthetic_cpu docs/results/cpu-paired/amd-epyc-avx512   # eval/ss
 #   EVAL=ss_flip scripts/collect_results.sh RUNS/TABLE DEST
 #   SEEDS="1 2 3" scripts/collect_results.sh RUNS/TABLE DEST     # only these seeds' runs (and the teacher's)
 #
@@ -12,11 +12,11 @@
 # in DEST are kept: an identical one is skipped, a different one is an error and nothing is copied, so runs from
 # several sessions add up without one overwriting another. A run whose metrics.json differs only in absolute paths
 # (the teacher retrained by a new session on the same kind of machine: the same scores, machine and config) keeps
-# DEST's files and is named. One DEST per machine (docs/results/cpu-paired/intel-xeon-amx, .../amd-epyc): each has
-# its own teacher, and make_table.py over their parent pairs every seed with its own machine's runs.
+# DEST's files and is named. One DEST per machine (docs/results/cpu-paired/intel-xeon-amx, .../amd-epyc-avx512): each
+# has its own teacher, and make_table.py over their parent pairs every seed with its own machine's runs.
 set -euo pipefail
 if [ "$#" -ne 2 ]; then
-    echo "usage: $0 RUNS/TABLE DEST   (e.g. runs/cpu-paired/synthetic_cpu docs/results/cpu-paired/amd-epyc)" >&2
+    echo "usage: $0 RUNS/TABLE DEST   (e.g. runs/cpu-paired/synthetic_cpu docs/results/cpu-paired/amd-epyc-avx512)" >&2
     exit 2
 fi
 src=$1 dest=$2 eval=${EVAL:-ss}
