@@ -22,28 +22,28 @@ from util.machine import machine_label
 # The teacher row takes a supervised run of any architecture and depth (TEACHER=PATH adopts e.g. an imported
 # DeepLabV3-R101): its label names what its metrics.json says it is.
 PAPER_ROWS = [
-    ("pspnet50_teacher", "Teacher PSPNet-R50", ("supervised", 50, None)),
-    ("pspnet18_baseline", "Student PSPNet-R18 baseline", ("supervised", 18, None)),
-    ("pspnet18_kd", "R18 + logit KD", ("distill", 18, "none")),
-    ("pspnet18_kd_aux_kl", "R18 + logit KD + aux KL", ("distill", 18, "kl")),
-    ("pspnet18_kd_aux_smoothl1", "R18 + logit KD + aux SmoothL1", ("distill", 18, "smoothl1")),
+    ("pspnet50_teacher", "Teacher PSPNet-R50", ("supervised", 50, None, None)),
+    ("pspnet18_baseline", "Student PSPNet-R18 baseline", ("supervised", 18, None, None)),
+    ("pspnet18_kd", "R18 + logit KD", ("distill", 18, "none", ())),
+    ("pspnet18_kd_aux_kl", "R18 + logit KD + aux KL", ("distill", 18, "kl", ())),
+    ("pspnet18_kd_aux_smoothl1", "R18 + logit KD + aux SmoothL1", ("distill", 18, "smoothl1", ())),
 ]
 # Rows beyond the paper's that the table scripts train (a method row in ROWS, CHAIN="50 34 18", ROWS=dml_...; all
 # of them in SCALE=cpu-paired): labelled and checked as those are, shown after them in this order when they have runs.
 EXTRA_ROWS = [
-    ("pspnet18_kd_aux_cwd", "R18 + logit KD + aux CWD", ("distill", 18, "cwd")),
-    ("pspnet18_kd_aux_dist", "R18 + logit KD + aux DIST", ("distill", 18, "dist")),
-    ("pspnet18_kd_aux_kl_std", "R18 + logit KD + aux kl_std", ("distill", 18, "kl_std")),
-    ("pspnet18_kd_dkd", "R18 + logit KD + DKD", ("distill", 18, "none")),
-    ("pspnet18_kd_fitnet", "R18 + logit KD + FitNets", ("distill", 18, "none")),
-    ("pspnet18_kd_at", "R18 + logit KD + AT", ("distill", 18, "none")),
-    ("pspnet18_kd_skd", "R18 + logit KD + SKD (pairwise)", ("distill", 18, "none")),
-    ("pspnet18_kd_ifvd", "R18 + logit KD + IFVD", ("distill", 18, "none")),
-    ("pspnet18_kd_cirkd", "R18 + logit KD + CIRKD", ("distill", 18, "none")),
-    ("pspnet34_kd", "Assistant PSPNet-R34 + logit KD (R50 -> R34)", ("distill", 34, "none")),
-    ("pspnet18_kd_ta", "R18 + logit KD from the R34 assistant (R50 -> R34 -> R18)", ("distill", 18, "none")),
-    ("dml_pspnet18_pspnet18", "R18 + mutual learning with an R18 peer", ("mutual", 18, None)),
-    ("dml_pspnet50_pspnet18", "R18 + mutual learning with an R50 peer", ("mutual", 18, None)),
+    ("pspnet18_kd_aux_cwd", "R18 + logit KD + aux CWD", ("distill", 18, "cwd", ())),
+    ("pspnet18_kd_aux_dist", "R18 + logit KD + aux DIST", ("distill", 18, "dist", ())),
+    ("pspnet18_kd_aux_kl_std", "R18 + logit KD + aux kl_std", ("distill", 18, "kl_std", ())),
+    ("pspnet18_kd_dkd", "R18 + logit KD + DKD", ("distill", 18, "none", ("dkd",))),
+    ("pspnet18_kd_fitnet", "R18 + logit KD + FitNets", ("distill", 18, "none", ("fitnet",))),
+    ("pspnet18_kd_at", "R18 + logit KD + AT", ("distill", 18, "none", ("at",))),
+    ("pspnet18_kd_skd", "R18 + logit KD + SKD (pairwise)", ("distill", 18, "none", ("skd",))),
+    ("pspnet18_kd_ifvd", "R18 + logit KD + IFVD", ("distill", 18, "none", ("ifvd",))),
+    ("pspnet18_kd_cirkd", "R18 + logit KD + CIRKD", ("distill", 18, "none", ("cirkd",))),
+    ("pspnet34_kd", "Assistant PSPNet-R34 + logit KD (R50 -> R34)", ("distill", 34, "none", ())),
+    ("pspnet18_kd_ta", "R18 + logit KD from the R34 assistant (R50 -> R34 -> R18)", ("distill", 18, "none", ())),
+    ("dml_pspnet18_pspnet18", "R18 + mutual learning with an R18 peer", ("mutual", 18, None, None)),
+    ("dml_pspnet50_pspnet18", "R18 + mutual learning with an R50 peer", ("mutual", 18, None, None)),
 ]
 # A row also paired, seed by seed, with another row (in its notes): the chained student with the direct R50 -> R18.
 ALSO_PAIRED = {"pspnet18_kd_ta": "pspnet18_kd"}
@@ -146,16 +146,22 @@ def row_name(run: Run) -> str:
     return os.path.basename(os.path.dirname(run.run_dir)) if re.fullmatch(r"seed\d+", base) else base
 
 
-def signature(run: Run) -> tuple[Any, Any, Any]:
-    """(mode, layers, feat_loss or None): what decides which paper row a run can be."""
+def signature(run: Run) -> tuple[Any, Any, Any, Any]:
+    """(mode, layers, feat_loss, distill.terms as a tuple; both None unless distilled): what decides which labelled
+    row a run can be. A run recorded before distill.terms existed had none."""
     mode = run.metrics.get("mode")
-    feat = config_value(run.metrics, "distill.feat_loss", run.metrics_path) if mode == "distill" else None
-    return mode, run.metrics.get("layers"), feat
+    if mode != "distill":
+        return mode, run.metrics.get("layers"), None, None
+    feat = config_value(run.metrics, "distill.feat_loss", run.metrics_path)
+    distill = (run.metrics.get("config") or {}).get("distill") or {}
+    return mode, run.metrics.get("layers"), feat, tuple(distill.get("terms") or ())
 
 
-def describe(sig: tuple[Any, Any, Any]) -> str:
-    mode, layers, feat = sig
-    return f"{mode} R{layers}" + (f", feat_loss {feat}" if mode == "distill" else "")
+def describe(sig: tuple[Any, Any, Any, Any]) -> str:
+    mode, layers, feat, terms = sig
+    if mode != "distill":
+        return f"{mode} R{layers}"
+    return f"{mode} R{layers}, feat_loss {feat}" + (f", distill.terms [{', '.join(terms)}]" if terms else "")
 
 
 def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[int]]) -> list[Row]:

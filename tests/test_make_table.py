@@ -30,15 +30,18 @@ PAPER = {
 
 
 def write_run(run_dir, scores, seed, mode="distill", layers=18, feat="none", temperature=1.0, eval_name="ss",
-              iteration=None, checkpoint=None, relative=True):
+              iteration=None, checkpoint=None, relative=True, terms=None):
     """A run directory as train.py + test.py leave it: config.yaml and eval/<eval_name>/metrics.json (with the
     checkpoint's ``iteration`` unless None). The checkpoint evaluated is ``run_dir/model/final.pth`` unless given;
-    ``relative=False`` leaves out ``checkpoint_relative``, as test.py did before it recorded it."""
+    ``relative=False`` leaves out ``checkpoint_relative``, as test.py did before it recorded it; ``terms``: the
+    recorded ``distill.terms`` (left out when None, as in runs from before the key)."""
     out = os.path.join(run_dir, "eval", eval_name)
     os.makedirs(out, exist_ok=True)
     checkpoint = os.path.abspath(checkpoint or os.path.join(run_dir, "model", "final.pth"))
     config = {"train": {"seed": seed, "crop_size": 129},
               "distill": {"feat_loss": feat, "temperature": temperature}}
+    if terms is not None:
+        config["distill"]["terms"] = list(terms)
     metrics = {"mIoU": scores[0], "mAcc": scores[1], "allAcc": scores[2], "mode": mode, "layers": layers,
                "params": 16_750_000 if layers == 18 else 48_940_000, "gflops": 2.5 if layers == 18 else 7.5,
                "gflops_crop_size": 129, "protocol": {"scales": [1.0], "flip": False}, "config": config,

@@ -179,6 +179,23 @@ def table_args(root, seeds):
                               config_dir=None, out_md=None, out_csv=None)
 
 
+def test_a_method_row_refuses_a_run_without_its_distill_terms(tmp_path):
+    root = tmp_path / "runs"
+    write_run(str(root / "pspnet18_baseline" / "seed1"), (0.50, 0.6, 0.9), 1, mode="supervised")
+    write_run(str(root / "pspnet18_kd_cirkd" / "seed1"), (0.55, 0.6, 0.9), 1, terms=["cirkd"])
+    write_run(str(root / "pspnet18_kd" / "seed1"), (0.54, 0.6, 0.9), 1)  # from before distill.terms: none
+    _, records = make_table.build(table_args(root, "1"))
+    assert {rec["row"]: rec["label"] for rec in records}["pspnet18_kd_cirkd"] == "R18 + logit KD + CIRKD"
+    write_run(str(root / "pspnet18_kd_cirkd" / "seed1"), (0.54, 0.6, 0.9), 1, terms=[])  # plain KD in a method row
+    with pytest.raises(SegKDError, match=r"in row pspnet18_kd_cirkd but the run is a distill R18, feat_loss none "
+                                         r"\(expected distill R18, feat_loss none, distill.terms \[cirkd\]\)"):
+        make_table.build(table_args(root, "1"))
+    write_run(str(root / "pspnet18_kd_cirkd" / "seed1"), (0.54, 0.6, 0.9), 1, terms=["cirkd"])
+    write_run(str(root / "pspnet18_kd" / "seed1"), (0.54, 0.6, 0.9), 1, terms=["at"])  # a method run in KD's row
+    with pytest.raises(SegKDError, match=r"in row pspnet18_kd but the run is a .*distill.terms \[at\]"):
+        make_table.build(table_args(root, "1"))
+
+
 def test_the_table_labels_the_chain_and_mutual_rows_and_pairs_the_chain_with_the_direct_row(tmp_path):
     root = tmp_path / "runs"
     write_run(str(root / "pspnet50_teacher"), (0.70, 0.8, 0.9), 1, mode="supervised", layers=50)

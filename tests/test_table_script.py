@@ -221,8 +221,8 @@ def test_cpu_paired_preset_runs_every_row_over_ten_seeds():
     for row in rows + sorted(chain_rows):  # each row's config exists and is the run its table row expects
         cfg = load_config(os.path.join(REPO, "config", "synthetic_cpu", f"{row}.yaml"))
         mode = "mutual" if cfg.mutual.peers else "distill" if cfg.teacher.checkpoint else "supervised"
-        feat = cfg.distill.feat_loss if mode == "distill" else None
-        assert (mode, cfg.model.layers, feat) == labelled[row], row
+        feat, terms = (cfg.distill.feat_loss, tuple(cfg.distill.terms)) if mode == "distill" else (None, None)
+        assert (mode, cfg.model.layers, feat, terms) == labelled[row], row
         assert cfg.train.iters == 150 and cfg.test.crop_size == 97  # the demo's schedule, one window per image
     assert rows.index("pspnet18_kd") < rows.index("pspnet18_kd_aux_cwd")  # logit KD first: it fills the cache
     seeds, rows, chain = preset("cpu-paired", CHAIN="", SEEDS="3", ROWS="pspnet18_kd_dkd")
