@@ -1,8 +1,9 @@
 """A run's resumable state: what ``model/last.pth`` holds, writing it on rank 0, restoring it, and which
 checkpoint a resumed run continues from (rank 0 decides for every rank).
 
-A checkpoint holds the student's weights, the optimizer and GradScaler states, the iteration, every rank's
-RNG states and the resolved config; a resume restores all of it, so a resumed run is bitwise the
+A last.pth holds the student's weights, the optimizer and GradScaler states, the iteration, every rank's
+RNG states and the resolved config (final.pth the same but for what only a resume reads: :data:`RESUME_ONLY`);
+a resume restores all of it, so a resumed run is bitwise the
 uninterrupted one on CPU (tests/test_faults.py). Writes are atomic (util/checkpoint.py).
 """
 
@@ -23,11 +24,20 @@ from util.distributed import DistInfo, all_gather_objects, broadcast_flag, broad
 from util.errors import SegKDError
 
 RESUME_KEYS = ("model", "optimizer", "scaler", "scheduler", "iteration", "rng")
+# What only a resume reads: last.pth holds it, final.pth (the finished network, for test.py, teacher.checkpoint and
+# export) leaves it out. AdamW's two moments alone are twice the weights: with them in both files a finished run took
+# six times its weights on disk, four without them in final.pth.
+RESUME_ONLY = ("optimizer", "scaler", "scheduler", "rng", "distill_modules")
+
+
+def final_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot without :data:`RESUME_ONLY`: meta, ``model``, ``epoch``, ``iteration`` and ``config``."""
+    return {k: v for k, v in state.items() if k not in RESUME_ONLY}
 
 
 class Checkpoints:
-    """``output.dir/model``: ``last.pth`` (resumable) and ``final.pth``. ``saved_at`` is the iteration of the
-    last.pth this run holds (None before the first write); ``resumed_from`` the path a resume came from."""
+    """``output.dir/model``: ``last.pth`` (resumable) and ``final.pth`` (the network). ``saved_at`` is the iteration
+    of the last.pth this run holds (None before the first write); ``resumed_from`` the path a resume came from."""
 
     def __init__(self, cfg: Config, info: DistInfo, meta: dict[str, Any]):
         self.cfg, self.info, self.meta = cfg, info, meta
@@ -89,8 +99,10 @@ class Checkpoints:
         is written."""
         missing = [k for k in RESUME_KEYS if k not in state]
         if state.get("format") != "segkd" or missing:
+            lean = state.get("format") == "segkd" and "model" in state and "iteration" in state
+            hint = "; a final.pth holds the network only: resume from the run's model/last.pth" if lean else ""
             raise SegKDError(f"{path}: not a segkd last.pth (missing {', '.join(missing) or 'format'}) - "
-                             "cannot resume from it")
+                             f"cannot resume from it{hint}")
         same = all(state.get(k) == self.meta.get(k) for k in ("mode", "layers", "classes", "peers"))
         if not same or arch_of(state) != arch_of(self.meta):
             raise SegKDError(f"{path}: train.resume is {describe_checkpoint(state)} but this run trains "

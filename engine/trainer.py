@@ -27,7 +27,7 @@ from data.loader import rng_state, set_rng_state
 from data.transforms import normalize
 from engine.preemption import StopRequest, release_workers, shield_workers, worker_error_line
 from engine.rundir import RunLog
-from engine.state import Checkpoints
+from engine.state import Checkpoints, final_state
 from model.build import network_name
 from model.distiller import Distiller
 from util.config import Config
@@ -210,7 +210,7 @@ class Trainer:
         state = self.checkpoints.snapshot(unwrap(self.distiller.student), self.optimizer, self.scaler, self.iteration,
                                           self.iteration // self.iters_per_epoch, self.total_iters,
                                           self.distiller.methods if name == "last.pth" else None)
-        self.checkpoints.write(name, state)
+        self.checkpoints.write(name, state if name == "last.pth" else final_state(state))
         if name == "final.pth" and "peers" in self.meta:  # a mutual run: each peer's own checkpoint too
             paths = self.checkpoints.write_peers(unwrap(self.distiller.student), state)
             if self.log:

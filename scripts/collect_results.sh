@@ -34,17 +34,22 @@ for f in "${metrics[@]}"; do
 done
 # A.json B.json: exit 0 when two metrics.json are one run's scores written from other folders: equal but for the
 # absolute paths (the checkpoint's, the data root's, output.dir...), as a teacher retrained on the same kind of
-# machine in a new session is (CPU training is deterministic there).
+# machine in a new session is (CPU training is deterministic there). The machine is compared as the table labels
+# it: trained_on's family and model (a newer generation with the same vector units, the same arithmetic) do not count.
 same_scores() {
     "${PYTHON:-python3}" - "$1" "$2" <<'EOF'
 import json, sys
+def machine(m):
+    if isinstance(m.get("trained_on"), dict):
+        m["trained_on"] = {k: v for k, v in m["trained_on"].items() if k not in ("family", "model")}
+    return m
 def norm(x):
     if isinstance(x, dict):
         return {k: norm(v) for k, v in x.items() if k != "checkpoint"}
     if isinstance(x, list):
         return [norm(v) for v in x]
     return "<path>" if isinstance(x, str) and x.startswith("/") else x
-a, b = (json.load(open(p, encoding="utf-8")) for p in sys.argv[1:])
+a, b = (machine(json.load(open(p, encoding="utf-8"))) for p in sys.argv[1:])
 sys.exit(0 if norm(a) == norm(b) and a.get("trained_on") is not None else 1)
 EOF
 }

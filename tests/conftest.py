@@ -14,7 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CLASSES = 4
 # What a `make test` session needs free where pytest keeps its temporary folders: the R18/R50 checkpoints of the
-# slow tests (each final.pth holds the optimizer state too) peaked at 4.9 GB there (`du` every 5 s, AMD VM,
+# slow tests (when each final.pth still held the optimizer state too) peaked at 4.9 GB there (`du` every 5 s, AMD VM,
 # 2026-12-02) with tmp_path_retention_policy = "failed" (pyproject.toml), against 15 GB left behind by a session
 # without it; 8 GB leaves room for a failing test's kept folders. SEGKD_TEST_MIN_FREE_GB=0 turns the check off.
 MIN_FREE_GB = float(os.environ.get("SEGKD_TEST_MIN_FREE_GB", "8"))

@@ -85,11 +85,11 @@ def test_a_retrained_teacher_with_the_same_scores_is_kept_not_refused(tmp_path):
     def teacher_metrics(root):
         return root / "pspnet50_teacher" / "eval" / "ss" / "metrics.json"
 
-    def retrained(root, seeds, miou_shift=0.0):
+    def retrained(root, seeds, miou_shift=0.0, **generation):
         make_runs(root, seeds_of=seeds)
         path = teacher_metrics(root)
         m = json.loads(path.read_text())
-        m.update(trained_on={"cpu": "x", "vendor": "y"}, mIoU=m["mIoU"] + miou_shift)
+        m.update(trained_on={"cpu": "x", "vendor": "y", **generation}, mIoU=m["mIoU"] + miou_shift)
         m["config"]["data"] = {"root": str(root / "data")}  # an absolute path of this session's
         path.write_text(json.dumps(m))
         (root / "pspnet50_teacher" / "config.yaml").write_text(f"data:\n  root: {root}/data\n")
@@ -104,6 +104,8 @@ def test_a_retrained_teacher_with_the_same_scores_is_kept_not_refused(tmp_path):
     assert f"kept {dest}/pspnet50_teacher: the same scores, machine and config" in r.stdout
     assert (teacher_metrics(dest).read_text(), (dest / "pspnet50_teacher" / "config.yaml").read_text()) == committed
     assert (dest / "pspnet18_kd" / "seed2" / "eval" / "ss" / "metrics.json").is_file()
+    retrained(tmp_path / "g", {6}, family="26", model="2")  # a newer CPU generation, recorded since: the same label
+    assert collect(tmp_path / "g", dest).returncode == 0 and teacher_metrics(dest).read_text() == committed[0]
     retrained(tmp_path / "c", {5}, miou_shift=0.01)  # another teacher: refused, as any differing file
     r = collect(tmp_path / "c", dest)
     assert r.returncode == 1 and "pspnet50_teacher/eval/ss/metrics.json exists and differs" in r.stderr

@@ -157,11 +157,38 @@ def test_resume_at_the_end_of_a_partial_epoch(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_final_pth_is_the_network_and_last_pth_the_resume(tiny_data, tmp_path):
+    """A finished run's final.pth is what test.py, teacher.checkpoint and export read (meta, weights, config,
+    iteration) without what only a resume reads, which last.pth keeps: resuming from final.pth is a one-line error
+    that points at last.pth, and nothing in the run is rewritten by it."""
+    from engine.state import RESUME_KEYS, RESUME_ONLY
+
+    run_dir = tmp_path / "run"
+    args = ["train.py", "--config", BASELINE, *tiny_overrides(tiny_data, str(run_dir)), "train.iters=2"]
+    assert run_cli(*args).returncode == 0
+    final_path, last_path = run_dir / "model" / "final.pth", run_dir / "model" / "last.pth"
+    final, last = load_checkpoint(str(final_path)), load_checkpoint(str(last_path))
+    assert not set(final) & set(RESUME_ONLY) and set(RESUME_KEYS) <= set(last)
+    assert {k: v for k, v in last.items() if k not in RESUME_ONLY and k != "model"} == \
+        {k: v for k, v in final.items() if k != "model"}  # the same meta, config, epoch and iteration
+    assert_same_weights(final_path, last_path)
+    optimizer_bytes = sum(t.numel() * t.element_size() for s in last["optimizer"]["state"].values()
+                          for t in s.values() if torch.is_tensor(t))
+    assert optimizer_bytes > 0 and final_path.stat().st_size < last_path.stat().st_size - 0.9 * optimizer_bytes
+    before = {p.name: p.read_bytes() for p in (final_path, last_path)}
+    r = run_cli(*args, f"train.resume={final_path}")
+    assert r.returncode != 0
+    assert (f"{final_path}: not a segkd last.pth (missing optimizer, scaler, scheduler, rng) - cannot resume from "
+            "it; a final.pth holds the network only: resume from the run's model/last.pth") in r.stderr
+    assert {p.name: p.read_bytes() for p in (final_path, last_path)} == before
+
+
+@pytest.mark.slow
 def test_distilled_adamw_run_resumes_exactly(tiny_data, tmp_path):
     """The CPU benchmark's recipe (AdamW, linear warmup, zero-initialised residual BNs; KD and aux KL from a
     frozen teacher, R18 here to keep it short) on 4 images (2 iterations an epoch), stopped inside the warmup of
     the first epoch and resumed across the epoch's end: the student and the AdamW state (moments, step counts,
-    learning rates) of final.pth are bitwise the uninterrupted run's."""
+    learning rates) of last.pth are bitwise the uninterrupted run's (final.pth: the weights, also equal)."""
     from tests.test_bad_inputs import run_in_process
 
     teacher = str(tmp_path / "teacher.pth")
@@ -183,8 +210,8 @@ def test_distilled_adamw_run_resumes_exactly(tiny_data, tmp_path):
     r = run_in_process(args(tmp_path / "resumed", "train.resume=auto"))
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and "at iteration 1/3" in r.stdout and "epoch 2/2 iter 3/3" in r.stdout
-    a, b = (load_checkpoint(str(tmp_path / name / "model" / "final.pth")) for name in ("straight", "resumed"))
-    assert a["mode"] == "distill" and a["config"]["train"]["optimizer"] == "adamw"
+    a, b = (load_checkpoint(str(tmp_path / name / "model" / "last.pth")) for name in ("straight", "resumed"))
+    assert a["mode"] == "distill" and a["config"]["train"]["optimizer"] == "adamw" and a["iteration"] == 3
     assert_same_weights(tmp_path / "straight" / "model" / "final.pth", tmp_path / "resumed" / "model" / "final.pth")
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]

@@ -3,6 +3,7 @@ scripts/make_table.py that names which machine trained each seed."""
 
 import json
 import os
+import re
 
 import torch
 
@@ -29,6 +30,11 @@ def test_machine_describes_this_cpu(tmp_path):
         with open("/proc/cpuinfo") as f:
             text = f.read()
         assert m["cpu"] in text and m["vendor"] in text
+        family = re.search(r"^cpu family\s*:\s*(\S+)", text, re.M)  # what lscpu prints as "CPU family"
+        model = re.search(r"^model\s*:\s*(\S+)", text, re.M)
+        assert m["family"] == (family.group(1) if family else None)
+        assert m["model"] == (model.group(1) if model else None)
+    assert machine_label(m) == machine_label({k: v for k, v in m.items() if k not in ("family", "model")})
     json.dumps(m)  # it goes into metrics.json and into checkpoints, which are loaded with weights_only=True:
     path = os.path.join(str(tmp_path), "meta.pth")
     torch.save({"machine": m}, path)

@@ -80,7 +80,7 @@ def test_both_groups_follow_warmup_and_poly_across_a_resume(tiny_data, tmp_path)
     stopped = load_checkpoint(f"{run}/model/last.pth")
     r = run_cli(*args, "train.resume=auto")
     assert r.returncode == 0, r.stderr
-    final = load_checkpoint(f"{run}/model/final.pth")
+    final = load_checkpoint(f"{run}/model/last.pth")  # the finished run's resumable state (final.pth: weights only)
 
     def factor(i):  # set by set_lr() before the update of iteration i (0-based)
         return (1 - i / 6) ** 0.9 * (min(i + 1, 2) / 2)

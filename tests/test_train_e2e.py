@@ -62,7 +62,9 @@ def test_teacher_distill_test_end_to_end(tiny_data, teacher, tmp_path):
     assert ckpt["mode"] == "distill" and ckpt["layers"] == 18 and ckpt["iteration"] == 3
     # exactly the student's own weights: no teacher tensors, no wrapper prefixes, nothing missing
     assert set(ckpt["model"]) == set(build_pspnet(18, TINY_CLASSES).state_dict())
-    assert {"optimizer", "rng", "epoch", "config", "scheduler"} <= set(ckpt)
+    assert {"epoch", "config"} <= set(ckpt) and not {"optimizer", "rng", "scheduler"} & set(ckpt)  # the network
+    last = torch.load(os.path.join(run_dir, "model", "last.pth"), weights_only=True)
+    assert {"optimizer", "rng", "epoch", "config", "scheduler"} <= set(last) and last["iteration"] == 3
 
     r = run_cli("test.py", "--config", KD_CFG, *tiny_overrides(tiny_data, run_dir), "test.flip=true")
     assert r.returncode == 0, r.stderr

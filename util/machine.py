@@ -41,16 +41,28 @@ def cpu_name() -> str:
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
+def cpu_generation() -> tuple[str | None, str | None]:
+    """(``cpu family``, ``model``) of /proc/cpuinfo as strings (lscpu's "CPU family" and "Model"), None where
+    unknown: what tells two VMs with the same bare model name apart (AMD's family 25 is Zen 3 or Zen 4, 26 Zen 5)."""
+    return _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+
+
 def machine(device: torch.device) -> dict[str, Any]:
-    """``{'cpu', 'vendor', 'isa', 'cpus', 'device', 'torch'}``: enough to tell two development VMs apart (their
-    model names can be as bare as 'Intel(R) Xeon(R) Processor')."""
+    """``{'cpu', 'vendor', 'isa', 'cpus', 'device', 'torch', 'family', 'model'}``: enough to tell two development
+    VMs apart (their model names can be as bare as 'Intel(R) Xeon(R) Processor' or 'AMD EPYC').
+
+    :func:`machine_label` leaves ``family`` and ``model`` out: the label names what moves the arithmetic (the vector
+    units), and two generations with the same units have given the same scores bit for bit (docs/TABLES.md), only not
+    the same speed, which is what the two fields are recorded for."""
     import torch
 
     flags = cpu_flags()
+    family, model = cpu_generation()
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"cpu": cpu_name(), "vendor": _cpuinfo_field("vendor_id") or platform.machine(),
             "isa": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count(), "device": dev,
-            "torch": str(torch.__version__)}  # a plain str: TorchVersion is refused by weights_only loads
+            "torch": str(torch.__version__),  # a plain str: TorchVersion is refused by weights_only loads
+            "family": family, "model": model}
 
 
 def machine_label(meta: dict[str, Any] | None) -> str:
