@@ -28,14 +28,14 @@ segkd_die() { echo "error: $*" >&2; exit 1; }
 # The CPU presets share the teacher's logits between the distilled rows of a seed (distill.teacher_cache).
 segkd_synthetic_preset() {
     PRESET_EXTRA="" PRESET_TEACHER_EXTRA="" PRESET_STUDENT_EXTRA="" PRESET_TEST_EXTRA=""
-    PRESET_CFGDIR=config/synthetic PRESET_TEACHER_CACHE=0 PRESET_ROWS=$STUDENT_ROWS PRESET_CHAIN="" PRESET_JOBS=1
+    PRESET_CFGDIR=config/synthetic PRESET_TEACHER_CACHE=0 PRESET_ROWS=$STUDENT_ROWS PRESET_CHAIN=""
     case "${SCALE:-full}" in
         full)
             PRESET_GEN="--train 1464 --val 300 --classes 21 --seed 0" PRESET_SEEDS="1 2 3"
             PRESET_DATA=datasets/synthetic PRESET_RUNS=runs ;;
         demo | cpu-long | cpu-paired)
             PRESET_GEN="--preset cpu --train 2000 --val 300 --seed 0" PRESET_DATA=datasets/synthetic_cpu
-            PRESET_CFGDIR=config/synthetic_cpu PRESET_TEACHER_CACHE=1 PRESET_JOBS=2
+            PRESET_CFGDIR=config/synthetic_cpu PRESET_TEACHER_CACHE=1
             if [ "$SCALE" = demo ]; then
                 PRESET_SEEDS="1 2 3" PRESET_RUNS=runs/demo
             elif [ "$SCALE" = cpu-paired ]; then
@@ -68,12 +68,6 @@ segkd_setup() {
     if [ -z "${NPROC:-}" ]; then
         NPROC=0
         if command -v nvidia-smi >/dev/null 2>&1; then NPROC=$(nvidia-smi -L 2>/dev/null | wc -l); fi
-    fi
-    # Runs at once (segkd_pool): the CPU presets' default 2 only on CPU; GPU runs each take every GPU.
-    if [ -z "${JOBS:-}" ]; then JOBS=${PRESET_JOBS:-1}; [ "$NPROC" -eq 0 ] || JOBS=1; fi
-    [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || segkd_die "JOBS=$JOBS: expected a whole number of runs at once, 1 or more"
-    if [ "$JOBS" -gt 1 ] && [ "$NPROC" -gt 0 ]; then
-        segkd_die "JOBS=$JOBS with NPROC=$NPROC: runs at once are for CPU tables (NPROC=0); each GPU run takes every GPU"
     fi
     # Word-split the override strings: one key=value per word, no spaces inside a value.
     # (read -d '' takes newlines too and returns 1 at the end of its input.)
@@ -214,100 +208,19 @@ segkd_check_chain() {
         "$CHAIN_ASSISTANT.yaml, the R18 student of $CHAIN_STUDENT.yaml) or empty"
 }
 
-# ROW SEED OVERRIDES...: train and test one student run into $root/ROW/seed<SEED> with config $cfgdir/ROW.yaml
-# (cfgdir, root and common are segkd_table's locals).
-segkd_student_run() {
-    local row=$1 seed=$2
-    shift 2
-    segkd_run "$row seed$seed" "$cfgdir/$row.yaml" "$root/$row/seed$seed" "$root/logs/${row}_seed$seed" \
-        "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"} "$@" "train.seed=$seed"
-}
-
-# ROW SEED OVERRIDES...: the progress line, then segkd_student_run, timed for the ETA (k and total are
-# segkd_table's locals).
+# ROW SEED OVERRIDES...: the progress line, then train and test one student run into $root/ROW/seed<SEED> with
+# config $cfgdir/ROW.yaml, timed for the ETA (k, total, cfgdir, root and common are segkd_table's locals).
 segkd_student() {
     local row=$1 seed=$2 start=$SECONDS
     shift 2
     k=$((k + 1))
     segkd_progress $k $total "$row seed$seed"
-    segkd_student_run "$row" "$seed" "$@"
+    segkd_run "$row seed$seed" "$cfgdir/$row.yaml" "$root/$row/seed$seed" "$root/logs/${row}_seed$seed" \
+        "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"} "$@" "train.seed=$seed"
     STUDENTS_LEFT=$((STUDENTS_LEFT - 1))
     if [ "$RAN" = 1 ]; then
         STUDENT_SECONDS=$((STUDENT_SECONDS + SECONDS - start)) STUDENTS_TIMED=$((STUDENTS_TIMED + 1))
     fi
-}
-
-# I: job I of segkd_table's list (JOB_KIND, JOB_ROW, JOB_SEED): the teacher run, or a student run with the overrides
-# its kind needs (free: no teacher; kd: the table's teacher; ta: the chain's student, from its seed's assistant).
-segkd_job() {
-    local row=${JOB_ROW[$1]} seed=${JOB_SEED[$1]}
-    case ${JOB_KIND[$1]} in
-        teacher) segkd_run pspnet50_teacher "$cfgdir/pspnet50_teacher.yaml" "$teacher_dir" \
-            "$root/logs/pspnet50_teacher" "${common[@]}" ${TEACHER_ARGS[@]+"${TEACHER_ARGS[@]}"} \
-            "train.seed=$TEACHER_SEED" ;;
-        free) segkd_student_run "$row" "$seed" ;;
-        kd) segkd_student_run "$row" "$seed" "${kd[@]}" ;;
-        ta) segkd_student_run "$row" "$seed" "teacher.checkpoint=$root/$CHAIN_ASSISTANT/seed$seed/model/final.pth" \
-            teacher.layers=34 ;;
-    esac
-}
-
-# JOBS > 1: segkd_table's job list with up to JOBS runs at once, each one process with torch's own thread count, so
-# each run's arithmetic is the one it has alone (bitwise: docs/TABLES.md), and OMP_WAIT_POLICY=PASSIVE, without which
-# the runs' OpenMP threads spin against each other (two runs at once took 4 times as long). A job starts when the jobs
-# it needs are done (JOB_DEPS): a distilled run needs the teacher, and the previous distilled run of its seed (which
-# fills the teacher cache it reads; the chain's student also needs its assistant, the run before it); runs without a
-# teacher need nothing, so they train beside the teacher. A failed run stops new starts; the runs going on finish.
-segkd_pool() {
-    local n=${#JOB_KIND[@]} i j d ready running=0 failed="" rc first_start="" done_timed=0
-    local -a state pid_of started
-    for ((i = 0; i < n; i++)); do state[i]=pending; done
-    export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-    while :; do
-        while [ -z "$failed" ] && [ "$running" -lt "$JOBS" ]; do
-            ready=""
-            for ((i = 0; i < n; i++)); do
-                [ "${state[i]}" = pending ] || continue
-                for d in ${JOB_DEPS[i]}; do [ "${state[d]}" = done ] || continue 2; done
-                ready=$i; break
-            done
-            [ -n "$ready" ] || break
-            i=$ready k=$((k + 1))
-            local label=${JOB_ROW[i]}${JOB_SEED[i]:+ seed${JOB_SEED[i]}}
-            local eta="ETA after the first student run"
-            if [ "$done_timed" -gt 0 ]; then
-                eta="ETA $(segkd_clock $(((SECONDS - first_start) * STUDENTS_LEFT / done_timed)))"
-            fi
-            echo "[run $k/$total] $label (elapsed $(segkd_clock "$SECONDS"), $eta)"
-            if [ -f "${JOB_DIR[i]}/eval/$EVAL/metrics.json" ]; then
-                echo "[skip] $label: ${JOB_DIR[i]}/eval/$EVAL/metrics.json exists"
-                state[i]=done
-                if [ "${JOB_KIND[i]}" != teacher ]; then STUDENTS_LEFT=$((STUDENTS_LEFT - 1)); fi
-                continue
-            fi
-            if [ "${JOB_KIND[i]}" != teacher ] && [ -z "$first_start" ]; then first_start=$SECONDS; fi
-            segkd_job "$i" &
-            pid_of[i]=$! state[i]=running started[i]=$SECONDS running=$((running + 1))
-        done
-        [ "$running" -gt 0 ] || break
-        sleep 1
-        for ((j = 0; j < n; j++)); do
-            [ "${state[j]}" = running ] && ! kill -0 "${pid_of[j]}" 2>/dev/null || continue
-            rc=0
-            wait "${pid_of[j]}" || rc=$?
-            state[j]=done running=$((running - 1))
-            if [ "$rc" -ne 0 ]; then
-                failed="${failed:+$failed, }${JOB_ROW[j]}${JOB_SEED[j]:+ seed${JOB_SEED[j]}}"
-                if [ "$running" -gt 0 ]; then echo "waiting for the $running run(s) still going; they are kept" >&2; fi
-            elif [ "${JOB_KIND[j]}" != teacher ]; then
-                STUDENTS_LEFT=$((STUDENTS_LEFT - 1)) done_timed=$((done_timed + 1))
-            fi
-        done
-    done
-    [ -z "$failed" ] || segkd_die "failed: $failed (above); finished runs are kept, rerun the same command to continue"
-    for ((i = 0; i < n; i++)); do
-        [ "${state[i]}" = done ] || segkd_die "internal: job ${JOB_ROW[i]} ${JOB_SEED[i]} never became ready"
-    done
 }
 
 # DATASET: the teacher once (or TEACHER, adopted), then each student row for each seed (and, with CHAIN, the
@@ -340,44 +253,26 @@ segkd_table() {
     if [ -n "${CHAIN:-}" ] && [ -n "${CHAIN//[[:space:]]/}" ]; then chain=2; echo "chain R$layers -> R34 -> R18 for every seed"; fi
     total=$((1 + n_seeds * (n_rows + chain)))
     STUDENT_SECONDS=0 STUDENTS_TIMED=0 STUDENTS_LEFT=$((n_seeds * (n_rows + chain)))
+    segkd_progress $k $total pspnet50_teacher
+    segkd_run pspnet50_teacher "$cfgdir/pspnet50_teacher.yaml" "$teacher_dir" "$root/logs/pspnet50_teacher" \
+        "${common[@]}" ${TEACHER_ARGS[@]+"${TEACHER_ARGS[@]}"} "train.seed=$TEACHER_SEED"
     local kd=("teacher.checkpoint=$teacher_dir/model/final.pth" ${teacher_kd[@]+"${teacher_kd[@]}"})
     if [ "${TEACHER_CACHE:-${PRESET_TEACHER_CACHE:-0}}" = 1 ]; then
         kd+=("distill.teacher_cache=$root/teacher_cache")
     fi
-    # The job list, in the order JOBS=1 runs it: the teacher, then each seed's rows and chain.
-    JOB_KIND=(teacher) JOB_ROW=(pspnet50_teacher) JOB_SEED=("") JOB_DIR=("$teacher_dir") JOB_DEPS=("")
-    local prev kind
     for seed in $SEEDS; do
-        prev=0  # the job a distilled run of this seed waits for: the teacher, then the seed's previous distilled run
-        local seed_rows=$ROWS
-        if [ "$chain" -gt 0 ]; then seed_rows="$ROWS $CHAIN_ASSISTANT $CHAIN_STUDENT"; fi
-        for row in $seed_rows; do
+        for row in $ROWS; do
             case $row in
-                pspnet18_baseline | dml_*) kind=free ;;
-                "$CHAIN_STUDENT") kind=ta ;;
-                *) kind=kd ;;
+                pspnet18_baseline | dml_*) segkd_student "$row" "$seed" ;;  # no teacher
+                *) segkd_student "$row" "$seed" "${kd[@]}" ;;
             esac
-            JOB_KIND+=("$kind") JOB_ROW+=("$row") JOB_SEED+=("$seed") JOB_DIR+=("$root/$row/seed$seed")
-            if [ "$kind" = free ]; then JOB_DEPS+=(""); else JOB_DEPS+=("$prev"); prev=$((${#JOB_KIND[@]} - 1)); fi
         done
+        if [ "$chain" -gt 0 ]; then
+            segkd_student "$CHAIN_ASSISTANT" "$seed" "${kd[@]}"
+            segkd_student "$CHAIN_STUDENT" "$seed" \
+                "teacher.checkpoint=$root/$CHAIN_ASSISTANT/seed$seed/model/final.pth" teacher.layers=34
+        fi
     done
-    if [ "$JOBS" -gt 1 ]; then
-        echo "$JOBS runs at once (JOBS=$JOBS), OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}"
-        k=0
-        segkd_pool
-    else
-        segkd_progress $k $total pspnet50_teacher
-        segkd_job 0
-        local i
-        for ((i = 1; i < ${#JOB_KIND[@]}; i++)); do
-            case ${JOB_KIND[i]} in
-                free) segkd_student "${JOB_ROW[i]}" "${JOB_SEED[i]}" ;;
-                kd) segkd_student "${JOB_ROW[i]}" "${JOB_SEED[i]}" "${kd[@]}" ;;
-                ta) segkd_student "${JOB_ROW[i]}" "${JOB_SEED[i]}" \
-                    "teacher.checkpoint=$root/$CHAIN_ASSISTANT/seed${JOB_SEED[i]}/model/final.pth" teacher.layers=34 ;;
-            esac
-        done
-    fi
     "$PYTHON" scripts/make_table.py "$root" --seeds "$SEEDS" --eval "$EVAL" --config-dir "$cfgdir" \
         --out-md "$root/table.md" --out-csv "$root/table.csv"
     echo "wrote $root/table.md and $root/table.csv ($(segkd_clock "$SECONDS") since the script started)"

@@ -143,40 +143,6 @@ def test_tiny_table_from_an_imported_teacher(tmp_path):
     assert adopted.read_bytes() == open(teacher, "rb").read()
 
 
-@pytest.mark.slow
-def test_jobs_run_beside_the_teacher_and_wait_for_what_they_need(tmp_path):
-    """JOBS=2: the baseline trains beside the teacher; a distilled run starts once the teacher is evaluated, the next
-    distilled run of its seed once the first has filled the teacher cache. A failed run stops new starts, the run
-    still going finishes and is kept, and the same command then resumes the failed one."""
-    rows = "pspnet18_baseline pspnet18_kd pspnet18_kd_aux_kl"
-    r = run_table(tmp_path, JOBS="2", TEACHER_CACHE="1", ROWS=rows, STUDENT_EXTRA="train.stop_after=1")
-    assert r.returncode != 0 and "2 runs at once (JOBS=2), OMP_WAIT_POLICY=PASSIVE" in r.stdout
-    assert "failed: pspnet18_baseline seed1 (above); finished runs are kept" in r.stderr
-    assert "waiting for the 1 run(s) still going; they are kept" in r.stderr
-    assert metrics(tmp_path, "pspnet50_teacher").is_file()  # the teacher went on to the end
-    assert (run_dir(tmp_path, "pspnet18_baseline") / "model" / "last.pth").is_file()
-    assert not run_dir(tmp_path, "pspnet18_kd").exists()  # never started after the failure
-    teacher_done = os.path.getmtime(run_dir(tmp_path, "pspnet50_teacher") / "model" / "final.pth")
-    assert os.path.getmtime(run_dir(tmp_path, "pspnet18_baseline") / "config.yaml") < teacher_done  # beside it
-
-    r = run_table(tmp_path, JOBS="2", TEACHER_CACHE="1", ROWS=rows)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "[skip] pspnet50_teacher" in r.stdout and "[train] pspnet18_baseline seed1" in r.stdout
-    assert "(resuming)" in r.stdout and all(metrics(tmp_path, row).is_file() for row in rows.split())
-
-    def started(row):  # train.py writes config.yaml first
-        return os.path.getmtime(run_dir(tmp_path, row) / "config.yaml")
-
-    def finished(row):
-        return os.path.getmtime(metrics(tmp_path, row))
-
-    assert started("pspnet18_kd") >= finished("pspnet50_teacher")
-    assert started("pspnet18_kd_aux_kl") >= finished("pspnet18_kd")
-    logs = tmp_path / "runs" / "synthetic" / "logs"
-    assert ": 2 hits, 0 misses" in (logs / "pspnet18_kd_aux_kl_seed1.train.log").read_text()
-    assert "| R18 + logit KD + aux KL |" in (tmp_path / "runs" / "synthetic" / "table.md").read_text()
-
-
 @pytest.mark.slow  # bash subprocesses
 def test_bad_arguments_fail_before_any_run(tmp_path):
     r = run_table(tmp_path, SCALE="huge")
@@ -187,11 +153,6 @@ def test_bad_arguments_fail_before_any_run(tmp_path):
     assert r.returncode != 0 and "train.itres" in r.stderr
     r = run_table(tmp_path, CHAIN="50 18")
     assert r.returncode != 0 and 'CHAIN="50 18": the chain is "50 34 18"' in r.stderr
-    for jobs in ("0", "two"):
-        r = run_table(tmp_path, JOBS=jobs)
-        assert r.returncode != 0 and f"JOBS={jobs}: expected a whole number of runs at once" in r.stderr
-    r = run_table(tmp_path, JOBS="2", NPROC="2")
-    assert r.returncode != 0 and "JOBS=2 with NPROC=2: runs at once are for CPU tables" in r.stderr
     assert not (tmp_path / "runs" / "synthetic").exists()  # the bad override was caught before training
     sweep = os.path.join(REPO, "scripts", "sweep.sh")
     r = subprocess.run(["bash", sweep, "config/synthetic/pspnet18_kd.yaml", "distill.temperature"],
