@@ -126,9 +126,13 @@ def machines_line(rows: list[Row]) -> Optional[str]:
     only a pair on one machine. None when no run recorded one."""
     seeds: dict[str, set[int]] = {}
     teacher: dict[str, float] = {}  # machine -> the teacher's mIoU there
+    generations: dict[str, set[tuple[str, str]]] = {}  # machine -> (CPU family, model) of its runs, where recorded
     for row in rows:
         for run in row.runs:
-            label = machine_label(run.metrics.get("trained_on"))
+            meta = run.metrics.get("trained_on")
+            label = machine_label(meta)
+            if isinstance(meta, dict) and meta.get("family") is not None:
+                generations.setdefault(label, set()).add((str(meta["family"]), str(meta.get("model"))))
             if row.key == TEACHER_ROW:
                 teacher[label] = run.metrics["mIoU"]
             else:
@@ -139,11 +143,15 @@ def machines_line(rows: list[Row]) -> Optional[str]:
     def the_teacher(label: str) -> str:  # its mIoU too when each machine has its own
         return "the teacher" + (f" ({100 * teacher[label]:.2f} mIoU)" if len(teacher) > 1 else "")
 
+    def named(label: str) -> str:  # the label, and the CPU generations of its runs (speed, not arithmetic)
+        gens = sorted(generations.get(label, ()), key=lambda g: tuple(int(x) if x.isdigit() else -1 for x in g))
+        return label + (f" [CPU {'; '.join(f'family {f} model {m}' for f, m in gens)}]" if gens else "")
+
     parts = []
     for label, s in sorted(seeds.items(), key=lambda item: min(item[1])):
         who = f"seed{'s' if len(s) > 1 else ''} {' '.join(str(k) for k in sorted(s))}"
-        parts.append(f"{who}{' and ' + the_teacher(label) if label in teacher else ''}: {label}")
-    parts += [f"{the_teacher(label)}: {label}" for label in sorted(set(teacher) - set(seeds))]
+        parts.append(f"{who}{' and ' + the_teacher(label) if label in teacher else ''}: {named(label)}")
+    parts += [f"{the_teacher(label)}: {named(label)}" for label in sorted(set(teacher) - set(seeds))]
     mixed = [k for k in {k for s in seeds.values() for k in s} if sum(k in s for s in seeds.values()) > 1]
     warn = f" Seeds {' '.join(map(str, sorted(mixed)))} mix machines: their pairs compare CPUs." if mixed else ""
     orphans = sorted(k for label, s in seeds.items() if label not in teacher for k in s) if len(teacher) > 1 else []

@@ -75,6 +75,12 @@ def test_table_names_the_machine_of_each_seed(paper_runs, capsys):  # noqa: F811
     set_machine(paper_runs, "pspnet18_kd_aux_smoothl1", 2, AMD)  # seed 2's baseline on Intel, one of its rows on AMD
     code, out, _ = run_main([paper_runs], capsys)
     assert "seeds 2 3: " + amd in out and "Seeds 2 mix machines: their pairs compare CPUs." in out
+    # the CPU generation, where recorded, follows the label without splitting it: same vector units, same arithmetic
+    set_machine(paper_runs, "pspnet18_kd_aux_smoothl1", 3, {**AMD, "family": "26", "model": "2"})
+    set_machine(paper_runs, "pspnet18_baseline", 3, {**AMD, "family": "25", "model": "17"})
+    code, out, _ = run_main([paper_runs], capsys)
+    assert f"seeds 2 3: {amd} [CPU family 25 model 17; family 26 model 2]" in out
+    assert "Seeds 2 mix machines" in out and "Seeds 2 3 mix" not in out
 
 
 
