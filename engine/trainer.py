@@ -276,18 +276,24 @@ class Trainer:
         return all_reduce_max(signum or 0, self.info.device) if self.info.distributed else signum or 0
 
     def check_replicas(self) -> None:
-        """DDP keeps the replicas' parameters identical; verify it (a desync would silently corrupt the
-        student). BN buffers are not compared: without SyncBN each rank updates them from its own batch and
-        DDP re-broadcasts rank 0's at the next forward; the checkpoint holds rank 0's."""
+        """DDP keeps the replicas' parameters identical, and the trainer averages the connectors' gradients itself;
+        verify both (a desync would silently corrupt the student, or the hint a connector gives it). BN buffers are
+        not compared: without SyncBN each rank updates them from its own batch and DDP re-broadcasts rank 0's at the
+        next forward; the checkpoint holds rank 0's."""
         if not self.info.distributed:
             return
-        params = unwrap(self.distiller.student).parameters()
-        digest = torch.stack([p.double().sum() for p in params]).cpu()
-        digests = all_gather_objects(digest, self.info.world_size)
-        if any(not torch.equal(d, digests[0]) for d in digests):
-            raise SegKDError("student weights differ between processes after training (DDP desync)")
+        groups = {"student": list(unwrap(self.distiller.student).parameters()),
+                  "distillation connector": self.distiller.trainable_parameters()}
+        digests = {name: torch.stack([p.double().sum() for p in params]).cpu()
+                   for name, params in groups.items() if params}
+        gathered = all_gather_objects(digests, self.info.world_size)
+        for name in digests:
+            if any(not torch.equal(g[name], digests[name]) for g in gathered):
+                raise SegKDError(f"{name} weights differ between processes after training (DDP desync)")
         if self.log:
             what = f"every peer's ({len(self.meta['peers'])} peers)" if "peers" in self.meta else "student"
+            if len(digests) > 1:
+                what += " and distillation connector"
             self.log.info(f"{what} parameters identical on all {self.info.world_size} processes")
 
     def interrupt(self, signum: int) -> int:
