@@ -49,7 +49,8 @@ class Checkpoints:
                  total_iters: int, methods: Optional[torch.nn.Module] = None) -> dict[str, Any]:
         """The checkpoint dict (collective: every rank's RNG states are gathered). ``methods``: the
         distillation methods' modules (connectors), saved under ``distill_modules`` when they have any state;
-        final.pth is written without them (its network is the student alone)."""
+        :func:`final_state` drops them with the rest of what only a resume reads (final.pth's network is the student
+        alone)."""
         rngs = [rng_state()]
         if self.info.distributed:  # every rank's dropout RNG, so a resume is exact on each of them
             rngs = all_gather_objects(rng_state(), self.info.world_size)

@@ -209,7 +209,7 @@ class Trainer:
             return  # already written at this iteration (a checkpoint_every multiple at an epoch end)
         state = self.checkpoints.snapshot(unwrap(self.distiller.student), self.optimizer, self.scaler, self.iteration,
                                           self.iteration // self.iters_per_epoch, self.total_iters,
-                                          self.distiller.methods if name == "last.pth" else None)
+                                          self.distiller.methods)
         self.checkpoints.write(name, state if name == "last.pth" else final_state(state))
         if name == "final.pth" and "peers" in self.meta:  # a mutual run: each peer's own checkpoint too
             paths = self.checkpoints.write_peers(unwrap(self.distiller.student), state)
@@ -284,12 +284,14 @@ class Trainer:
             return
         groups = {"student": list(unwrap(self.distiller.student).parameters()),
                   "distillation connector": self.distiller.trainable_parameters()}
+        averaged_by = {"student": "DDP", "distillation connector": "the trainer's gradient averaging"}
         digests = {name: torch.stack([p.double().sum() for p in params]).cpu()
                    for name, params in groups.items() if params}
         gathered = all_gather_objects(digests, self.info.world_size)
         for name in digests:
             if any(not torch.equal(g[name], digests[name]) for g in gathered):
-                raise SegKDError(f"{name} weights differ between processes after training (DDP desync)")
+                raise SegKDError(f"{name} weights differ between processes after training ({averaged_by[name]} "
+                                 "out of sync)")
         if self.log:
             what = f"every peer's ({len(self.meta['peers'])} peers)" if "peers" in self.meta else "student"
             if len(digests) > 1:
