@@ -11,7 +11,10 @@ MUTUAL_ROWS="dml_pspnet18_pspnet18 dml_pspnet50_pspnet18"  # ROWS may name them 
 METHOD_ROWS="pspnet18_kd_aux_cwd pspnet18_kd_aux_dist pspnet18_kd_aux_kl_std pspnet18_kd_dkd pspnet18_kd_fitnet
     pspnet18_kd_at pspnet18_kd_skd pspnet18_kd_ifvd pspnet18_kd_cirkd"
 CHAIN_ASSISTANT=pspnet34_kd CHAIN_STUDENT=pspnet18_kd_ta     # CHAIN="<teacher depth> 34 18": their configs
-CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the demo configs say 150)
+CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the CPU configs say 150)
+# SCALE=demo: the CPU configs' schedule shortened to fit 30 minutes on the slowest 2-vCPU VM seen (docs/TABLES.md):
+# teacher 250 iterations (the configs say 500), students 60 (150), warmups cut in proportion.
+DEMO_TEACHER_ITERS="train.iters=250 train.warmup_iters=25" DEMO_STUDENT_ITERS="train.iters=60 train.warmup_iters=8"
 
 # The scripts cd to the repo root (configs and `-m tools.synthetic` resolve there): user paths must not move.
 segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
@@ -20,10 +23,11 @@ segkd_die() { echo "error: $*" >&2; exit 1; }
 
 # Scale presets of the synthetic table, as defaults under the user's variables (see docs/TABLES.md).
 #   full: the VOC-sized tier with the configs of config/synthetic as written (321 crop, 30 epochs): a GPU table.
-#   demo: `make demo`, the CPU tier (96 px scenes, config/synthetic_cpu), 3 seeds; measured in docs/TABLES.md.
-#   cpu-long: the same tier and recipe with 5 seeds and students trained 400 iterations (about an hour).
-#   cpu-paired: the demo's recipe (students 150 iterations) over 10 seeds with every row and the chain: the
-#     instrument of docs/TABLES.md (about 26 min per seed on a 2-vCPU VM; runs can span sessions).
+#   demo: `make demo`, the CPU tier (96 px scenes, config/synthetic_cpu), 3 seeds, on a shorter schedule than the
+#     configs' (DEMO_*_ITERS above); measured in docs/TABLES.md.
+#   cpu-long: the tier's configs with 5 seeds and students trained 400 iterations (about an hour).
+#   cpu-paired: the tier's configs as written (teacher 500, students 150 iterations) over 10 seeds with every row
+#     and the chain: the instrument of docs/TABLES.md (about 26 min per seed on a 2-vCPU VM; runs can span sessions).
 #   tiny: seconds per run, for tests/test_table_script.py; the numbers mean nothing.
 # The CPU presets share the teacher's logits between the distilled rows of a seed (distill.teacher_cache).
 segkd_synthetic_preset() {
@@ -38,6 +42,7 @@ segkd_synthetic_preset() {
             PRESET_CFGDIR=config/synthetic_cpu PRESET_TEACHER_CACHE=1
             if [ "$SCALE" = demo ]; then
                 PRESET_SEEDS="1 2 3" PRESET_RUNS=runs/demo
+                PRESET_TEACHER_EXTRA=$DEMO_TEACHER_ITERS PRESET_STUDENT_EXTRA=$DEMO_STUDENT_ITERS
             elif [ "$SCALE" = cpu-paired ]; then
                 PRESET_SEEDS="1 2 3 4 5 6 7 8 9 10" PRESET_RUNS=runs/cpu-paired PRESET_CHAIN="50 34 18"
                 PRESET_ROWS=$(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS)
@@ -128,6 +133,32 @@ segkd_step() {
     echo "  $kind done in $((SECONDS - start)) s (log: $log)"
 }
 
+# RUN_DIR CONFIG OVERRIDES...: stop when RUN_DIR's finished run was trained as another experiment than CONFIG with
+# OVERRIDES (e.g. a runs/demo of an older recipe, or other EXTRA): a table never mixes two recipes. Where files
+# are (data.root, data.names, teacher.checkpoint, output.*) and test.* may differ; a run without config.yaml (an
+# adopted TEACHER) is not checked. train.py checks an interrupted run itself when it resumes.
+segkd_same_run() {
+    [ -f "$1/config.yaml" ] || return 0
+    "$PYTHON" - "$@" <<'EOF' || exit 1
+import os
+import sys
+from engine.rundir import experiment_diff
+from util.config import flat_dict, load_config
+from util.errors import SegKDError
+run_dir, config, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+saved = os.path.join(run_dir, "config.yaml")
+try:
+    old, new = flat_dict(load_config(saved)), flat_dict(load_config(config, overrides + [f"output.dir={run_dir}"]))
+except SegKDError as e:
+    sys.exit(f"error: {e}")
+where = ("data.root", "data.names", "teacher.checkpoint")
+diff = experiment_diff(old, new, tuple(k for k in new if k in where or k.startswith(("test.", "output."))))
+if diff:
+    sys.exit(f"error: {run_dir}: a finished run of another experiment ({diff}); remove it or set RUNS "
+             "(nothing was overwritten)")
+EOF
+}
+
 # NAME CONFIG RUN_DIR LOG OVERRIDES...: train (or resume) then test one run, skipping what is already done.
 #   eval/$EVAL/metrics.json exists -> skip; model/final.pth exists -> test only;
 #   config.yaml exists (an interrupted run) -> train.resume=auto; otherwise a fresh run.
@@ -138,11 +169,13 @@ segkd_run() {
     local metrics="$dir/eval/$EVAL/metrics.json"
     RAN=0
     if [ -f "$metrics" ]; then
+        segkd_same_run "$dir" "$config" "$@"
         echo "[skip] $name: $metrics exists"
         return 0
     fi
     RAN=1
     if [ -f "$dir/model/final.pth" ]; then
+        segkd_same_run "$dir" "$config" "$@"
         echo "[test] $name: $dir/model/final.pth exists, evaluating it"
     else
         local resume=()

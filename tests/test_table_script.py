@@ -238,3 +238,58 @@ def test_method_rows_need_their_config(tmp_path):
     r = run_table(tmp_path, ROWS="pspnet18_kd_bogus")
     assert r.returncode != 0 and "ROWS: pspnet18_kd_bogus is not one of: pspnet18_baseline" in r.stderr
     assert not (tmp_path / "runs" / "synthetic").exists()
+
+
+def same_run(run, config, *overrides):
+    """scripts/table.sh's segkd_same_run RUN_DIR CONFIG OVERRIDES... in a bash of its own."""
+    script = f'source "{REPO}/scripts/table.sh"; PYTHON="{sys.executable}"; segkd_same_run "$@"'
+    return subprocess.run(["bash", "-c", script, "same_run", str(run), config, *overrides], capture_output=True,
+                          text=True, cwd=REPO)
+
+
+@pytest.mark.slow  # bash subprocesses (a fraction of a second each)
+def test_a_finished_run_of_another_recipe_stops_the_table(tmp_path):
+    """A rerun skips a finished run only when it was trained as the same experiment: a runs/demo of an older
+    recipe, or other EXTRA, stops the table with the run dir and the key instead of entering a mixed table."""
+    from util.config import load_config, save_config
+
+    config = os.path.join(REPO, "config", "synthetic_cpu", "pspnet18_baseline.yaml")
+    run = tmp_path / "pspnet18_baseline" / "seed1"
+    (run / "eval" / "ss").mkdir(parents=True)
+    trained = ["train.iters=60", "train.warmup_iters=8", "train.seed=1", "data.root=/somewhere/else"]
+    save_config(load_config(config, trained + [f"output.dir={run}"]), str(run / "config.yaml"))
+    scores = run / "eval" / "ss" / "metrics.json"
+    scores.write_text('{"mIoU": 0.3}')
+
+    ok = same_run(run, config, "train.iters=60", "train.warmup_iters=8", "train.seed=1")
+    assert ok.returncode == 0, ok.stderr  # where the data is (data.root) and test.* may differ
+    assert same_run(run, config, *trained, "test.crop_size=65").returncode == 0
+    r = same_run(run, config, "train.seed=1")  # the configs' 150 iterations against the run's 60
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert f"error: {run}: a finished run of another experiment (train.iters: 60 there, 150 now" in r.stderr
+    assert "+1 more: train.warmup_iters" in r.stderr and "remove it or set RUNS" in r.stderr
+    r = same_run(run, config, *trained[:2], "train.seed=2")
+    assert r.returncode != 0 and "train.seed: 1 there, 2 now" in r.stderr
+    assert scores.read_text() == '{"mIoU": 0.3}'  # nothing written
+    (run / "config.yaml").unlink()  # an adopted TEACHER has no config.yaml: nothing to compare
+    assert same_run(run, config, "train.seed=5").returncode == 0
+
+
+@pytest.mark.slow  # bash subprocesses
+def test_demo_preset_shortens_the_schedule_and_the_user_wins():
+    """SCALE=demo trains the teacher 250 and the students 60 iterations (the configs, which the instrument runs
+    as written, say 500 and 150); a user's TEACHER_EXTRA / STUDENT_EXTRA come after the preset's, so they win."""
+    def args(scale, **env):
+        script = (f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset; segkd_setup datasets/x; '
+                  'echo "${TEACHER_ARGS[*]}"; echo "${STUDENT_ARGS[*]}"')
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "SCALE": scale, **env})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split("\n")[:2]
+
+    teacher, student = args("demo")
+    assert teacher.split() == ["train.iters=250", "train.warmup_iters=25"]
+    assert student.split() == ["train.iters=60", "train.warmup_iters=8"]
+    teacher, student = args("demo", TEACHER_EXTRA="train.iters=500", STUDENT_EXTRA="train.iters=150")
+    assert teacher.split()[-1] == "train.iters=500" and student.split()[-1] == "train.iters=150"
+    assert args("cpu-paired") == ["", ""]  # the instrument: the configs as written
