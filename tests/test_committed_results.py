@@ -99,3 +99,30 @@ def test_a_file_without_one_marker_pair_is_a_one_line_error():
     for bad in (f"{ib.BEGIN} only", f"{ib.END}\n{ib.BEGIN}", f"{ib.BEGIN}{ib.END}{ib.BEGIN}{ib.END}"):
         with pytest.raises(SystemExit, match=r"^error: X.md: expected one <!-- instrument:begin -->"):
             ib.replace_block(bad, "new\n", "X.md")
+
+
+DEMO = os.path.join(REPO, "docs", "results", "demo-t250s60-2026-12-03-amd-epyc-family25")
+
+
+def test_readme_demo_table_is_the_committed_demo(capsys):
+    """The README's `make demo` table is what scripts/make_table.py prints for the demo's committed metrics.json
+    files (without the config and notes columns), and those runs are the demo preset's schedule: teacher 250
+    iterations, students 60, three seeds of the four paper rows, one machine."""
+    code, text, err = run_main([DEMO, "--config-dir", os.path.join(REPO, "config", "synthetic_cpu")], capsys)
+    assert code == 0, err
+    made = ["|".join(line.split("|")[:11]) + "|" for line in text.splitlines() if line.startswith("| ")]
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read().splitlines()
+    at = readme.index(made[0])  # the header row of the demo table
+    assert readme[at:at + len(made) + 1] == made[:1] + readme[at + 1:at + 2] + made[1:]
+    assert len(made) == 6 and "| 250 |" in made[1] and all("| 60 |" in row for row in made[2:])
+    found = {}
+    for row in sorted(os.listdir(DEMO)):
+        base = os.path.join(DEMO, row)
+        paths = ([os.path.join(base, "eval", "ss", "metrics.json")] if row == "pspnet50_teacher" else
+                 [os.path.join(base, f"seed{k}", "eval", "ss", "metrics.json") for k in (1, 2, 3)])
+        for path in paths:
+            with open(path) as f:
+                found[path] = json.load(f)
+    assert {m["iteration"] for m in found.values()} == {250, 60} and len(found) == 13
+    assert len({json.dumps(m["trained_on"], sort_keys=True) for m in found.values()}) == 1
