@@ -126,3 +126,22 @@ def test_readme_demo_table_is_the_committed_demo(capsys):
                 found[path] = json.load(f)
     assert {m["iteration"] for m in found.values()} == {250, 60} and len(found) == 13
     assert len({json.dumps(m["trained_on"], sort_keys=True) for m in found.values()}) == 1
+
+
+def test_readme_six_seed_demo_numbers_are_the_committed_runs(capsys):
+    """The six-seed figures the README gives for the demo's schedule (seeds 1-3 of the demo, 4-6 run after it on the
+    same VM) are what make_table prints for the two committed folders, the second one's students only."""
+    extra = DEMO + "-seeds4-6"
+    students = [os.path.join(extra, row) for row in sorted(os.listdir(extra)) if row != "pspnet50_teacher"]
+    code, text, err = run_main([DEMO, *students, "--config-dir", os.path.join(REPO, "config", "synthetic_cpu")],
+                               capsys)
+    assert code == 0, err
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = " ".join(f.read().split())
+    for label, name in (("logit KD", "R18 + logit KD |"), ("+ aux KL", "+ aux KL |"),
+                        ("+ aux SmoothL1", "+ aux SmoothL1 |")):
+        row = next(line for line in text.splitlines() if name in line)
+        interval = re.search(r"\*\*([+-]\d+\.\d\d) ± \d+\.\d\d\*\* (\[[^\]]+\])", row)
+        assert interval and "6 (6 > 0)" in row, row
+        assert f"{label} {interval.group(1)} {interval.group(2)}" in readme, (label, row)
+    assert "pooled paired std 2.23" in readme and "Resolution: pooled paired std 2.23 points" in text
