@@ -1,5 +1,5 @@
-"""scripts/paired_stats.py: the t quantile against scipy, the interval and the resolution against values
-computed by hand."""
+"""scripts/paired_stats.py: the interval and the resolution against values computed by hand (t quantiles from the
+printed tables), and the one-line error of a table script when scipy, a development dependency, is missing."""
 
 import math
 import os
@@ -8,24 +8,21 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.test_make_table import paper_runs, run_main  # noqa: F401 (paper_runs is a fixture)
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import paired_stats as ps  # noqa: E402
 
-
-@pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 29, 30.5, 120, 1000])
-@pytest.mark.parametrize("p", [0.6, 0.8, 0.95, 0.975, 0.995, 0.025])
-def test_t_quantile_matches_scipy(p, df):
-    from scipy import stats
-
-    assert ps.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9, abs=1e-9)
+from util.errors import SegKDError  # noqa: E402
 
 
 def test_table_values():
-    """The printed t table: t(0.975) for 1, 2, 9 degrees of freedom."""
+    """The printed t table: t(0.975) for 1, 2, 9 degrees of freedom, t(0.80) for 9, and symmetry."""
     assert round(ps.t_quantile(0.975, 1), 3) == 12.706
     assert round(ps.t_quantile(0.975, 2), 3) == 4.303
     assert round(ps.t_quantile(0.975, 9), 3) == 2.262
+    assert round(ps.t_quantile(0.80, 9), 3) == 0.883
+    assert ps.t_quantile(0.025, 9) == pytest.approx(-ps.t_quantile(0.975, 9))
 
 
 def test_paired_interval_by_hand():
@@ -61,3 +58,20 @@ def test_pooled_std_and_resolution_by_hand():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="0 < p < 1"):
         ps.t_quantile(1.0, 3)
+
+
+def without_scipy(monkeypatch):
+    """``import scipy`` raises ImportError from here on, as in an environment of requirements.txt alone."""
+    for name in [m for m in sys.modules if m == "scipy" or m.startswith("scipy.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+
+
+def test_missing_scipy_is_one_line(monkeypatch, paper_runs, capsys):  # noqa: F811
+    without_scipy(monkeypatch)
+    with pytest.raises(SegKDError, match="need scipy"):
+        ps.paired_interval([1.0, 2.0])
+    assert ps.paired_interval([0.7])["mean"] == 0.7  # one pair: no interval, no scipy
+    code, out, err = run_main([paper_runs], capsys)
+    assert code == 2 and out == ""
+    assert err == f"error: {ps.MISSING_SCIPY}\n"
