@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Optional
 
 import numpy as np
 import torch
@@ -82,21 +83,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """The main process's RNG states, in a form ``torch.load(weights_only=True)`` accepts."""
+def rng_state(device: Optional[torch.device] = None) -> dict:
+    """The main process's RNG states, in a form ``torch.load(weights_only=True)`` accepts. ``device``: the one the
+    run trains on; of CUDA only its generator is saved (``cuda``: that state, ``cuda_index``: its index), never every
+    visible GPU's, so a resume with fewer GPUs visible finds what it needs. A CPU run saves ``cuda: None``."""
     np_state = np.random.get_state()
+    cuda = device is not None and device.type == "cuda"
+    index = _cuda_index(device) if cuda else -1
     return {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(index) if cuda else None,
+        "cuda_index": index,
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: Optional[torch.device] = None) -> Optional[str]:
+    """Restore :func:`rng_state`'s ``state`` on ``device`` (the one this run trains on). Returns None, or one line
+    saying which random state could not carry over (a checkpoint of a GPU run resumed on a CPU, or the reverse): the
+    Python, NumPy and CPU torch states always do. Also reads the older format, whose ``cuda`` is a list of every
+    visible GPU's state: this device's entry is taken when the list has one."""
     random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if isinstance(saved, (list, tuple)):  # the older format: one state per GPU visible when it was saved
+        index = _cuda_index(device) if device is not None and device.type == "cuda" else 0
+        if saved and index >= len(saved):
+            return (f"the checkpoint holds the CUDA random state of {len(saved)} GPU(s), none for cuda:{index}; "
+                    "this GPU's dropout draws start from its seed")
+        saved = saved[index] if saved else None
+    on_cuda = device is not None and device.type == "cuda"
+    if saved is None and on_cuda:
+        return ("the checkpoint was saved by a CPU run: it holds no CUDA random state, so this GPU's dropout draws "
+                "start from its seed")
+    if saved is not None and not on_cuda:
+        return ("the checkpoint was saved by a GPU run: its CUDA random state cannot carry over to a CPU run, so "
+                "dropout draws differ from the interrupted run's")
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, _cuda_index(device))
+    return None
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The index of a CUDA device (``cuda`` alone: the current one)."""
+    return device.index if device.index is not None else torch.cuda.current_device()

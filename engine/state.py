@@ -44,6 +44,7 @@ class Checkpoints:
         self.model_dir = os.path.join(cfg.output.dir, "model")
         self.saved_at: Optional[int] = None
         self.resumed_from: Optional[str] = None
+        self.rng_note: Optional[str] = None  # which random state a resume could not carry over (data/loader.py)
 
     def snapshot(self, student: torch.nn.Module, optimizer, scaler, iteration: int, epoch: int,
                  total_iters: int, methods: Optional[torch.nn.Module] = None) -> dict[str, Any]:
@@ -51,9 +52,9 @@ class Checkpoints:
         distillation methods' modules (connectors), saved under ``distill_modules`` when they have any state;
         :func:`final_state` drops them with the rest of what only a resume reads (final.pth's network is the student
         alone)."""
-        rngs = [rng_state()]
+        rngs = [rng_state(self.info.device)]
         if self.info.distributed:  # every rank's dropout RNG, so a resume is exact on each of them
-            rngs = all_gather_objects(rng_state(), self.info.world_size)
+            rngs = all_gather_objects(rng_state(self.info.device), self.info.world_size)
         return {**self.meta, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 "scheduler": {"type": "poly", "power": self.cfg.train.power, "total_iters": total_iters},
@@ -129,7 +130,8 @@ class Checkpoints:
         except (ValueError, KeyError, RuntimeError) as e:
             raise SegKDError(f"{path}: optimizer state does not fit this run ({e})") from None
         rngs = state["rng"]
-        set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+        self.rng_note = set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0],
+                                      self.info.device)
         self.resumed_from = path
         if os.path.abspath(path) == os.path.abspath(os.path.join(self.model_dir, "last.pth")):
             self.saved_at = state["iteration"]  # this run's last.pth already holds this iteration

@@ -231,14 +231,14 @@ class Trainer:
         epoch = self.iteration // self.iters_per_epoch
         self.sampler.set_epoch(epoch, (self.iteration - epoch * self.iters_per_epoch) * self.loader.batch_size)
         keys = list(itertools.islice(iter(self.sampler), self.loader.batch_size))
-        saved, error = rng_state(), None
+        saved, error = rng_state(self.info.device), None
         try:
             for key in keys:
                 self.loader.dataset[key]
         except SegKDError as e:
             error = e
         finally:
-            set_rng_state(saved)
+            set_rng_state(saved, self.info.device)
         if broadcast_flag(error is not None, self.info.device):
             raise error or SegKDError("another process found bad input in its first batch (see its error)")
         self._checked = True
@@ -256,6 +256,8 @@ class Trainer:
             self.log.scalars(self.iteration, {}, kind="resume")  # metrics.jsonl: later rows supersede
             self.log.info(f"resumed from {self.checkpoints.resumed_from} at iteration "
                           f"{self.iteration}/{self.total_iters}")
+            if self.checkpoints.rng_note:
+                self.log.info(f"warning: resume: {self.checkpoints.rng_note}")
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The loader's batches; a bad sample (also in a worker) is one line naming its file."""
