@@ -105,13 +105,13 @@ DEMO = os.path.join(REPO, "docs", "results", "demo-t250s60-2026-12-03-amd-epyc-f
 
 
 def test_readme_demo_table_is_the_committed_demo(capsys):
-    """The README's `make demo` table is what scripts/make_table.py prints for the demo's committed metrics.json
+    """docs/TABLES.md's `make demo` table is what scripts/make_table.py prints for the demo's committed metrics.json
     files (without the config and notes columns), and those runs are the demo preset's schedule: teacher 250
     iterations, students 60, three seeds of the four paper rows, one machine."""
     code, text, err = run_main([DEMO, "--config-dir", os.path.join(REPO, "config", "synthetic_cpu")], capsys)
     assert code == 0, err
     made = ["|".join(line.split("|")[:11]) + "|" for line in text.splitlines() if line.startswith("| ")]
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "docs", "TABLES.md"), encoding="utf-8") as f:
         readme = f.read().splitlines()
     at = readme.index(made[0])  # the header row of the demo table
     assert readme[at:at + len(made) + 1] == made[:1] + readme[at + 1:at + 2] + made[1:]
@@ -129,14 +129,14 @@ def test_readme_demo_table_is_the_committed_demo(capsys):
 
 
 def test_readme_six_seed_demo_numbers_are_the_committed_runs(capsys):
-    """The six-seed figures the README gives for the demo's schedule (seeds 1-3 of the demo, 4-6 run after it on the
+    """The six-seed figures docs/TABLES.md gives for the demo's schedule (seeds 1-3 of the demo, 4-6 run after it on the
     same VM) are what make_table prints for the two committed folders, the second one's students only."""
     extra = DEMO + "-seeds4-6"
     students = [os.path.join(extra, row) for row in sorted(os.listdir(extra)) if row != "pspnet50_teacher"]
     code, text, err = run_main([DEMO, *students, "--config-dir", os.path.join(REPO, "config", "synthetic_cpu")],
                                capsys)
     assert code == 0, err
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "docs", "TABLES.md"), encoding="utf-8") as f:
         readme = " ".join(f.read().split())
     for label, name in (("logit KD", "R18 + logit KD |"), ("+ aux KL", "+ aux KL |"),
                         ("+ aux SmoothL1", "+ aux SmoothL1 |")):
@@ -145,3 +145,15 @@ def test_readme_six_seed_demo_numbers_are_the_committed_runs(capsys):
         assert interval and "6 (6 > 0)" in row, row
         assert f"{label} {interval.group(1)} {interval.group(2)}" in readme, (label, row)
     assert "pooled paired std 2.23" in readme and "Resolution: pooled paired std 2.23 points" in text
+
+
+def test_readme_prose_quotes_the_instrument_block():
+    """Every paired difference with its interval that the README's prose quotes ("+2.10 [+0.71, +3.49]") is a number
+    of the instrument block, which the test above holds to the committed runs."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    sys_block = text.split("<!-- instrument:begin -->", 1)[1].split("<!-- instrument:end -->", 1)
+    block, prose = sys_block[0], text.split("<!-- instrument:begin -->", 1)[0] + sys_block[1]
+    quoted = re.findall(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", prose)
+    assert quoted, "the README quotes no paired difference"
+    assert [q for q in quoted if q not in block] == []

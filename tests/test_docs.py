@@ -52,3 +52,42 @@ def test_every_dotted_name_in_the_docs_exists(doc):
         names = named(f.read())
     missing = sorted({n for n in names if n not in keys and not resolves(n)})
     assert missing == [], f"{doc} names code that does not exist: {missing}"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, markup and punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(path: str) -> set[str]:
+    with open(path, encoding="utf-8") as f:
+        return {slug(line.lstrip("#")) for line in f if re.match(r"#{1,6} ", line)}
+
+
+def test_slug_is_githubs():
+    assert slug(" 2b. Published teachers: download, import, check") == "2b-published-teachers-download-import-check"
+    assert slug(" What `make demo` prints") == "what-make-demo-prints"
+    assert slug(" The instrument: every row over paired seeds (`SCALE=cpu-paired`)") == \
+        "the-instrument-every-row-over-paired-seeds-scalecpu-paired"
+
+
+@pytest.mark.parametrize("doc", DOCS + ["docs/results/LOG.md"])
+def test_every_relative_link_reaches_a_file_and_its_heading(doc):
+    """The README is a map into docs/: a link whose file or section is gone is caught here, not by a reader."""
+    with open(os.path.join(REPO, doc), encoding="utf-8") as f:
+        links = LINK.findall(f.read())
+    broken = []
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        target, _, anchor = link.partition("#")
+        path = os.path.normpath(os.path.join(REPO, os.path.dirname(doc), target)) if target else os.path.join(REPO, doc)
+        if not os.path.exists(path):
+            broken.append(link)
+        elif anchor and path.endswith(".md") and anchor not in anchors(path):
+            broken.append(link)
+    assert broken == [], f"{doc} links to what does not exist: {broken}"
