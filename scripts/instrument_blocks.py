@@ -2,11 +2,14 @@
 
     python scripts/instrument_blocks.py                 # print both blocks
     python scripts/instrument_blocks.py --write         # replace them between the instrument markers in place
+    python scripts/instrument_blocks.py --figure        # the forest plot, docs/img/instrument_forest.png
 
 README's block: one line per row (mIoU, the paired Δ with its 95% interval, bold when it excludes zero, and the
 pairs above zero), the resolution and the Trained-on lines of the full table (docs/results/cpu-paired/table.md,
 make_table.py). TABLES.md's block adds the mIoU of every run, seed by seed, with its difference to the baseline of
-that seed. The prose around the blocks (what they show) is written by hand.
+that seed. The figure is make_table.py's forest plot of the same table (scripts/forest_plot.py): every row with a
+paired Δ, its 95% interval and its ten pairs, the zero line and the resolution band. The prose around the blocks
+(what they show) is written by hand.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 import make_table  # noqa: E402
+from forest_plot import ForestRow  # noqa: E402
 from table_stats import BASELINE_ROW, TEACHER_ROW, compared, find_metrics, group_runs, load_run  # noqa: E402
+
+from util.errors import SegKDError  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(REPO, "docs", "results", "cpu-paired")
 BEGIN, END = "<!-- instrument:begin -->", "<!-- instrument:end -->"
+FIGURE = os.path.join(REPO, "docs", "img", "instrument_forest.png")
 TARGETS = {"README.md": False, os.path.join("docs", "TABLES.md"): True}  # file -> with the per-seed table
 
 
@@ -67,11 +74,26 @@ def per_seed(rows) -> list[str]:
     return lines
 
 
-def blocks(results: str = RESULTS, config_dir: Optional[str] = None) -> dict[bool, str]:
-    """{with_seeds: block text between the markers} for the committed results."""
+def table(results: str = RESULTS, config_dir: Optional[str] = None) -> tuple[str, list[dict]]:
+    """make_table's (markdown, records) of the committed results."""
     args = argparse.Namespace(paths=[results], eval="ss", seeds=None, group_by=None, baseline=None, config=None,
                               config_dir=config_dir or os.path.join(REPO, "config", "synthetic_cpu"), out_md=None)
-    text, records = make_table.build(args)
+    return make_table.build(args)
+
+
+def figure(path: str = FIGURE, results: str = RESULTS) -> list[ForestRow]:
+    """The instrument's forest plot written to ``path``; returns the rows drawn."""
+    _, records = table(results)
+    rows = [rec for rec in records if rec.get("d_values")]
+    seeds = sorted({len(rec["d_values"]) for rec in rows})
+    title = (f"The instrument (synthetic CPU tier, SCALE=cpu-paired): {len(rows)} rows vs the R18 baseline, "
+             f"{' or '.join(map(str, seeds))} paired seeds")
+    return make_table.figure(records, path, title)
+
+
+def blocks(results: str = RESULTS, config_dir: Optional[str] = None) -> dict[bool, str]:
+    """{with_seeds: block text between the markers} for the committed results."""
+    text, records = table(results, config_dir)
     footer = [line for line in text.splitlines() if line.startswith(("Resolution:", "Trained on:"))]
     rows = group_runs([load_run(p) for p in find_metrics([results], "ss")], None, None)
     short = summary(records, footer)
@@ -89,8 +111,18 @@ def replace_block(text: str, block: str, where: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", action="store_true", help="replace the blocks in README.md and docs/TABLES.md")
+    parser.add_argument("--figure", nargs="?", const=FIGURE, metavar="PNG",
+                        help=f"write the forest plot instead (default {os.path.relpath(FIGURE, REPO)})")
     args = parser.parse_args(argv)
-    made = blocks()
+    try:
+        if args.figure:
+            rows = figure(args.figure)
+            print(f"wrote the forest plot of {len(rows)} rows to {args.figure}")
+            return 0
+        made = blocks()
+    except SegKDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not args.write:
         for name, with_seeds in TARGETS.items():
             print(f"# {name}\n{made[with_seeds]}")

@@ -5,6 +5,7 @@
     python scripts/make_table.py runs/a runs/b/seed1 runs/b/seed2          # any run dirs, grouped by dir name
     python scripts/make_table.py runs/sweep/pspnet18_kd --group-by distill.temperature \\
         --baseline runs/synthetic/pspnet18_baseline                   # Δ mIoU of every row against these runs
+    python scripts/make_table.py runs/synthetic --figure runs/synthetic/forest.png     # and the forest plot
 
 Each argument is a run directory (holding ``eval/<EVAL>/metrics.json``), a ``metrics.json`` or a folder searched
 for run directories. A run in ``.../<name>/seed<k>`` belongs to row ``<name>``, any other run to the row named
@@ -17,8 +18,11 @@ mean ± sample standard deviation (n - 1) over seeds; the CSV holds the same num
 also shows its paired difference to the baseline (``pspnet18_baseline``, or the runs of ``--baseline``): the mean
 ± sample std over the seeds both have of row mIoU - baseline mIoU, in points, and its training iterations; the
 chained student's notes also pair it with the direct R50 -> R18 row (``pspnet18_kd``).
-Standard library and numpy only. The runs, rows and their numbers are scripts/table_stats.py; this file is the
-command and renders them (markdown table with its caption and links, CSV).
+``--figure PATH`` also draws the paired differences as a forest plot (scripts/forest_plot.py, matplotlib): every
+row with a paired Δ, its 95% interval and pairs, the zero line and the Resolution line's half-width as a band.
+Standard library and numpy; scipy for the intervals and matplotlib for the figure, both imported only when needed
+(requirements-dev.txt; without them a one-line error). The runs, rows and their numbers are scripts/table_stats.py;
+this file is the command and renders them (markdown table with its caption and links, CSV, figure).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # run as a script from anywhere: the repo (util/) and table_stats
+from forest_plot import ForestRow, draw, forest_rows  # noqa: E402
 from paired_stats import pooled_std, resolution  # noqa: E402
 from table_stats import (  # noqa: E402
     BASELINE_ROW,
@@ -103,22 +108,54 @@ def fmt_paired(rec: dict[str, Any]) -> str:
     return f"{delta} | {rec['d_pairs']}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def resolution_line(records: list[dict[str, Any]]) -> Optional[str]:
-    """What the table can resolve: the pooled paired std of the compared rows and, at each number of pairs the
-    rows have, the half-width of a 95% interval and the difference detected with 80% power."""
+Resolution = tuple[float, int, int, dict[int, tuple[float, float]]]
+
+
+def resolution_numbers(records: list[dict[str, Any]]) -> Optional[Resolution]:
+    """(pooled paired std of the compared rows, its degrees of freedom, how many rows it pools, {number of pairs:
+    (half-width of a 95% interval, difference detected with 80% power)} at each number of pairs the rows have);
+    None when no row has two pairs."""
     groups = [rec["d_values"] for rec in records if rec.get("d_values")]
     std, df = pooled_std(groups)
     if std is None:
         return None
     sizes = sorted({len(g) for g in groups if len(g) > 1})
+    return std, df, sum(len(g) > 1 for g in groups), {n: resolution(std, df, n) for n in sizes}
+
+
+def resolution_line(records: list[dict[str, Any]]) -> Optional[str]:
+    """What the table can resolve: the pooled paired std of the compared rows and, at each number of pairs the
+    rows have, the half-width of a 95% interval and the difference detected with 80% power."""
+    numbers = resolution_numbers(records)
+    if numbers is None:
+        return None
+    std, df, pooled, at = numbers
     parts = []
-    for n in sizes:
-        half, detect = resolution(std, df, n)
+    for n, (half, detect) in at.items():
         parts.append(f"with {n} pairs a 95% interval is ± {half:.2f} points (a true difference of {detect:.2f} is "
                      "found with 80% power)")
-    return (f"Resolution: pooled paired std {std:.2f} points over {sum(len(g) > 1 for g in groups)} compared rows "
+    return (f"Resolution: pooled paired std {std:.2f} points over {pooled} compared rows "
             f"({df} degrees of freedom); {'; '.join(parts)}. A paired Δ smaller than its row's half-width is "
             "noise at this n.")
+
+
+def figure(records: list[dict[str, Any]], path: str, title: str) -> list[ForestRow]:
+    """The forest plot of the table's paired differences (scripts/forest_plot.py) written to ``path``: the rows
+    with a paired Δ, and the resolution band at each row's number of pairs. Returns the rows drawn."""
+    numbers = resolution_numbers(records)
+    rows = forest_rows(records, {n: half for n, (half, _) in numbers[3].items()} if numbers else {})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    draw(rows, path, title)
+    return rows
+
+
+def default_title(records: list[dict[str, Any]]) -> str:
+    """``Paired Δ mIoU vs the Student PSPNet-R18 baseline: 15 rows, 10 seeds``."""
+    base = next((rec["label"] for rec in records if rec["row"] == BASELINE_ROW), "the baseline")
+    pairs = sorted({len(rec["d_values"]) for rec in records if rec.get("d_values")})
+    seeds = f"{pairs[0]}–{pairs[-1]}" if len(pairs) > 1 else str(pairs[0] if pairs else 0)
+    shown = sum(1 for rec in records if rec.get("d_values"))
+    return f"Paired Δ mIoU vs {base}: {shown} rows, {seeds} seeds"
 
 
 def machines_line(rows: list[Row]) -> Optional[str]:
@@ -264,9 +301,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--config-dir", help="rows link to CONFIG_DIR/<row>.yaml when it exists")
     parser.add_argument("--out-md", help="write the markdown table here")
     parser.add_argument("--out-csv", help="write the CSV here")
+    parser.add_argument("--figure", help="write the forest plot of the paired differences here (PNG; matplotlib)")
+    parser.add_argument("--figure-title", help="its title (default: the baseline, how many rows and seeds)")
     args = parser.parse_args(argv)
     try:
         text, records = build(args)
+        if args.figure:
+            figure(records, args.figure, args.figure_title or default_title(records))
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The numbers of the results table, from ``metrics.json`` files: runs found and grouped into rows (the paper's five,
 directory names or the values of a config key), seeds checked, mean ± sample std per score, the paired difference
 of every row to the baseline seed by seed, training iterations. Imported by scripts/make_table.py, which renders
-these records as markdown and CSV (run that: ``python scripts/make_table.py RUNS...``). Standard library and numpy.
+these records as markdown and CSV (run that: ``python scripts/make_table.py RUNS...``). Standard library and numpy
+(scipy for the intervals, scripts/paired_stats.py).
 """
 
 from __future__ import annotations
