@@ -7,13 +7,17 @@ KD (``distill.kd_loss``) compares the main logits: ``kl`` (temperature-scaled KL
 FEAT (``distill.feat_loss``) compares the student's aux logits with the *teacher's aux logits* (same shape
 by construction): ``kl``, ``smoothl1``, ``cwd``, ``dist`` or ``kl_std``; ``none`` drops the term. Each is a
 function of model/losses.py; :data:`KD_LOSSES` and :data:`FEAT_LOSSES` list them.
+
+Every distillation term (KD, FEAT and each method of ``distill.terms``; deep mutual learning's too) runs through
+:func:`float32_term`: autocast off, its tensors in float32. Under AMP the networks run in bfloat16/float16, the
+terms' similarities, sums and softmaxes do not (docs/GPU.md); a method added later inherits this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -36,6 +40,15 @@ class Term:
     method: Method
     tensor: str
     weight: float
+
+
+def float32_term(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(*tensors)`` with autocast off and every floating-point tensor in float32 (labels pass unchanged): the
+    one place the distillation terms get their precision. Under bfloat16/float16 autocast, matmul and its kin run in
+    the low precision even on float32 inputs, which made IFVD's per-class sums overflow float16 (NaN) and SKD's and
+    CIRKD's similarities rounding noise late in training. Outside autocast on float32 tensors it changes nothing."""
+    with torch.autocast(tensors[0].device.type, enabled=False):
+        return fn(*(t.float() if t.is_floating_point() else t for t in tensors))
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -153,15 +166,16 @@ class Distiller(nn.Module):
                 terms["feat"] = self.compare(self.feat_loss, s["aux"], t["aux"], target)
             for name, method in self.methods.items():
                 tensor = self.term_tensors[name]
-                terms[name] = method(s[tensor], t[tensor], target)
+                terms[name] = float32_term(method, s[tensor], t[tensor], target)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}
 
     def compare(self, loss: str, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The distillation loss named ``loss`` between two N×K×h×w logit maps, with this distiller's
-        parameters (model/losses.py documents each)."""
-        return compare_logits(loss, student, teacher, target, self.temperature, self.params, self.ignore_index,
-                              self.full_resolution, self.align_corners)
+        parameters (model/losses.py documents each), in float32 (:func:`float32_term`)."""
+        return float32_term(lambda s, t, y: compare_logits(loss, s, t, y, self.temperature, self.params,
+                                                           self.ignore_index, self.full_resolution, self.align_corners),
+                            student, teacher, target)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -226,4 +240,5 @@ def _channels(model: nn.Module, classes: int) -> dict[str, int]:
     return {**getattr(unwrap(model), "feature_channels", {}), **{name: classes for name in LOGITS}}
 
 
-__all__ = ["Distiller", "FEAT_LOSSES", "compare_logits", "KD_LOSSES", "METHODS", "Term", "build_terms", "freeze"]
+__all__ = ["Distiller", "FEAT_LOSSES", "compare_logits", "KD_LOSSES", "METHODS", "Term", "build_terms", "float32_term",
+           "freeze"]

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from model.distiller import FEAT_LOSSES, _align_corners, compare_logits
+from model.distiller import FEAT_LOSSES, _align_corners, compare_logits, float32_term
 from model.losses import cross_entropy
 from util.distributed import unwrap
 
@@ -97,8 +97,11 @@ class MutualLearner(nn.Module):
 
     def _mean_over(self, others: list[dict[str, torch.Tensor]], loss: str, mine: torch.Tensor, name: str,
                    target: torch.Tensor, ac: bool) -> torch.Tensor:
-        values = [compare_logits(loss, mine, o[name].detach(), target, self.temperature, self.params,
-                                 self.ignore_index, self.full_resolution, ac) for o in others]
+        def term(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return compare_logits(loss, s, t, y, self.temperature, self.params, self.ignore_index,
+                                  self.full_resolution, ac)
+
+        values = [float32_term(term, mine, o[name].detach(), target) for o in others]  # autocast off, float32
         return sum(values) / len(values)
 
 

@@ -33,7 +33,8 @@ from model.methods.base import Method, Param, register
 
 def attention_map(feat: torch.Tensor, p: float = 2.0, eps: float = 1e-12) -> torch.Tensor:
     """N x C x h x w -> N x (h*w): mean over channels of |feat|^p per position, L2-normalised per image
-    (an all-zero map stays zero: F.normalize divides by max(norm, eps)). Computed in float32."""
+    (an all-zero map stays zero: F.normalize divides by max(norm, eps)). On float32 (the distiller turns
+    autocast off around it: model/distiller.py:float32_term)."""
     mag = feat.float().abs()
     # |x|^p with gradient 0 at x = 0 for every p > 0: pow's gradient p x^(p-1) is infinite at 0 when p < 1
     # and times abs's 0 gives NaN, which ReLU'd features (many exact zeros) would hit at once

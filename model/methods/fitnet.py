@@ -31,7 +31,8 @@ def make_connector(student_channels: int, teacher_channels: int) -> nn.Sequentia
 
 def fitnet_loss(student: torch.Tensor, teacher: torch.Tensor, connector: nn.Module) -> torch.Tensor:
     """Mean squared error between ``connector(student)`` and ``teacher`` over all N x C_t x h x w elements
-    (a mean over channels averaged over the positions), computed in float32.
+    (a mean over channels averaged over the positions), in float32: the distiller runs it, connector included,
+    with autocast off (model/distiller.py:float32_term).
 
     student: N x C_s x h x w; teacher: N x C_t x h x w; connector: maps C_s to C_t channels at the same
     size. The value does not depend on the batch size or on tiling the same map in space.

@@ -35,7 +35,8 @@ def node_similarity(feat: torch.Tensor, pool: int = 2, eps: float = 1e-12) -> to
     """N x C x h x w -> N x M x M, M = ceil(h/pool) ceil(w/pool): the cosine similarity of every pair of
     nodes, a node being the channel-wise max over a pool x pool patch (stride pool, the last patch of a row
     or column partial when pool does not divide the size). An all-zero node has similarity 0 to every node.
-    Computed in float32."""
+    On float32 (the input is converted); under autocast the matmul would still run in bfloat16/float16, which is
+    why the distiller calls every term with autocast off (model/distiller.py:float32_term)."""
     feat = feat.float()
     if pool > 1:
         feat = F.max_pool2d(feat, kernel_size=pool, stride=pool, ceil_mode=True)
@@ -44,7 +45,7 @@ def node_similarity(feat: torch.Tensor, pool: int = 2, eps: float = 1e-12) -> to
 
 
 def skd_pairwise_loss(student: torch.Tensor, teacher: torch.Tensor, pool: int = 2) -> torch.Tensor:
-    """Mean over the N x M x M entries of (A_s - A_t)^2, A = :func:`node_similarity` (float32).
+    """Mean over the N x M x M entries of (A_s - A_t)^2, A = :func:`node_similarity` (float32 outside autocast).
 
     student: N x C_s x h x w; teacher: N x C_t x h x w (the channel counts may differ). The value does not
     depend on the batch size, nor on scaling a node's feature by a positive factor; when ``pool`` divides
