@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from data.transforms import opencv_single_thread
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 32-bit seed mixing the three numbers (SplitMix-style, stable across processes and runs)."""
@@ -69,6 +71,7 @@ def build_train_loader(
         SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=opencv_single_thread,  # one OpenCV thread per worker: the workers are the parallelism
         # a private generator: creating an epoch's iterator must not draw from the global torch RNG, which
         # drives dropout and is restored on resume
         generator=torch.Generator().manual_seed(seed),

@@ -229,6 +229,14 @@ class Normalize:
         return normalize(image), label
 
 
+def opencv_single_thread(worker_id: int = 0) -> None:
+    """Turn OpenCV's own thread pool off (``cv2.setNumThreads(0)``, as semseg's train.py), in a DataLoader worker
+    (its ``worker_init_fn``, data/loader.py) and in the main process when it builds the transform. Parallelism
+    comes from the loader's workers: with the pool on, each of an 8-GPU node's 32 workers ran every resize, warp
+    and blur on every core. This OpenCV build ignores ``OMP_NUM_THREADS``. ``worker_id`` is unused."""
+    cv2.setNumThreads(0)
+
+
 def build_train_transform(
     crop_size: Size,
     scale: Sequence[float] = (0.5, 2.0),
@@ -243,8 +251,10 @@ def build_train_transform(
     batch for GPU input pipelines) keeps the image uint8 throughout and stops before normalising
     (the trainer calls :func:`normalize` on the batch): each interpolating step rounds to a whole grey level and
     padding is the mean rounded to (124, 116, 104), so its values are close to, not equal to, the default's
-    (the bound is tested in tests/test_data.py).
+    (the bound is tested in tests/test_data.py). OpenCV runs single-threaded from here on
+    (:func:`opencv_single_thread`).
     """
+    opencv_single_thread()  # the main process's transforms (train.workers=0, the preflight batch)
     steps = [
         RandScale(scale),
         RandRotate(rotate, padding=IMAGENET_MEAN, ignore_label=ignore_label),
