@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: venv test test-fast test-long lint demo deploy
 
 # Create the virtual environment once and (re)install when the requirements change. requirements-dev.txt
-# is requirements.txt plus what the tests and `make lint` use (scipy, ruff).
+# is requirements.txt plus what the tests, the table figures and `make lint` use (scipy, matplotlib, ruff).
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
