@@ -112,13 +112,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", action="store_true", help="replace the blocks in README.md and docs/TABLES.md")
     parser.add_argument("--figure", nargs="?", const=FIGURE, metavar="PNG",
-                        help=f"write the forest plot instead (default {os.path.relpath(FIGURE, REPO)})")
+                        help=f"write the forest plot (default {os.path.relpath(FIGURE, REPO)}); with --write, both")
     args = parser.parse_args(argv)
     try:
         if args.figure:
             rows = figure(args.figure)
             print(f"wrote the forest plot of {len(rows)} rows to {args.figure}")
-            return 0
+            if not args.write:
+                return 0
         made = blocks()
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr)
