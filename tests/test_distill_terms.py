@@ -23,7 +23,7 @@ def test_every_registered_method_has_its_file_its_paper_and_its_defaults_block()
     with open(DEFAULTS_PATH) as f:
         distill = yaml.safe_load(f)["distill"]
     sections = {k for k, v in distill.items() if isinstance(v, dict)}
-    assert sections == set(METHODS) == {"fitnet", "at", "skd", "ifvd", "cirkd", "dkd", "sphere"}
+    assert sections == set(METHODS) == {"fitnet", "at", "skd", "ifvd", "cirkd", "dkd", "sphere", "rkd"}
     for name, cls in METHODS.items():
         assert cls.__module__ == f"model.methods.{name}"  # one file per method
         assert cls.paper and cls.paper.split()[0] in importlib.import_module(cls.__module__).__doc__
@@ -143,7 +143,7 @@ def test_connectors_train_in_their_own_group_and_get_gradients(nets):
 
 @pytest.mark.parametrize("overrides, message", [
     (["distill.terms=[nope]"],
-     "distill.terms: unknown method 'nope'; known: at, cirkd, dkd, fitnet, ifvd, skd, sphere"),
+     "distill.terms: unknown method 'nope'; known: at, cirkd, dkd, fitnet, ifvd, rkd, skd, sphere"),
     (["distill.terms=[at,at]"], "distill.terms names at more than once"),
     (["distill.terms=[at]", "distill.at.tensor=layer9"], "distill.at.tensor='layer9': must be one of layer1"),
     (["distill.terms=[dkd]", "distill.dkd.tensor=layer4"], "distill.dkd.tensor='layer4': dkd compares class logits"),

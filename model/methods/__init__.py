@@ -9,4 +9,4 @@ from model.methods.base import FEATURES, LOGITS, METHODS, TENSORS, Method, Param
 __all__ = ["FEATURES", "LOGITS", "METHODS", "TENSORS", "Method", "Param", "check_params", "method_class", "register"]
 
 # Registration: importing a method's file registers it.
-from model.methods import at, cirkd, dkd, fitnet, ifvd, skd, sphere  # noqa: E402,F401
+from model.methods import at, cirkd, dkd, fitnet, ifvd, rkd, skd, sphere  # noqa: E402,F401
