@@ -45,8 +45,23 @@ def build_distiller(cfg: Config, info: DistInfo) -> Union[Distiller, MutualLearn
     if teacher is not None and cfg.distill.teacher_cache is not None:
         cache = TeacherCache(cfg.distill.teacher_cache, file_digest(cfg.teacher.checkpoint))
     distiller = Distiller.from_config(student, teacher, cfg, cache)
-    distiller.methods.to(info.device)  # the methods' connectors, beside the student
+    prepare_methods(distiller.methods, cfg, info)
     return distiller
+
+
+def uses_sync_bn(cfg: Config, info: DistInfo) -> bool:
+    """SyncBatchNorm for the student (and the methods' connectors): several CUDA processes and ``train.sync_bn``."""
+    return info.distributed and info.device.type == "cuda" and cfg.train.sync_bn
+
+
+def prepare_methods(methods: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:
+    """The distillation methods' connectors beside the student: on its device, and their BatchNorm in SyncBN when
+    the student's is (:func:`uses_sync_bn`), so FitNets' connector normalises over the batch the student's BN sees.
+    In place; returns ``methods``."""
+    methods.to(info.device)
+    if uses_sync_bn(cfg, info):
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(methods)  # a ModuleDict: its children converted in place
+    return methods
 
 
 def build_mutual(cfg: Config, info: DistInfo) -> MutualLearner:
@@ -66,7 +81,7 @@ def prepare_models(student: torch.nn.Module, teacher: Optional[torch.nn.Module],
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
-    if info.distributed and info.device.type == "cuda" and cfg.train.sync_bn:
+    if uses_sync_bn(cfg, info):
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
     if cfg.train.compile:
         torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly instead

@@ -3,7 +3,8 @@ the distiller's loss, backward) -> ``flush`` (loss terms to the host every ``tra
 -> ``report`` / ``validate``; then checkpoints (engine/state.py holds what they contain) and fit's helpers.
 Built by ``train.py`` from the parts engine/setup.py makes.
 
-Faults (docs/RELIABILITY.md): SIGTERM/SIGINT finish the step, write ``model/last.pth`` and exit 128+signal
+Faults (docs/RELIABILITY.md): SIGTERM/SIGINT finish the step (with several processes the next one too: the ranks
+agree on the signal one step late, so no step waits for the host), write ``model/last.pth`` and exit 128+signal
 on every rank; checkpoints are atomic, so a SIGKILL loses at most ``train.checkpoint_every`` iterations;
 a non-finite loss stops the run at the next flush, which precedes every checkpoint write, so no checkpoint
 holds it; a bad first batch fails before the run directory exists.
@@ -33,8 +34,8 @@ from model.distiller import Distiller
 from util.config import Config
 from util.distributed import (
     DistInfo,
+    MaxVote,
     all_gather_objects,
-    all_reduce_max,
     all_reduce_mean,
     average_gradients,
     broadcast_flag,
@@ -69,6 +70,7 @@ class Trainer:
         self._pending: list[torch.Tensor] = []  # per-step loss terms not yet synced to the host (flush())
         self._names: list[str] = []
         self._lr = 0.0
+        self._vote: Optional[MaxVote] = None  # this step's stop-signal vote, read after the next step (agreed_signal)
 
     # ---------------------------------------------------------------- the loop, top to bottom
     def fit(self) -> int:
@@ -274,8 +276,14 @@ class Trainer:
             yield batch
 
     def agreed_signal(self, signum: Optional[int]) -> int:
-        """The stop signal any rank received (0 if none), identical on every rank: they stop together."""
-        return all_reduce_max(signum or 0, self.info.device) if self.info.distributed else signum or 0
+        """The stop signal any rank received (0 if none), identical on every rank: they stop together. With several
+        processes it is read one step late, from the asynchronous all-reduce the previous step started
+        (:class:`~util.distributed.MaxVote`): reading this step's at once would make the host wait for the step's
+        kernels every iteration. A signal received during step i stops every rank after step i + 1."""
+        if not self.info.distributed:
+            return signum or 0
+        previous, self._vote = self._vote, MaxVote(signum or 0, self.info.device)
+        return previous.result() if previous is not None else 0
 
     def check_replicas(self) -> None:
         """DDP keeps the replicas' parameters identical, and the trainer averages the connectors' gradients itself;

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from model.losses import cross_entropy, cwd_loss, dist_loss, kd_kl_loss, kl_std_loss, smooth_l1_logits_loss
-from model.methods import LOGITS, METHODS, TENSORS, Method, check_params, method_class
+from model.methods import LOGITS, METHODS, TENSORS, Method, check_params, method_class, pick, tensor_names
 from model.teacher_cache import TeacherCache
 from util.distributed import unwrap
 from util.errors import SegKDError
@@ -38,17 +38,24 @@ class Term:
 
     name: str
     method: Method
-    tensor: str
+    tensor: str | tuple[str, ...]  # a tuple for a method comparing several tensors (AFD)
     weight: float
 
 
-def float32_term(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+def float32_term(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """``fn(*tensors)`` with autocast off and every floating-point tensor in float32 (labels pass unchanged): the
     one place the distillation terms get their precision. Under bfloat16/float16 autocast, matmul and its kin run in
     the low precision even on float32 inputs, which made IFVD's per-class sums overflow float16 (NaN) and SKD's and
-    CIRKD's similarities rounding noise late in training. Outside autocast on float32 tensors it changes nothing."""
-    with torch.autocast(tensors[0].device.type, enabled=False):
-        return fn(*(t.float() if t.is_floating_point() else t for t in tensors))
+    CIRKD's similarities rounding noise late in training. Outside autocast on float32 tensors it changes nothing.
+    A list of tensors (a method comparing several, AFD) has each of its tensors converted."""
+    def as_float32(t):
+        if isinstance(t, (list, tuple)):
+            return [as_float32(x) for x in t]
+        return t.float() if t.is_floating_point() else t
+
+    first = tensors[0][0] if isinstance(tensors[0], (list, tuple)) else tensors[0]
+    with torch.autocast(first.device.type, enabled=False):
+        return fn(*(as_float32(t) for t in tensors))
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -82,6 +89,7 @@ class Distiller(nn.Module):
         cwd_tau: float = 1.0,
         dist_beta: float = 1.0,
         dist_gamma: float = 1.0,
+        dist_global_batch: bool = False,
         ignore_index: int = 255,
         full_resolution: bool = False,
         teacher_cache: Optional[TeacherCache] = None,
@@ -98,7 +106,7 @@ class Distiller(nn.Module):
         self.temperature = temperature
         self.kd_loss, self.feat_loss = kd_loss, feat_loss
         self.params = {"smoothl1_beta": smoothl1_beta, "cwd_tau": cwd_tau, "dist_beta": dist_beta,
-                       "dist_gamma": dist_gamma}
+                       "dist_gamma": dist_gamma, "dist_global_batch": dist_global_batch}
         self.ignore_index = ignore_index
         self.full_resolution = full_resolution
         # the student's convention (model.align_corners) places its logits on the label's pixels in CE and KD
@@ -110,7 +118,7 @@ class Distiller(nn.Module):
         self.methods = nn.ModuleDict({t.name: t.method for t in terms})
         self.term_tensors = {t.name: t.tensor for t in terms}
         self.weights.update({t.name: t.weight for t in terms})
-        self.features = tuple(sorted({t.tensor for t in terms} - set(LOGITS)))
+        self.features = tuple(sorted({n for t in terms for n in tensor_names(t.tensor)} - set(LOGITS)))
 
     @classmethod
     def from_config(cls, student: nn.Module, teacher: Optional[nn.Module], cfg,
@@ -122,7 +130,7 @@ class Distiller(nn.Module):
             ce_weight=cfg.train.ce_weight, aux_weight=cfg.train.aux_weight,
             kd_weight=d.kd_weight, temperature=d.temperature, kd_loss=d.kd_loss, feat_loss=d.feat_loss,
             feat_weight=d.feat_weight, smoothl1_beta=d.smoothl1_beta, cwd_tau=d.cwd_tau, dist_beta=d.dist_beta,
-            dist_gamma=d.dist_gamma,
+            dist_gamma=d.dist_gamma, dist_global_batch=d.dist_global_batch,
             ignore_index=cfg.data.ignore_label, full_resolution=d.full_resolution, teacher_cache=teacher_cache,
             terms=terms,
         )
@@ -166,7 +174,7 @@ class Distiller(nn.Module):
                 terms["feat"] = self.compare(self.feat_loss, s["aux"], t["aux"], target)
             for name, method in self.methods.items():
                 tensor = self.term_tensors[name]
-                terms[name] = float32_term(method, s[tensor], t[tensor], target)
+                terms[name] = float32_term(method, pick(s, tensor), pick(t, tensor), target)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}
 
@@ -187,7 +195,8 @@ def compare_logits(loss: str, student: torch.Tensor, teacher: torch.Tensor, targ
                    params: dict[str, float], ignore_index: int, full_resolution: bool, align_corners: bool
                    ) -> torch.Tensor:
     """The loss of :data:`KD_LOSSES` / :data:`FEAT_LOSSES` named ``loss`` between two N×K×h×w logit maps;
-    ``params``: ``smoothl1_beta``, ``cwd_tau``, ``dist_beta``, ``dist_gamma``."""
+    ``params``: ``smoothl1_beta``, ``cwd_tau``, ``dist_beta``, ``dist_gamma`` (and ``dist_global_batch``, False if
+    absent)."""
     ign, full, p, ac = ignore_index, full_resolution, params, align_corners
     if loss == "kl":
         return kd_kl_loss(student, teacher, target, temperature, ign, full, ac)
@@ -197,7 +206,8 @@ def compare_logits(loss: str, student: torch.Tensor, teacher: torch.Tensor, targ
         return smooth_l1_logits_loss(student, teacher, target, ign, p["smoothl1_beta"], full, ac)
     if loss == "cwd":
         return cwd_loss(student, teacher, target, p["cwd_tau"], ign, full, ac)
-    return dist_loss(student, teacher, target, p["dist_beta"], p["dist_gamma"], ign, full, ac)
+    return dist_loss(student, teacher, target, p["dist_beta"], p["dist_gamma"], ign, full, ac,
+                     bool(p.get("dist_global_batch", False)))
 
 
 def build_terms(cfg, student: nn.Module, teacher: nn.Module) -> list[Term]:
@@ -214,14 +224,18 @@ def build_terms(cfg, student: nn.Module, teacher: nn.Module) -> list[Term]:
         cls = method_class(name)
         section: dict[str, Any] = getattr(d, name).to_dict()
         weight, tensor = section.pop("weight"), section.pop("tensor")
+        tensor = tensor if isinstance(tensor, str) else tuple(tensor)  # a list for several_tensors methods (afd)
         check_params(name, section)
-        if tensor not in TENSORS:
-            raise SegKDError(f"distill.{name}.tensor={tensor!r}: must be one of {', '.join(TENSORS)}")
-        if cls.logits_only and tensor not in LOGITS:
-            raise SegKDError(f"distill.{name}.tensor={tensor!r}: {name} compares class logits, use out or aux")
-        if tensor not in s_channels or tensor not in t_channels:
-            raise SegKDError(f"distill.{name}.tensor={tensor!r}: the student or the teacher has no such tensor")
-        cs, ct = s_channels[tensor], t_channels[tensor]
+        if not tensor_names(tensor):
+            raise SegKDError(f"distill.{name}.tensor=[]: name at least one tensor")
+        for one in tensor_names(tensor):
+            if one not in TENSORS:
+                raise SegKDError(f"distill.{name}.tensor={one!r}: must be one of {', '.join(TENSORS)}")
+            if cls.logits_only and one not in LOGITS:
+                raise SegKDError(f"distill.{name}.tensor={one!r}: {name} compares class logits, use out or aux")
+            if one not in s_channels or one not in t_channels:
+                raise SegKDError(f"distill.{name}.tensor={one!r}: the student or the teacher has no such tensor")
+        cs, ct = pick(s_channels, tensor), pick(t_channels, tensor)
         if cls.same_channels and cs != ct:
             raise SegKDError(f"distill.{name}.tensor={tensor!r}: the student's has {cs} channels, the teacher's "
                              f"{ct}, and {name} has no connector (fitnet has)")

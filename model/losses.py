@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from util.distributed import all_gather_with_grad
+
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
     """Bilinear resize of N×K×h×w logits to N×K×size (align_corners=True, as PSPNet's zoom in semseg; the
@@ -160,11 +162,18 @@ def dist_loss(
     ignore_index: int = 255,
     full_resolution: bool = False,
     align_corners: bool = True,
+    global_batch: bool = False,
 ) -> torch.Tensor:
     """DIST (Huang et al., NeurIPS 2022) on softmax probabilities, as its segmentation code applies it:
     ``beta * (1 - inter) + gamma * (1 - intra)``. inter: the Pearson correlation between student and teacher
     over the K classes of a pixel, averaged over the valid pixels; intra: the correlation over the valid
     pixels of the batch for one class, averaged over the K classes. Ignored pixels are left out of both.
+
+    The intra-class term couples the images of a batch: by default (``global_batch`` False,
+    ``distill.dist_global_batch``) "the batch" is this process's share, so with several processes the term is the
+    mean of per-process correlations and changes with their number, as in DIST's own per-GPU code. ``global_batch``
+    computes both terms over every process's pixels (:func:`~util.distributed.all_gather_with_grad`): the value of
+    one process on the whole batch, on every rank.
 
     student_logits, teacher_logits: N×K×h×w; target as :func:`kd_kl_loss` (None: every pixel counts).
     """
@@ -172,14 +181,35 @@ def dist_loss(
     k = s.shape[1]
     p_s = F.softmax(s.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, k)  # pixels × K
     p_t = F.softmax(t.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, k)
-    if target is not None:
-        keep = (target != ignore_index).reshape(-1)
-        p_s, p_t = p_s[keep], p_t[keep]
-    if p_s.shape[0] == 0:
-        return s.float().sum() * 0.0  # every pixel ignored: 0 with a graph
-    inter = 1 - _pearson(p_s, p_t, dim=1).mean()
-    intra = 1 - _pearson(p_s, p_t, dim=0).mean()
-    return beta * inter + gamma * intra
+    if global_batch:  # every process's pixels, in rank order (the teacher's carry no gradient)
+        p_s, p_t = all_gather_with_grad(p_s), all_gather_with_grad(p_t.detach())
+        target = None if target is None else all_gather_with_grad(target.reshape(-1))
+    if target is None:
+        return beta * (1 - _pearson(p_s, p_t, dim=1).mean()) + gamma * (1 - _pearson(p_s, p_t, dim=0).mean())
+    # No boolean indexing (its nonzero() is a host sync per step on a GPU): the valid pixels are moved first, in
+    # their order (a stable sort, no sync), and the ignored ones after them weigh 0. The sums over pixels then add
+    # the valid terms in the order the compacted rows of the earlier p_s[keep] did, then zeros: the same value bit
+    # for bit, the gradient too at the shipped configs (tests/test_loss_identity.py), elsewhere within its last bits
+    # (a reduction's blocking can see the trailing zeros). With no valid pixel every pixel is used, times 0.
+    valid = (target != ignore_index).reshape(-1)
+    order = torch.argsort((~valid).to(torch.uint8), stable=True)
+    p_s, p_t, valid = p_s[order], p_t[order], valid[order]
+    any_valid = valid.any()
+    w = torch.where(any_valid, valid, torch.ones_like(valid)).to(p_s.dtype)  # pixels
+    count = w.sum()
+    inter = 1 - (_pearson(p_s, p_t, dim=1) * w).sum() / count
+    intra = 1 - _masked_pearson(p_s, p_t, w, count).mean()
+    return (beta * inter + gamma * intra) * any_valid.to(p_s.dtype)
+
+
+def _masked_pearson(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, count: torch.Tensor,
+                    eps: float = 1e-8) -> torch.Tensor:
+    """:func:`_pearson` along dim 0 of P×K ``x`` and ``y`` over the rows whose weight ``w`` (P, 0 or 1) is 1;
+    ``count`` = w.sum() > 0."""
+    w = w[:, None]
+    x = (x - (x * w).sum(0, keepdim=True) / count) * w
+    y = (y - (y * w).sum(0, keepdim=True) / count) * w
+    return (x * y).sum(0) / (x.norm(dim=0) * y.norm(dim=0) + eps)
 
 
 def cwd_loss(
@@ -209,6 +239,6 @@ def cwd_loss(
         images = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
     log_p_s, log_p_t = F.log_softmax(s, dim=2), F.log_softmax(t, dim=2)
     per_map = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=2)  # N × K
-    if not images.any():
-        return per_map.sum() * 0.0
-    return per_map[images].mean() * tau**2
+    # the mean over the maps of images with a valid pixel, by masked arithmetic (boolean indexing syncs the host)
+    weight = images.to(per_map.dtype)[:, None].expand_as(per_map)
+    return (per_map * weight).sum() / weight.sum().clamp(min=1) * tau**2

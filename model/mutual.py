@@ -58,7 +58,8 @@ class MutualLearner(nn.Module):
     @classmethod
     def from_config(cls, peers: Sequence[nn.Module], cfg) -> MutualLearner:
         d, m = cfg.distill, cfg.mutual
-        params = {k: getattr(d, k) for k in ("smoothl1_beta", "cwd_tau", "dist_beta", "dist_gamma")}
+        keys = ("smoothl1_beta", "cwd_tau", "dist_beta", "dist_gamma", "dist_global_batch")
+        params = {k: getattr(d, k) for k in keys}
         return cls(peers, ce_weight=cfg.train.ce_weight, aux_weight=cfg.train.aux_weight, weight=m.weight,
                    temperature=m.temperature, feat_loss=m.feat_loss, feat_weight=m.feat_weight, params=params,
                    ignore_index=cfg.data.ignore_label, full_resolution=d.full_resolution)

@@ -108,7 +108,7 @@ def test_the_registered_method_uses_its_declared_defaults():
     cls = METHODS["cirkd"]
     assert cls is CIRKD
     assert (cls.default_tensor, cls.default_weight) == ("out_feat", 1.0)
-    assert {k: p.default for k, p in cls.params.items()} == {"tau": 0.1, "pool": 1}
+    assert {k: p.default for k, p in cls.params.items()} == {"tau": 0.1, "pool": 1, "global_batch": False}
     assert not cls.logits_only and not cls.same_channels
     s, t = case(size=(6, 6))
     method = cls(3, 5, 4, IGNORE)

@@ -92,6 +92,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test.crop_size": (lambda v: v >= 32, "at least 32 (output stride 8)"),
     "test.stride_rate": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "test.workers": (lambda v: v >= 0, "0 (decode in the main process) or more"),
+    "test.batch_size": (lambda v: v >= 1, "at least 1 (images evaluated together)"),
 }
 
 
@@ -288,7 +289,23 @@ def check_training(cfg: Config, world_size: int, sync_bn: bool, device_type: str
         raise SegKDError(f"train.epochs={t.epochs}: must be at least 1 (or set train.iters)")
     if t.amp and t.amp_dtype == "float16" and device_type != "cuda":
         raise SegKDError("train.amp_dtype=float16 needs CUDA; use bfloat16 on the CPU")
+    if cfg.test.after_training and cfg.test.checkpoint is not None:
+        raise SegKDError(f"test.after_training evaluates this run's final checkpoint, not test.checkpoint="
+                         f"{cfg.test.checkpoint}; unset one of them")
     _check_mutual(cfg)
+    _check_global_batch(cfg)
+
+
+def _check_global_batch(cfg: Config) -> None:
+    """A global-batch switch computes a batch-coupled term over every process's images: one that no term of the run
+    uses is a mistake (a method without a batch-coupled term has no such key at all)."""
+    d = cfg.distill
+    uses_dist = "dist" in (d.kd_loss, d.feat_loss) or (bool(cfg.mutual.peers) and cfg.mutual.feat_loss == "dist")
+    if d.dist_global_batch and not uses_dist:
+        raise SegKDError("distill.dist_global_batch=true: no term of this run uses DIST (distill.kd_loss, "
+                         "distill.feat_loss or mutual.feat_loss), the only one whose batch it switches")
+    if d.cirkd.global_batch and "cirkd" not in d.terms:
+        raise SegKDError(f"distill.cirkd.global_batch=true: cirkd is not in distill.terms={d.terms}")
 
 
 def _check_mutual(cfg: Config) -> None:

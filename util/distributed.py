@@ -117,6 +117,62 @@ def all_reduce_max(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+class MaxVote:
+    """The largest of every rank's ``value``, all-reduced asynchronously: started now, read later with
+    :meth:`result` (``value`` itself without a process group). The trainer starts one per step and reads it
+    after the next step is queued, so the host waits for the step before last, never for the one it just queued:
+    a GPU keeps a step of work ahead, and every rank reads the same vote at the same iteration."""
+
+    def __init__(self, value: int, device: torch.device):
+        self.value, self.device, self.work = value, device, None
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        # a fill kernel, not torch.tensor([value]): a host-to-device copy from Python waits for the stream
+        self.tensor = torch.full((1,), value, dtype=torch.int32, device=device)
+        self.work = dist.all_reduce(self.tensor, op=dist.ReduceOp.MAX, async_op=True)
+        self.host = self.tensor
+        if device.type == "cuda":
+            self.work.wait()  # NCCL: the current stream waits for the collective, the host does not
+            self.host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+            self.host.copy_(self.tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def result(self) -> int:
+        """The agreed value: waits for the collective (and, on a GPU, for the copy queued behind it)."""
+        if self.work is None:
+            return self.value
+        if self.device.type == "cuda":
+            self.event.synchronize()
+        else:
+            self.work.wait()
+        return int(self.host.numpy()[0])  # numpy: a host tensor's value without a dispatched item()
+
+
+class _GatherLocalGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.world, ctx.n = dist.get_rank(), dist.get_world_size(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(ctx.world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n] * ctx.world
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` (same shape on every rank) concatenated along dim 0 in rank order: the global batch of a
+    batch-coupled loss term (``x`` itself without a process group). The gradient flows to this rank's part only,
+    times the world size: each rank computes the same global term, so DDP's average of the ranks' gradients is then
+    the gradient one process would get on the whole batch (SimCLR-style gathering; the other ranks' parts are
+    constants here, their own ranks give them their gradient)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherLocalGrad.apply(x)
+
+
 def all_gather_objects(obj: Any, world_size: int) -> list[Any]:
     """Every rank's picklable ``obj``, in rank order (``[obj]`` without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):

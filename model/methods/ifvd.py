@@ -36,9 +36,11 @@ def prototype_similarity(features: torch.Tensor, labels: torch.Tensor, classes: 
     prototype and get 0.
     """
     n, c, h, w = features.shape
-    valid = (labels != ignore_index).flatten(1)  # N×P
-    onehot = F.one_hot(labels.flatten(1).masked_fill(~valid, 0), classes).to(features.dtype)
-    onehot = onehot * valid[..., None]  # N×P×K, an ignored pixel's row is all zero
+    # N×P×K by comparison, not F.one_hot, whose range checks read the labels' min and max on the host (a sync per
+    # call on a GPU); an ignored pixel's row is all zero
+    flat_labels = labels.flatten(1)[..., None]  # N×P×1
+    onehot = (flat_labels == torch.arange(classes, device=labels.device)) & (flat_labels != ignore_index)
+    onehot = onehot.to(features.dtype)
     flat = features.flatten(2)  # N×C×P
     prototypes = flat @ onehot / onehot.sum(1).clamp(min=1)[:, None, :]  # N×C×K (0 for absent classes)
     own = prototypes @ onehot.transpose(1, 2)  # N×C×P: each pixel's class prototype
