@@ -53,6 +53,8 @@ def distiller(kd_loss: str = "kl", feat_loss: str = "none", method: str = "") ->
         ct = CLASSES if cls.logits_only else CHANNELS["teacher"]
         if cls.same_channels:
             cs = ct = CLASSES if cls.logits_only else CHANNELS["student"]
+        if cls.several_tensors:  # afd compares a list of tensors: here the feature twice
+            tensor, cs, ct = (FEATURE, FEATURE), [cs, cs], [ct, ct]
         terms = [Term(method, cls(cs, ct, CLASSES), tensor, 1.0)]
     if terms and METHODS[method].same_channels and not METHODS[method].logits_only:
         teacher.outs[FEATURE] = teacher.outs[FEATURE][:, :CHANNELS["student"]]

@@ -116,6 +116,8 @@ def test_list_key_refuses_a_string_item_in_one_line(key, where, tmp_path):
 @pytest.mark.parametrize("where", ["command line", "file"])
 def test_list_key_reads_an_exponent_float(key, where, tmp_path):
     """YAML 1.1 reads 5e-1 (no dot) as a string: a float item is converted like a single float key."""
+    if item_type(key) is str:
+        pytest.skip(f"{key}: '5e-1' is a valid string item")
     section, leaf = key.split(".")
     path = write(tmp_path, f"{section}:\n  {leaf}: [5e-1, 1]\n") if where == "file" else None
     overrides = [] if where == "file" else [f"{key}=[5e-1,1]"]
@@ -152,7 +154,7 @@ def test_bad_list_item_on_the_real_command_line_is_one_line():
 
     from tests.conftest import run_cli
 
-    key = LIST_KEYS[0]
+    key = next(k for k in LIST_KEYS if item_type(k) is float)  # not distill.afd.tensor, a list of names
     args = ["--config", "config/synthetic/pspnet18_baseline.yaml", f"{key}=[5e-1,a]"]
     with ThreadPoolExecutor(2) as pool:
         results = dict(zip(("train.py", "test.py"), pool.map(lambda s: run_cli(s, *args, timeout=120),

@@ -10,7 +10,7 @@ import yaml
 
 from engine.setup import build_optimizer
 from model.distiller import Distiller, build_terms
-from model.methods import FEATURES, METHODS, TENSORS
+from model.methods import FEATURES, METHODS, TENSORS, tensor_names
 from model.pspnet import build_pspnet
 from util.config import DEFAULTS_PATH, load_config
 from util.errors import SegKDError
@@ -23,14 +23,14 @@ def test_every_registered_method_has_its_file_its_paper_and_its_defaults_block()
     with open(DEFAULTS_PATH) as f:
         distill = yaml.safe_load(f)["distill"]
     sections = {k for k, v in distill.items() if isinstance(v, dict)}
-    assert sections == set(METHODS) == {"fitnet", "at", "skd", "ifvd", "cirkd", "dkd", "sphere", "rkd"}
+    assert sections == set(METHODS) == {"fitnet", "at", "skd", "ifvd", "cirkd", "dkd", "sphere", "rkd", "afd"}
     for name, cls in METHODS.items():
         assert cls.__module__ == f"model.methods.{name}"  # one file per method
         assert cls.paper and cls.paper.split()[0] in importlib.import_module(cls.__module__).__doc__
         declared = {"weight": cls.default_weight, "tensor": cls.default_tensor,
                     **{k: p.default for k, p in cls.params.items()}}
         assert distill[name] == declared, name
-        assert cls.default_tensor in TENSORS
+        assert set(tensor_names(cls.default_tensor)) <= set(TENSORS)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,26 @@ def test_each_term_is_its_method_on_its_tensor_times_its_weight(nets):
     assert torch.allclose(total, sum(weights[n] * v for n, v in terms.items()), rtol=1e-6)
 
 
+def test_a_method_of_several_tensors_gets_one_list_per_network(nets):
+    # afd names the four stages: the teacher computes their union with the other terms' tensors, the method gets
+    # the tensors in the order of its names, built with one channel count per name
+    d, teacher = distiller(nets, "distill.terms=[afd,at]", "distill.afd.tensor=[layer4,layer1]")
+    x, y = batch()
+    torch.manual_seed(5)
+    _, terms = d(x, y)
+    assert teacher.calls == [("layer1", "layer4", "out_feat")]
+    assert d.term_tensors["afd"] == ("layer4", "layer1")
+    afd = d.methods["afd"]
+    assert [layer[0].in_features for layer in afd.attention.key] == [512, 64]  # R18's layer4, layer1
+    assert [layer[0].in_features for layer in afd.attention.query] == [2048, 256]  # R50's
+    torch.manual_seed(5)
+    s = d.student(x, features=("layer1", "layer4", "out_feat"))
+    with torch.no_grad():
+        t = d.teacher.net(x, features=("layer1", "layer4", "out_feat"))
+    want = afd([s["layer4"], s["layer1"]], [t["layer4"], t["layer1"]], y)
+    assert torch.allclose(terms["afd"], want.detach(), rtol=1e-6)
+
+
 def test_connectors_train_in_their_own_group_and_get_gradients(nets):
     student, teacher = build_pspnet(18, K), nets[1]
     cfg = load_config(KD, [f"data.classes={K}", "distill.terms=[fitnet,at]", "distill.fitnet.tensor=layer4"])
@@ -143,7 +163,7 @@ def test_connectors_train_in_their_own_group_and_get_gradients(nets):
 
 @pytest.mark.parametrize("overrides, message", [
     (["distill.terms=[nope]"],
-     "distill.terms: unknown method 'nope'; known: at, cirkd, dkd, fitnet, ifvd, rkd, skd, sphere"),
+     "distill.terms: unknown method 'nope'; known: afd, at, cirkd, dkd, fitnet, ifvd, rkd, skd, sphere"),
     (["distill.terms=[at,at]"], "distill.terms names at more than once"),
     (["distill.terms=[at]", "distill.at.tensor=layer9"], "distill.at.tensor='layer9': must be one of layer1"),
     (["distill.terms=[dkd]", "distill.dkd.tensor=layer4"], "distill.dkd.tensor='layer4': dkd compares class logits"),
@@ -151,6 +171,12 @@ def test_connectors_train_in_their_own_group_and_get_gradients(nets):
     (["distill.terms=[skd]", "distill.skd.pool=0"], "distill.skd.pool=0: must be"),
     (["distill.terms=[cirkd]", "distill.cirkd.tau=0"], "distill.cirkd.tau=0.0: must be"),
     (["distill.fitnet.weight=heavy"], "distill.fitnet.weight must be float"),
+    (["distill.terms=[afd]", "distill.afd.tensor=[layer1,layer9]"], "distill.afd.tensor='layer9': must be one of"),
+    (["distill.terms=[afd]", "distill.afd.tensor=layer4"], "distill.afd.tensor must be list, got 'layer4'"),
+    (["distill.terms=[afd]", "distill.afd.tensor=[]"], "distill.afd.tensor=[]: name at least one tensor"),
+    (["distill.terms=[afd]", "distill.afd.qk_dim=0"], "distill.afd.qk_dim=0: must be an integer >= 1"),
+    (["distill.terms=[sphere]", "distill.sphere.tensor=layer4"], "distill.sphere.tensor='layer4': sphere compares"),
+    (["distill.terms=[rkd]", "distill.rkd.grid=1"], "distill.rkd.grid=1: must be an integer >= 2"),
     (["distill.at.tensors=out"], "unknown config key 'distill.at.tensors' (did you mean distill.at.tensor?)"),
 ])
 def test_bad_terms_are_one_line_errors_naming_the_key(nets, overrides, message):

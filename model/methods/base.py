@@ -19,12 +19,17 @@ evaluated or exported network.
 ``forward(student, teacher, target)`` gets the two tensors (N x C_s x h x w and N x C_t x h x w; for the
 logit tensors ``out`` and ``aux``, C = K classes) and the N x H x W labels (``ignore_index`` marks pixels
 without a label), and returns a scalar. The teacher tensor carries no gradient.
+
+A method that compares several tensors at once (AFD: the backbone's stages) sets ``several_tensors``: its
+``default_tensor`` and ``distill.<name>.tensor`` are lists of names, it is built with one channel count per name
+(lists), and ``forward`` gets one list of tensors per network, in the order of the names (:func:`pick`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Union
 
 import torch
 from torch import nn
@@ -37,6 +42,18 @@ from util.errors import SegKDError
 FEATURES = ("layer1", "layer2", "layer3", "layer4", "out_feat", "aux_feat")
 LOGITS = ("out", "aux")
 TENSORS = FEATURES + LOGITS
+
+
+def tensor_names(tensor: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """The names a term's ``tensor`` stands for: one name, or the list of a ``several_tensors`` method."""
+    return (tensor,) if isinstance(tensor, str) else tuple(tensor)
+
+
+def pick(outputs: dict[str, torch.Tensor], tensor: Union[str, Sequence[str]]
+         ) -> Union[torch.Tensor, list[torch.Tensor]]:
+    """What a method's ``forward`` gets from a network's named outputs: the tensor ``tensor`` names, or the list of
+    the tensors a list of names names."""
+    return outputs[tensor] if isinstance(tensor, str) else [outputs[name] for name in tensor]
 
 
 def positive_int(v: object) -> bool:
@@ -58,14 +75,15 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     paper: ClassVar[str]
-    default_tensor: ClassVar[str]
+    default_tensor: ClassVar[Union[str, list[str]]]  # a list of names for a ``several_tensors`` method
     default_weight: ClassVar[float]
     params: ClassVar[dict[str, Param]] = {}
     logits_only: ClassVar[bool] = False  # compares class logits: ``tensor`` must be ``out`` or ``aux``
     same_channels: ClassVar[bool] = False  # needs C_s == C_t (there is no connector to bridge them)
+    several_tensors: ClassVar[bool] = False  # ``tensor`` is a list of names; forward gets lists (module docstring)
 
-    def __init__(self, student_channels: int, teacher_channels: int, classes: int, ignore_index: int = 255,
-                 align_corners: bool = True, **params: Any):
+    def __init__(self, student_channels: Union[int, Sequence[int]], teacher_channels: Union[int, Sequence[int]],
+                 classes: int, ignore_index: int = 255, align_corners: bool = True, **params: Any):
         super().__init__()
         self.student_channels, self.teacher_channels = student_channels, teacher_channels
         self.classes, self.ignore_index = classes, ignore_index
@@ -88,8 +106,10 @@ def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available as ``distill.terms: [<cls.name>]``."""
     if cls.name in METHODS:
         raise ValueError(f"distillation method {cls.name!r} registered twice")
-    if cls.default_tensor not in TENSORS:
-        raise ValueError(f"{cls.name}: default_tensor {cls.default_tensor!r} is not one of {TENSORS}")
+    names = tensor_names(cls.default_tensor)
+    if isinstance(cls.default_tensor, str) == cls.several_tensors or not set(names) <= set(TENSORS):
+        raise ValueError(f"{cls.name}: default_tensor {cls.default_tensor!r} is not "
+                         f"{'a list out of' if cls.several_tensors else 'one of'} {TENSORS}")
     METHODS[cls.name] = cls
     return cls
 
