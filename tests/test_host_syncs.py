@@ -36,7 +36,7 @@ class TinyBackbone(nn.Module):
         self.layer3 = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
         self.layer4 = nn.Conv2d(8, 16, 3, padding=1)
 
-    def forward(self, x):
+    def forward(self, x, keep=()):  # every stage is returned anyway (afd asks for layer1, layer2 with keep)
         c1 = self.stem(x)
         c2 = self.layer2(c1)
         c3 = self.layer3(c2)
