@@ -7,6 +7,7 @@ trained together by mutual learning (``mutual.peers``).
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --config ...
     python train.py --config config/synthetic_cpu/dml_pspnet18_pspnet18.yaml   # output.dir/peer<i>/model/final.pth
     python train.py --config ... train.resume=auto        # continue from output.dir/model/last.pth
+    python train.py --config ... test.after_training=true # then test.py's evaluation, in the same process
 
 A config with ``teacher.checkpoint`` distils; one without trains supervised. ``train.batch_size`` is the
 global batch, split across processes. SIGTERM/SIGINT finish the current step, write model/last.pth and
@@ -25,6 +26,7 @@ import torch
 
 from data.loader import seed_everything
 from engine.cli import run_command
+from engine.evaluate import check_scores_path, checkpoint_path, class_names, score_checkpoint, scores_dir
 from engine.rundir import RunLog, check_run_dir
 from engine.setup import build_data, build_distiller, build_optimizer
 from engine.state import agreed_resume
@@ -40,6 +42,19 @@ def run(cfg: Config, info: DistInfo) -> int:
     sync_bn = info.distributed and info.device.type == "cuda" and cfg.train.sync_bn
     check_training(cfg, info.world_size, sync_bn, info.device.type)
     check_run_dir(cfg)
+    if cfg.test.after_training:  # what test.py would refuse stops the run now, not after the training
+        check_scores_path(scores_dir(cfg, checkpoint_path(cfg)))
+        class_names(cfg)
+    code = train(cfg, info)
+    if code == 0 and cfg.test.after_training:
+        torch.backends.cudnn.benchmark = False  # test.py's setting: the same kernels, the same scores
+        with torch.inference_mode():
+            score_checkpoint(cfg, info)  # reads model/final.pth back, as test.py: the same metrics.json
+    return code
+
+
+def train(cfg: Config, info: DistInfo) -> int:
+    """Build the run and train it; the exit status (0: model/final.pth written)."""
     loader, sampler = build_data(cfg, info)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank and every run
     distiller = build_distiller(cfg, info)

@@ -1,8 +1,11 @@
 """Evaluate a model over a list file: each process takes every world_size-th image, confusion matrices are
-summed across processes. Used by ``test.py`` and by periodic validation in ``train.py``."""
+summed across processes. Used by ``test.py`` and by periodic validation in ``train.py``; :func:`score_checkpoint`
+is what ``test.py`` does (and ``train.py`` with ``test.after_training``, in the same process): a checkpoint's
+``metrics.json``."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
@@ -14,18 +17,21 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.dataset import check_label, read_image, read_label, read_list
-from data.palette import colorize
-from engine.inference import predict
+from data.palette import colorize, load_names
+from engine.flops import count_params, gflops
+from engine.inference import predict_batch
 from engine.preemption import release_workers, worker_error_line
-from util.config import Config
-from util.distributed import DistInfo
+from model.build import arch_of, model_from_checkpoint
+from util.config import REPO_ROOT, Config, check_testing
+from util.distributed import DistInfo, barrier
 from util.errors import SegKDError
 from util.metrics import ConfusionMatrix
 
 
 class EvalImages(Dataset):
     """This process's share of the list: (image, label, image path) read and checked, in list order, so
-    that ``test.workers`` loader processes decode ahead of the network. Sizes differ: no batching."""
+    that ``test.workers`` loader processes decode ahead of the network. Sizes differ: the loader does not batch
+    (``test.batch_size`` groups images' windows in :func:`engine.inference.predict_batch`)."""
 
     def __init__(self, samples: list[tuple[str, str]], classes: int, ignore_label: int):
         self.samples, self.classes, self.ignore_label = samples, classes, ignore_label
@@ -43,10 +49,12 @@ class EvalImages(Dataset):
 
 
 def protocol(cfg: Config) -> dict:
-    """The evaluation settings, recorded in metrics.json next to the numbers."""
+    """The evaluation settings, recorded in metrics.json next to the numbers; ``batch_size`` only when it is not 1
+    (images evaluated together: the same protocol up to float rounding)."""
     t = cfg.test
-    return {"scales": list(t.scales), "flip": t.flip, "base_size": t.base_size, "crop_size": t.crop_size,
-            "stride_rate": t.stride_rate, "mode": t.mode, "resize": t.resize}
+    settings = {"scales": list(t.scales), "flip": t.flip, "base_size": t.base_size, "crop_size": t.crop_size,
+                "stride_rate": t.stride_rate, "mode": t.mode, "resize": t.resize}
+    return settings if t.batch_size == 1 else {**settings, "batch_size": t.batch_size}
 
 
 def protocol_name(cfg: Config) -> str:
@@ -79,23 +87,38 @@ def evaluate(
                         shuffle=False, num_workers=t.workers, collate_fn=_as_numpy)
     batches = iter(loader)
     items = iter(tqdm(batches, total=len(loader), disable=not (progress and info.is_main), desc="eval", leave=False))
+    group: list = []  # test.batch_size images whose windows go through the network together
     while True:
         try:
-            image, label, image_path = next(items)
+            group.append(next(items))
         except StopIteration:
             break
         except SegKDError as e:  # a worker's error arrives wrapped in its traceback: keep the one line
             release_workers(batches)
             raise SegKDError(worker_error_line(e)) from None
-        pred = predict(model, image, cfg.data.classes, t.base_size, t.crop_size, t.scales, t.flip, t.stride_rate,
-                       info.device, t.mode, t.resize)
+        if len(group) == t.batch_size:
+            _score(model, group, cfg, info.device, cm, save_dir)
+            group = []
+    _score(model, group, cfg, info.device, cm, save_dir)
+    cm.reduce()
+    return cm
+
+
+def _score(
+    model: nn.Module, group: list, cfg: Config, device: torch.device, cm: ConfusionMatrix, save_dir: Optional[str],
+) -> None:
+    """Predict a group of (image, label, path) samples together, add them to ``cm`` and save their predictions."""
+    if not group:
+        return
+    t = cfg.test
+    preds = predict_batch(model, [image for image, _, _ in group], cfg.data.classes, t.base_size, t.crop_size,
+                          t.scales, t.flip, t.stride_rate, device, t.mode, t.resize, t.batch_size)
+    for pred, (_, label, image_path) in zip(preds, group):
         cm.update(_tensor(pred), _tensor(label))
         if save_dir is not None:
             name = os.path.splitext(os.path.basename(image_path))[0]
             cv2.imwrite(os.path.join(save_dir, "gray", name + ".png"), pred.astype(np.uint8))
             colorize(pred.astype(np.uint8)).save(os.path.join(save_dir, "color", name + ".png"))
-    cm.reduce()
-    return cm
 
 
 def _as_numpy(item):
@@ -105,3 +128,111 @@ def _as_numpy(item):
 
 def _tensor(a: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(a).astype(np.int64))
+
+
+# ---------------------------------------------------------------- a checkpoint's metrics.json (test.py)
+def checkpoint_path(cfg: Config) -> str:
+    """test.checkpoint, by default output.dir/model/final.pth (for a mutual run, peer 0's,
+    output.dir/peer0/model/final.pth); not checked to exist."""
+    if cfg.test.checkpoint is not None:
+        return cfg.test.checkpoint
+    peer = ("peer0",) if cfg.mutual.peers else ()
+    return os.path.join(cfg.output.dir, *peer, "model", "final.pth")
+
+
+def scores_dir(cfg: Config, ckpt: str) -> str:
+    """test.out_dir, by default ``eval/<protocol>`` in the checkpoint's run directory (:func:`checkpoint_run_dir`;
+    the mutual run's own for its peer 0)."""
+    if cfg.test.out_dir is not None:
+        return cfg.test.out_dir
+    run_dir = cfg.output.dir if cfg.test.checkpoint is None else checkpoint_run_dir(ckpt)
+    return os.path.join(run_dir, "eval", protocol_name(cfg))
+
+
+def resolve_paths(cfg: Config) -> tuple[str, str]:
+    """(checkpoint, output folder): :func:`checkpoint_path`, which must exist, and :func:`scores_dir`."""
+    ckpt = checkpoint_path(cfg)  # check_testing made sure test.checkpoint or output.dir is set
+    if not os.path.isfile(ckpt):
+        raise SegKDError(f"{ckpt}: checkpoint not found (set test.checkpoint or output.dir)")
+    return ckpt, scores_dir(cfg, ckpt)
+
+
+def checkpoint_run_dir(ckpt: str) -> str:
+    """The run a checkpoint belongs to: ``RUN`` for ``RUN/model/x.pth``, else the checkpoint's own folder. Its scores
+    go there, never into this config's ``output.dir`` (scripts/make_table.py would take them for that run's)."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    return os.path.dirname(folder) if os.path.basename(folder) == "model" else folder
+
+
+def check_scores_path(out_dir: str) -> str:
+    """``out_dir/metrics.json``, refused when it exists (scores are never overwritten)."""
+    metrics_path = os.path.join(out_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        raise SegKDError(f"{metrics_path}: already exists; remove it or set test.out_dir (nothing was overwritten)")
+    return metrics_path
+
+
+def class_names(cfg: Config) -> list[str]:
+    """``data.names`` (one name a line, ``data.classes`` lines), or ``class_<i>`` when it is null. A missing file
+    or a wrong number of names is an error naming the file: a table with shifted class names is worse than none."""
+    if cfg.data.names is None:
+        return [f"class_{i}" for i in range(cfg.data.classes)]
+    path = cfg.data.names if os.path.isabs(cfg.data.names) else os.path.join(REPO_ROOT, cfg.data.names)
+    names = load_names(path)
+    if len(names) != cfg.data.classes:
+        raise SegKDError(f"{path}: {len(names)} class names for data.classes={cfg.data.classes} "
+                         "(set data.names to a matching file, or null for numbered classes)")
+    return names
+
+
+def format_table(result: dict, names: list[str]) -> str:
+    rows = [f"{'class':<16} {'IoU':>8} {'Acc':>8}"]
+    for name, iou, acc in zip(names, result["iou"], result["acc"]):
+        rows.append(f"{name:<16} {iou * 100:8.2f} {acc * 100:8.2f}")
+    rows.append(f"{'mean':<16} {result['mIoU'] * 100:8.2f} {result['mAcc'] * 100:8.2f}   allAcc "
+                f"{result['allAcc'] * 100:.2f}")
+    return "\n".join(rows)
+
+
+def score_checkpoint(cfg: Config, info: DistInfo) -> dict:
+    """Evaluate the checkpoint of :func:`resolve_paths` and write its ``metrics.json`` (rank 0; a per-class table on
+    stdout); the metrics. Call under ``torch.inference_mode()``."""
+    check_testing(cfg)
+    ckpt_path, out_dir = resolve_paths(cfg)
+    metrics_path = check_scores_path(out_dir)
+    names = class_names(cfg)  # before the evaluation: a wrong names file stops it at once
+    model, ckpt = model_from_checkpoint(ckpt_path, cfg.data.classes)
+    model = model.to(info.device).eval()
+    list_file = cfg.test.list or cfg.data.val_list
+    save_dir = out_dir if cfg.test.save_predictions else None
+    cm = evaluate(model, cfg, info, list_file, save_dir)
+    result = cm.compute()
+    metrics = {
+        "mIoU": result["mIoU"], "mAcc": result["mAcc"], "allAcc": result["allAcc"],
+        "per_class": {n: {"iou": i, "acc": a} for n, i, a in zip(names, result["iou"], result["acc"])},
+        # where the scores come from: scripts/make_table.py refuses a row whose checkpoint is not in its run
+        # (the relative path still holds when the run directory is moved or copied)
+        "checkpoint": os.path.abspath(ckpt_path),
+        "checkpoint_relative": os.path.relpath(os.path.abspath(ckpt_path), os.path.abspath(out_dir)),
+        "iteration": ckpt.get("iteration"),
+        "mode": ckpt.get("mode"), "layers": ckpt["layers"], "classes": ckpt["classes"], **arch_of(ckpt),
+        "trained_on": ckpt.get("machine"),  # train.py's util.machine.machine(); None for older checkpoints
+        "imported": ckpt.get("imported"),  # tools.import_weights: the published file's format, path, sha256
+        "list": list_file, "images": len(read_list(cfg.data.root, list_file)),
+        "protocol": protocol(cfg), "params": count_params(model),
+        # what evaluation computes per sliding window: the network without its aux head on a test.crop_size crop
+        "gflops": gflops(ckpt["layers"], cfg.data.classes, cfg.test.crop_size, ckpt),
+        "gflops_crop_size": cfg.test.crop_size,
+        "config": ckpt.get("config"),
+    }
+    if info.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = metrics_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2, allow_nan=True)
+        os.replace(tmp, metrics_path)
+        print(format_table(result, names))
+        print(f"mIoU {metrics['mIoU'] * 100:.2f}  mAcc {metrics['mAcc'] * 100:.2f}  allAcc "
+              f"{metrics['allAcc'] * 100:.2f}  -> {metrics_path}", flush=True)
+    barrier()
+    return metrics

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -52,11 +53,11 @@ def window_probs(model: nn.Module, windows: torch.Tensor, flip: bool, batch: int
     return torch.cat(outs)
 
 
-def sliding_probs(
-    model: nn.Module, image: np.ndarray, classes: int, crop: int, stride_rate: float, flip: bool,
-    device: torch.device,
-) -> torch.Tensor:
-    """K×H×W probabilities for one (already scaled) H×W×3 image, by sliding window."""
+def _windows(
+    image: np.ndarray, crop: int, stride_rate: float, device: torch.device,
+) -> tuple[torch.Tensor, list[tuple[int, int]], tuple[int, int, int, int]]:
+    """The sliding windows of one (already scaled) H×W×3 image: (N×3×crop×crop windows, their top-left corners,
+    (top, left, padded h, padded w)); the image is padded with the mean colour to at least the crop."""
     h, w = image.shape[:2]
     pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
     top, left = pad_h // 2, pad_w // 2
@@ -75,14 +76,22 @@ def sliding_probs(
             x0 = min(gx * stride, pw - crop)
             boxes.append((y0, x0))
     windows = torch.cat([tensor[:, :, y:y + crop, x:x + crop] for y, x in boxes])
-    probs = window_probs(model, windows, flip)
+    return windows, boxes, (top, left, ph, pw)
+
+
+def _stitch(
+    probs: torch.Tensor, boxes: list[tuple[int, int]], geometry: tuple[int, int, int, int], size: tuple[int, int],
+    classes: int, crop: int, device: torch.device,
+) -> torch.Tensor:
+    """K×H×W probabilities of one image from its windows' N×K×crop×crop: overlaps averaged, padding cut."""
+    top, left, ph, pw = geometry
     total = torch.zeros(classes, ph, pw, device=device)
     count = torch.zeros(1, ph, pw, device=device)
     for (y, x), p in zip(boxes, probs):
         total[:, y:y + crop, x:x + crop] += p
         count[:, y:y + crop, x:x + crop] += 1
     total /= count
-    return total[:, top:top + h, left:left + w]
+    return total[:, top:top + size[0], left:left + size[1]]
 
 
 MODES = ("slide", "whole")
@@ -99,11 +108,6 @@ def scaled_size(h: int, w: int, size: float, resize: str = "long") -> tuple[int,
     return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
-def whole_probs(model: nn.Module, image: np.ndarray, flip: bool, device: torch.device) -> torch.Tensor:
-    """K×H×W probabilities for one (already scaled) H×W×3 image, the whole image at once."""
-    return window_probs(model, _to_network(image, device), flip)[0]
-
-
 def predict_probs(
     model: nn.Module, image: np.ndarray, classes: int, base_size: int, crop: int,
     scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
@@ -112,18 +116,53 @@ def predict_probs(
     """K×H×W class probabilities for an H×W×3 RGB image (uint8 or float, resized as float32), averaged over
     ``scales`` (and flips); ``mode`` and ``resize`` as in the module's docstring (``crop`` and
     ``stride_rate`` are unused by ``mode="whole"``)."""
-    h, w = image.shape[:2]
-    total = torch.zeros(classes, h, w, device=device)
+    return predict_probs_batch(model, [image], classes, base_size, crop, scales, flip, stride_rate, device, mode,
+                               resize)[0]
+
+
+def predict_probs_batch(
+    model: nn.Module, images: Sequence[np.ndarray], classes: int, base_size: int, crop: int,
+    scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
+    mode: str = "slide", resize: str = "long", batch: int = 1,
+) -> list[torch.Tensor]:
+    """:func:`predict_probs` of several images, their windows through the network together: at each scale the
+    windows of all ``images`` (``mode="slide"``: all crop×crop; ``"whole"``: the images whose resized size is the
+    same) go in forwards of up to ``8 * batch`` windows. ``batch=1`` with one image is one image at a time in
+    forwards of up to 8 of its windows (semseg's test.py), bitwise; together the logits move by float rounding
+    only (oneDNN and cuDNN pick their kernels by batch size)."""
+    totals = [torch.zeros(classes, *im.shape[:2], device=device) for im in images]
     for scale in scales:
-        nh, nw = scaled_size(h, w, base_size * scale, resize)
-        # the float image is resized (semseg's test.py converts first): a uint8 resize rounds to whole grey levels
-        scaled = cv2.resize(image.astype(np.float32, copy=False), (nw, nh), interpolation=cv2.INTER_LINEAR)
-        if mode == "whole":
-            probs = whole_probs(model, scaled, flip, device)
-        else:
-            probs = sliding_probs(model, scaled, classes, crop, stride_rate, flip, device)
-        total += F.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    return total / len(scales)
+        scaled = []
+        for image in images:
+            h, w = image.shape[:2]
+            nh, nw = scaled_size(h, w, base_size * scale, resize)
+            # the float image is resized (semseg's test.py converts first): a uint8 resize rounds to whole grey levels
+            scaled.append(cv2.resize(image.astype(np.float32, copy=False), (nw, nh), interpolation=cv2.INTER_LINEAR))
+        for i, probs in enumerate(_scaled_probs(model, scaled, classes, crop, stride_rate, flip, device, mode,
+                                                8 * batch)):
+            totals[i] += F.interpolate(probs[None], size=images[i].shape[:2], mode="bilinear", align_corners=False)[0]
+    return [total / len(scales) for total in totals]
+
+
+def _scaled_probs(
+    model: nn.Module, images: list[np.ndarray], classes: int, crop: int, stride_rate: float, flip: bool,
+    device: torch.device, mode: str, chunk: int,
+) -> list[torch.Tensor]:
+    """K×h×w probabilities of each (already scaled) image; the windows of images of one window shape are
+    concatenated and go through :func:`window_probs` in forwards of up to ``chunk``."""
+    if mode == "whole":
+        cut = [(_to_network(image, device), None, None) for image in images]
+    else:
+        cut = [_windows(image, crop, stride_rate, device) for image in images]
+    out: list[Optional[torch.Tensor]] = [None] * len(images)
+    for shape in dict.fromkeys(tuple(w.shape[-2:]) for w, _, _ in cut):  # in order of first appearance
+        group = [i for i, (w, _, _) in enumerate(cut) if tuple(w.shape[-2:]) == shape]
+        probs = window_probs(model, torch.cat([cut[i][0] for i in group]), flip, chunk)
+        for i, p in zip(group, probs.split([len(cut[i][0]) for i in group])):
+            _, boxes, geometry = cut[i]
+            out[i] = p[0] if mode == "whole" else _stitch(p, boxes, geometry, images[i].shape[:2], classes, crop,
+                                                          device)
+    return out
 
 
 def predict(
@@ -134,3 +173,14 @@ def predict(
     """H×W int64 class map for an H×W×3 RGB image: the argmax of :func:`predict_probs`."""
     probs = predict_probs(model, image, classes, base_size, crop, scales, flip, stride_rate, device, mode, resize)
     return probs.argmax(0).cpu().numpy()
+
+
+def predict_batch(
+    model: nn.Module, images: Sequence[np.ndarray], classes: int, base_size: int, crop: int,
+    scales: Sequence[float], flip: bool, stride_rate: float, device: torch.device,
+    mode: str = "slide", resize: str = "long", batch: int = 1,
+) -> list[np.ndarray]:
+    """:func:`predict` of several images, their windows through the network together (:func:`predict_probs_batch`)."""
+    probs = predict_probs_batch(model, images, classes, base_size, crop, scales, flip, stride_rate, device, mode,
+                                resize, batch)
+    return [p.argmax(0).cpu().numpy() for p in probs]

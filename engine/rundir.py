@@ -49,7 +49,8 @@ def check_run_dir(cfg: Config) -> None:
     if cfg.train.resume is None:
         raise SegKDError(f"{run_dir}: output.dir already holds a run; resume it with train.resume=auto "
                          "or choose another output.dir (nothing was overwritten)")
-    diff = experiment_diff(flat_dict(load_config(saved)), flat_dict(cfg))
+    new = flat_dict(cfg)  # how the run is evaluated (test.*, e.g. test.after_training) does not change its training
+    diff = experiment_diff(flat_dict(load_config(saved)), new, tuple(k for k in new if k.startswith("test.")))
     if diff:
         raise SegKDError(f"{run_dir}: holds a different experiment ({diff}); refusing to resume into it")
 
