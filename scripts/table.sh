@@ -9,7 +9,7 @@ MUTUAL_ROWS="dml_pspnet18_pspnet18 dml_pspnet50_pspnet18"  # ROWS may name them 
 # The other distilled rows ROWS may name (configs in config/synthetic_cpu and config/voc2012): the aux-head losses
 # beyond the seed's, then one registered method of distill.terms each next to logit KD.
 METHOD_ROWS="pspnet18_kd_aux_cwd pspnet18_kd_aux_dist pspnet18_kd_aux_kl_std pspnet18_kd_dkd pspnet18_kd_fitnet
-    pspnet18_kd_at pspnet18_kd_skd pspnet18_kd_ifvd pspnet18_kd_cirkd"
+    pspnet18_kd_at pspnet18_kd_skd pspnet18_kd_ifvd pspnet18_kd_cirkd pspnet18_kd_sphere pspnet18_kd_rkd pspnet18_kd_afd"
 CHAIN_ASSISTANT=pspnet34_kd CHAIN_STUDENT=pspnet18_kd_ta     # CHAIN="<teacher depth> 34 18": their configs
 CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the CPU configs say 150)
 # SCALE=demo: the CPU configs' schedule shortened to fit 30 minutes on the slowest 2-vCPU VM seen (docs/TABLES.md):
@@ -160,13 +160,16 @@ EOF
 }
 
 # NAME CONFIG RUN_DIR LOG OVERRIDES...: train (or resume) then test one run, skipping what is already done.
-#   eval/$EVAL/metrics.json exists -> skip; model/final.pth exists -> test only;
+#   eval/$EVAL/metrics.json exists -> skip; model/final.pth exists -> test only (test.py);
 #   config.yaml exists (an interrupted run) -> train.resume=auto; otherwise a fresh run.
-# Logs go to LOG.train.log and LOG.test.log, outside RUN_DIR: train.py wants a new run dir empty.
+# A run that trains is evaluated by train.py itself when its training ends (test.after_training, with the test.*
+# overrides test.py would get): one process, the same metrics.json. Logs go to LOG.train.log (and LOG.test.log
+# for test.py), outside RUN_DIR: train.py wants a new run dir empty.
 segkd_run() {
     local name=$1 config=$2 dir=$3 log=$4
     shift 4
     local metrics="$dir/eval/$EVAL/metrics.json"
+    local test_args=(${TEST_ARGS[@]+"${TEST_ARGS[@]}"} "test.out_dir=$dir/eval/$EVAL")
     RAN=0
     if [ -f "$metrics" ]; then
         segkd_same_run "$dir" "$config" "$@"
@@ -177,15 +180,15 @@ segkd_run() {
     if [ -f "$dir/model/final.pth" ]; then
         segkd_same_run "$dir" "$config" "$@"
         echo "[test] $name: $dir/model/final.pth exists, evaluating it"
-    else
-        local resume=()
-        if [ -f "$dir/config.yaml" ]; then resume=(train.resume=auto); fi
-        echo "[train] $name -> $dir${resume[*]:+ (resuming)}"
-        segkd_step "$name" training "$log.train.log" train.py --config "$config" "$@" "output.dir=$dir" \
-            ${resume[@]+"${resume[@]}"}
+        segkd_step "$name" evaluation "$log.test.log" test.py --config "$config" "$@" "${test_args[@]}" \
+            "output.dir=$dir"
+        return 0
     fi
-    segkd_step "$name" evaluation "$log.test.log" test.py --config "$config" "$@" \
-        ${TEST_ARGS[@]+"${TEST_ARGS[@]}"} "output.dir=$dir" "test.out_dir=$dir/eval/$EVAL"
+    local resume=()
+    if [ -f "$dir/config.yaml" ]; then resume=(train.resume=auto); fi
+    echo "[train] $name -> $dir${resume[*]:+ (resuming)}"
+    segkd_step "$name" "training and evaluation" "$log.train.log" train.py --config "$config" "$@" "output.dir=$dir" \
+        "${test_args[@]}" test.after_training=true ${resume[@]+"${resume[@]}"}
 }
 
 # mm:ss (h:mm:ss past an hour) of a number of seconds.

@@ -55,12 +55,14 @@ def test_every_seed_has_every_row_from_one_machine():
     all_seeds = []
     for folder in machine_folders():
         found = runs(folder)
-        assert set(found) == rows | {"pspnet50_teacher"}, folder
+        # every row but the later ones; a later row, where a machine has it, has every seed of that machine
+        assert rows - table_stats.LATER_ROWS | {"pspnet50_teacher"} <= set(found) <= rows | {"pspnet50_teacher"}, folder
+        rows_here = rows & set(found)
         seeds = set(found["pspnet18_baseline"])
         all_seeds += sorted(seeds)
         teacher = found["pspnet50_teacher"][None]
         assert teacher["iteration"] == 500 and teacher["trained_on"] is not None
-        for row in rows:
+        for row in rows_here:
             assert set(found[row]) == seeds, (folder, row)
             for seed, m in found[row].items():
                 # a seed's runs and the teacher it was distilled from: one machine
