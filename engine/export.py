@@ -15,12 +15,20 @@ dynamic sizes, so the exported copy pools with :class:`MatrixAdaptiveAvgPool2d`,
 matrix products built from the input's size. (The dynamo exporter, with onnxscript installed, exported a graph
 whose pooling was fixed to the example's size: equal to eager at that size, wrong by 2.5 at 65×49. The check
 runs a second size for that reason.)
+
+:class:`TrainableStudent` is the student ``deploy/cpp/segkd_distill`` trains (``tools.export --trainable``): the
+same input, returning the tuple (main logits, aux logits), both N×K×H×W at the input's size, its parameters
+requiring grad. Its BatchNorm layers run in eval mode: the running statistics normalise and stay frozen (not
+updated), their weight and bias train; dropout is off. A trace bakes that mode in (``train()`` on the loaded file
+changes nothing), so one step is deterministic and the same in C++ and Python. The file carries
+:data:`TRAINABLE_EXTRA` (``torch.jit.save``'s extra files), the mark segkd_distill checks for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import warnings
 from collections.abc import Sequence
 
@@ -34,6 +42,8 @@ from util.errors import SegKDError
 FORMATS = ("torchscript", "onnx")
 ATOL, RTOL = 1e-4, 1e-5  # the check's tolerance on the logits: :func:`tolerance`
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+TRAINABLE_EXTRA = "segkd_trainable.json"  # the extra file that marks a trainable student (segkd_distill checks it)
+BACKBONE_PREFIX = "segmentor.backbone."  # a trainable student's backbone parameters (base lr; the rest x head mult)
 
 
 class InferenceNetwork(nn.Module):
@@ -52,6 +62,65 @@ class InferenceNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         logits = self.segmentor((x - self.mean) * self.inv_std, aux=False)["out"]
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+
+
+class TrainableStudent(nn.Module):
+    """A student as ``deploy/cpp/segkd_distill`` trains it: N×3×H×W float32 RGB 0..255 (normalised inside, as
+    :class:`InferenceNetwork`) -> (main logits, aux logits), each N×K×H×W, zoomed to the input's size with the
+    network's ``align_corners`` (the upsampled logits CE and, with ``distill.full_resolution``, KD compare).
+
+    BatchNorm in eval mode (running statistics used and frozen; weight and bias trainable), dropout off:
+    ``train()`` leaves the segmentor in eval mode, and the trace bakes it in."""
+
+    def __init__(self, segmentor: nn.Module):
+        super().__init__()
+        self.segmentor = segmentor.eval()
+        self.align_corners = bool(getattr(segmentor, "align_corners", True))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> TrainableStudent:
+        super().train(mode)
+        self.segmentor.eval()  # frozen BN statistics and no dropout, whatever the caller asks
+        return self
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.segmentor((x - self.mean) * self.inv_std, aux=True)
+        size = x.shape[-2:]
+        return tuple(F.interpolate(logits[k], size=size, mode="bilinear", align_corners=self.align_corners)
+                     for k in ("out", "aux"))
+
+
+def trainable_description(student: TrainableStudent, classes: int) -> dict:
+    """What :data:`TRAINABLE_EXTRA` holds: the file's contract, read by people (segkd_distill only checks that
+    it is there)."""
+    return {"segkd": "trainable student", "classes": classes, "align_corners": student.align_corners,
+            "input": "float32 Nx3xHxW RGB 0..255, normalised inside",
+            "outputs": ["out: NxKxHxW main logits", "aux: NxKxHxW aux logits"],
+            "batchnorm": "eval mode: running statistics frozen, weight and bias trainable; dropout off",
+            "backbone_prefix": BACKBONE_PREFIX}
+
+
+def export_trainable(student: TrainableStudent, out: str, size: tuple[int, int], classes: int) -> None:
+    """Trace ``student`` on an ``example_input(*size)`` (with grad: its parameters keep ``requires_grad``) and save
+    it to ``out`` with :data:`TRAINABLE_EXTRA`."""
+    for p in student.parameters():
+        p.requires_grad_(True)
+    with _quiet():
+        traced = torch.jit.trace(student.train(), example_input(*size), check_trace=False)
+        torch.jit.save(traced, out, _extra_files={TRAINABLE_EXTRA: json.dumps(trainable_description(student, classes))})
+
+
+class JoinedLogits(nn.Module):
+    """A :class:`TrainableStudent` (or its loaded file) as one tensor, main and aux logits concatenated along the
+    classes: N×2K×H×W, so :func:`max_differences` checks both."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat(self.student(x), dim=1)
 
 
 class MatrixAdaptiveAvgPool2d(nn.Module):
@@ -124,6 +193,19 @@ def _quiet():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export")
         yield
+
+
+def load_trainable(path: str) -> torch.jit.ScriptModule:
+    """A file written by :func:`export_trainable`; a file without :data:`TRAINABLE_EXTRA` is a SegKDError."""
+    extra = {TRAINABLE_EXTRA: ""}
+    try:
+        with _quiet():
+            module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError) as e:
+        raise SegKDError(f"{path}: not a loadable TorchScript file ({str(e).splitlines()[0]})") from None
+    if not extra[TRAINABLE_EXTRA]:
+        raise SegKDError(f"{path}: not a trainable student (export it with python -m tools.export --trainable)")
+    return module
 
 
 def load_exported(path: str, fmt: str, threads: int = 0):
