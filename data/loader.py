@@ -3,19 +3,25 @@
 Each sample's augmentation is seeded from ``(seed, epoch, index)``, not from a worker's running RNG, so the
 batches are a pure function of the config: the same for any number of workers, and the same after a
 resume in the middle of an epoch (the sampler skips the samples already seen).
+
+A batch is assembled by :func:`collate_crops` from the augmented numpy crops: images normalised straight into the
+batch, labels kept uint8 (the trainer makes them int64 on the device). The values the model sees are bitwise those
+of per-sample ToTensor, Normalize and torch's default collate (tests/test_loader_levers.py); the bytes a worker
+writes and the main process maps are fewer (docs/BENCHMARKS.md, "Loader vs semseg").
 """
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Iterator
-from typing import Optional
+from collections.abc import Iterator, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
-from data.transforms import opencv_single_thread
+from data.transforms import normalize, normalize_into, opencv_single_thread
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -62,15 +68,62 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a batch; in a loader worker in shared memory, as torch's default collate
+    allocates it, so sending it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+
+
+def collate_crops(samples: Sequence[tuple[np.ndarray, np.ndarray]],
+                  label_dtype: torch.dtype = torch.uint8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loader's ``collate_fn``: B augmented crops (HxWx3 image, float32 or uint8; HxW uint8 label, as
+    ``build_train_transform(..., to_tensor=False)`` leaves them) -> (images Bx3xHxW, labels BxHxW ``label_dtype``).
+
+    A float32 crop is normalised straight into its slot of the batch (``normalize_into``); a uint8 crop
+    (``train.uint8_batches``) is copied into a uint8 batch that the trainer normalises on the device. Labels stay
+    uint8 by default, an eighth of int64's bytes; the trainer converts them on the device (``.long()``, exact). One
+    pass over each crop, where per-sample ToTensor, Normalize and torch's stack took four."""
+    first_image, first_label = samples[0]
+    h, w = first_label.shape
+    uint8 = first_image.dtype == np.uint8
+    images = _batch_tensor((len(samples), 3, h, w), torch.uint8 if uint8 else torch.float32)
+    labels = _batch_tensor((len(samples), h, w), label_dtype)
+    images_np, labels_np = images.numpy(), labels.numpy()
+    for i, (image, label) in enumerate(samples):
+        if uint8:
+            images_np[i] = image.transpose(2, 0, 1)
+        else:
+            normalize_into(images_np[i], image)
+        labels_np[i] = label
+    return images, labels
+
+
+def batch_to_device(images: torch.Tensor, labels: torch.Tensor,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch as the model takes it, on ``device``: images Bx3xHxW float32 normalised (a uint8 batch,
+    ``train.uint8_batches``, is normalised here), labels BxHxW int64 (the uint8 labels of :func:`collate_crops`
+    converted here, exactly). The trainer's first step; the loader benchmark times it with the loader."""
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True).long()
+    if images.dtype == torch.uint8:
+        images = normalize(images)
+    return images, labels
+
+
 def build_train_loader(
-    dataset: Dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int, pin_memory: bool
+    dataset: Dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int, pin_memory: bool,
+    collate_fn: Optional[Callable] = None,
 ) -> tuple[DataLoader, ResumableSampler]:
-    """``batch_size`` is per process. Incomplete last batches are dropped (BN needs >1 sample)."""
+    """``batch_size`` is per process. Incomplete last batches are dropped (BN needs >1 sample). ``collate_fn``:
+    torch's default (the dataset's samples are tensors), or :func:`collate_crops` (they are numpy crops)."""
     sampler = ResumableSampler(dataset, world_size, rank, seed)
     loader = DataLoader(
         SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None, collate_fn=collate_fn,
         worker_init_fn=opencv_single_thread,  # one OpenCV thread per worker: the workers are the parallelism
         # a private generator: creating an epoch's iterator must not draw from the global torch RNG, which
         # drives dropout and is restored on resume

@@ -207,19 +207,33 @@ class ToTensor:
         return image_t, label_t
 
 
+# float32 constants of the one normalisation, shared by normalize() and normalize_into() so the two cannot differ
+_MEAN32 = np.array(IMAGENET_MEAN, np.float32)
+_INV_STD32 = np.float32(1.0) / np.array(IMAGENET_STD, np.float32)  # float32 division, as torch's 1.0 / tensor
 _MEAN_STD: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """``(images - mean) / std`` per channel with ImageNet's statistics on the 0..255 scale: 3xHxW or Bx3xHxW,
     uint8 or float, on any device -> float32 (a new tensor). The one normalisation of the project: the
-    loader (:class:`Normalize`), the trainer (uint8 batches) and inference all call it, so they cannot drift."""
+    loader (:class:`Normalize`, :func:`normalize_into`), the trainer (uint8 batches) and inference all call it, so
+    they cannot drift. It multiplies by the float32 reciprocal of std, as :func:`normalize_into` does."""
     if images.device not in _MEAN_STD:
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-        inv_std = 1.0 / torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+        mean = torch.from_numpy(_MEAN32).view(3, 1, 1)
+        inv_std = torch.from_numpy(_INV_STD32).view(3, 1, 1)
         _MEAN_STD[images.device] = (mean.to(images.device), inv_std.to(images.device))
     mean, inv_std = _MEAN_STD[images.device]
     return (images.float() - mean) * inv_std
+
+
+def normalize_into(out: np.ndarray, image: np.ndarray) -> None:
+    """:func:`normalize` of one HxWx3 image (float32 or uint8, any strides) written into ``out``, a 3xHxW float32
+    array (a slot of the batch): the same float32 subtraction then multiplication, so bitwise the same values
+    (tests/test_loader_levers.py), without the intermediate tensors. NumPy, not torch: a torch op in a main
+    process with several intra-op threads can be many times slower on these sizes."""
+    chw = image.transpose(2, 0, 1)
+    np.subtract(chw, _MEAN32.reshape(3, 1, 1), out=out, dtype=np.float32)
+    np.multiply(out, _INV_STD32.reshape(3, 1, 1), out=out)
 
 
 class Normalize:
@@ -243,6 +257,7 @@ def build_train_transform(
     rotate: Sequence[float] = (-10, 10),
     ignore_label: int = 255,
     uint8: bool = False,
+    to_tensor: bool = True,
 ) -> Compose:
     """semseg's training augmentation: scale, rotate, blur, flip, random crop, to tensor, normalise.
 
@@ -251,7 +266,9 @@ def build_train_transform(
     batch for GPU input pipelines) keeps the image uint8 throughout and stops before normalising
     (the trainer calls :func:`normalize` on the batch): each interpolating step rounds to a whole grey level and
     padding is the mean rounded to (124, 116, 104), so its values are close to, not equal to, the default's
-    (the bound is tested in tests/test_data.py). OpenCV runs single-threaded from here on
+    (the bound is tested in tests/test_data.py). ``to_tensor=False`` stops after the crop (numpy HxWx3 image,
+    HxW uint8 label): the training loader's collate (data/loader.py, ``collate_crops``) does the tensor and
+    normalisation steps for the whole batch at once, to the same values. OpenCV runs single-threaded from here on
     (:func:`opencv_single_thread`).
     """
     opencv_single_thread()  # the main process's transforms (train.workers=0, the preflight batch)
@@ -261,6 +278,9 @@ def build_train_transform(
         RandomGaussianBlur(),
         RandomHorizontalFlip(),
         Crop(crop_size, crop_type="rand", padding=IMAGENET_MEAN, ignore_label=ignore_label),
-        ToTensor(uint8=uint8),
     ]
-    return Compose(steps if uint8 else [ToFloat(), *steps, Normalize()])
+    if to_tensor:
+        steps.append(ToTensor(uint8=uint8))
+    if uint8:
+        return Compose(steps)
+    return Compose([ToFloat(), *steps, Normalize()] if to_tensor else [ToFloat(), *steps])

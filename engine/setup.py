@@ -9,7 +9,7 @@ from typing import Optional, Union
 import torch
 
 from data.dataset import SegDataset
-from data.loader import build_train_loader
+from data.loader import build_train_loader, collate_crops
 from data.transforms import build_train_transform
 from model.build import build_model, load_teacher
 from model.distiller import Distiller
@@ -21,16 +21,18 @@ from util.errors import SegKDError
 
 
 def build_data(cfg: Config, info: DistInfo):
+    """The training loader and its sampler. Batches are (images Bx3xHxW float32 normalised, or uint8 with
+    ``train.uint8_batches``; labels BxHxW uint8, made int64 on the device by the trainer): ``collate_crops``."""
     d, t = cfg.data, cfg.train
     transform = build_train_transform(t.crop_size, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
-                                      d.ignore_label, uint8=t.uint8_batches)
-    dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform)
+                                      d.ignore_label, uint8=t.uint8_batches, to_tensor=False)
+    dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform, to_tensor=False)
     per_rank = t.batch_size // info.world_size
     if len(dataset) // info.world_size < per_rank:
         raise SegKDError(f"{d.train_list}: {len(dataset)} samples cannot fill one batch of train.batch_size="
                          f"{t.batch_size} over {info.world_size} process(es)")
     return build_train_loader(dataset, per_rank, t.workers, t.seed, info.rank, info.world_size,
-                              pin_memory=info.device.type == "cuda")
+                              pin_memory=info.device.type == "cuda", collate_fn=collate_crops)
 
 
 def build_distiller(cfg: Config, info: DistInfo) -> Union[Distiller, MutualLearner]:

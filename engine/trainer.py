@@ -24,8 +24,7 @@ from typing import Any, Optional
 
 import torch
 
-from data.loader import rng_state, set_rng_state
-from data.transforms import normalize
+from data.loader import batch_to_device, rng_state, set_rng_state
 from engine.preemption import StopRequest, release_workers, shield_workers, worker_error_line
 from engine.rundir import RunLog
 from engine.state import Checkpoints, final_state
@@ -130,10 +129,7 @@ class Trainer:
 
     def step(self, images: torch.Tensor, target: torch.Tensor) -> None:
         dev, t = self.info.device, self.cfg.train
-        images = images.to(dev, non_blocking=True)
-        target = target.to(dev, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = normalize(images)  # train.uint8_batches: normalised here
+        images, target = batch_to_device(images, target, dev)  # uint8 labels -> int64, uint8 images normalised
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         lr = self.set_lr()
