@@ -2,6 +2,7 @@
 
     python -m tools.benchmark --config config/voc2012/pspnet18_kd.yaml --crop 473 --batch 16 train.amp=true
     python -m tools.benchmark --config config/synthetic/pspnet18_kd.yaml --crop 65 --batch 2 --steps 3   # CPU smoke
+    python -m tools.benchmark --modes loader --config config/voc2012/pspnet50_teacher.yaml --workers 0,1,2 --levers
 
 Model steps run on random tensors (no dataset, no teacher
 checkpoint needed: both networks are randomly initialised, which costs the same). Everything else is training's
@@ -17,6 +18,10 @@ For each mode it reports images/s, step time, peak memory, achieved TFLOP/s and 
 peak. FLOPs per image are counted once with ``FlopCounterMode`` on the meta device (no compute); the peak is
 ``--peak-tflops`` or measured with a large matmul in the step's dtype. With ``data.root`` set, the data loader's
 images/s is measured for each ``--workers`` count. Prints a table and writes JSON (``--out``).
+
+``--modes loader`` runs the training loader against hszhao/semseg's, side by side on generated VOC-sized data, at
+the config's crop and batch (``--crop``/``--batch``) for each ``--workers`` count, ``--repeats`` times interleaved;
+``--levers`` adds one row per change between segkd's earlier loader and today's (tools/loader_bench.py).
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ from engine.setup import build_data, build_optimizer, prepare_models
 from model.build import arch_of, build_model, build_network
 from model.distiller import Distiller
 from model.pspnet import build_pspnet
+from tools.loader_bench import format_loader, run_loader_benchmark
 from util.config import Config, load_config
 from util.distributed import DistInfo, pick_device
 from util.errors import SegKDError
 
-MODES = ("teacher_train", "student_train", "distill", "eval")
+MODES = ("teacher_train", "student_train", "distill", "eval", "loader")
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -151,7 +157,7 @@ def bench_models(args: argparse.Namespace, info: DistInfo, peak: Callable[[torch
     """One row per mode; ``peak(dtype)`` is the device's peak TFLOP/s in the dtype the step computes in."""
     device, rows = info.device, []
     cfg = bench_config(args)
-    for mode in args.modes:
+    for mode in [m for m in args.modes if m != "loader"]:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         step = make_step(mode, cfg, info, args.batch, args.crop)
@@ -196,7 +202,10 @@ def environment(device: torch.device) -> dict:
 
 def format_tables(result: dict) -> str:
     peaks = ", ".join(f"{d} {p:.2f}" for d, p in result["peak_tflops"].items())
-    lines = [f"device: {result['env']['device']}  torch {result['env']['torch']}  crop {result['crop']}  "
+    lines = [] if "loader_vs_semseg" not in result else [format_loader(result["loader_vs_semseg"]), ""]
+    if not result["models"]:
+        return "\n".join(lines).strip()
+    lines += [f"device: {result['env']['device']}  torch {result['env']['torch']}  crop {result['crop']}  "
              f"batch {result['batch']}  amp {result['amp']}  optimizer {result['optimizer']}  "
              f"channels_last {result['channels_last']}  compile {result['compile']}  "
              f"peak TFLOP/s {peaks} ({result['peak_source']})",
@@ -220,9 +229,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="images per step on this one device")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
+    p.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES[:-1]),
+                   help=f"comma-separated, out of {', '.join(MODES)} (default: all but loader)")
     p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[0, 2, 4, 8])
     p.add_argument("--loader-batches", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=7, help="loader mode: interleaved repeats per pipeline")
+    p.add_argument("--images", type=int, default=200, help="loader mode: generated VOC-sized images")
+    p.add_argument("--levers", action="store_true", help="loader mode: one row per loader change, one at a time")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak; default: measured by a matmul")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_intermixed_args(argv)  # overrides may sit between the options
@@ -232,6 +245,8 @@ def run(args: argparse.Namespace) -> dict:
     bad = [m for m in args.modes if m not in MODES]
     if bad:
         raise SegKDError(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(MODES)}")
+    if args.repeats < 1 or args.images < 1 or args.loader_batches < 1:
+        raise SegKDError("--repeats, --images and --loader-batches: need at least 1")
     if args.crop < 32 or args.batch < 2:
         raise SegKDError(f"--crop {args.crop} / --batch {args.batch}: need crop >= 32 and batch >= 2 (BatchNorm)")
     cfg = bench_config(args)
@@ -246,13 +261,16 @@ def run(args: argparse.Namespace) -> dict:
         return peaks[dtype]
 
     models = bench_models(args, info, peak)
-    return {"env": environment(info.device), "crop": args.crop, "batch": args.batch,
+    loader = "loader" in args.modes
+    extra = {"loader_vs_semseg": run_loader_benchmark(cfg, args.workers, args.loader_batches, args.repeats,
+                                                      args.levers, args.images)} if loader else {}
+    return {**extra, "env": environment(info.device), "crop": args.crop, "batch": args.batch,
             "amp": cfg.train.amp and cfg.train.amp_dtype, "optimizer": cfg.train.optimizer,
             "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
             "peak_tflops": {str(d).replace("torch.", ""): p for d, p in peaks.items()},
             "peak_source": "given" if args.peak_tflops else "measured: matmul/conv in each row's dtype",
             "models": models,
-            "loader": bench_loader(args, info) if cfg.data.root is not None and args.workers else [],
+            "loader": bench_loader(args, info) if cfg.data.root is not None and args.workers and not loader else [],
             "command": " ".join(sys.argv)}
 
 

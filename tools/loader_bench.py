@@ -1,0 +1,328 @@
+"""The training loader against hszhao/semseg's, side by side: ``python -m tools.benchmark --modes loader``.
+
+    python -m tools.benchmark --modes loader --config config/voc2012/pspnet50_teacher.yaml \\
+        --workers 0,1,2 --loader-batches 10 --repeats 7 --levers --out loader.json
+
+Both pipelines read the same generated VOC-sized data: ``--images`` JPEGs of 500x375 (one in four 375x500; a smooth
+colour field, a few objects, noise; quality 90, 4:2:0 as PIL writes them) and 8-bit grey label PNGs with 255 bands
+along the object boundaries, as VOC's SegmentationClassAug, in VOC's layout under a temporary folder.
+
+semseg's pipeline is written here from its published code (hszhao/semseg ``util/dataset.py`` ``SemData``: cv2.imread
+BGR -> RGB float32, the label by ``cv2.imread(..., IMREAD_GRAYSCALE)``; ``util/transform.py``; the training transform
+and DataLoader of ``tool/train.py``: RandScale 0.5-2.0, RandRotate +-10 padded with the mean, GaussianBlur,
+HorizontalFlip, Crop 'rand' padded with the mean, ToTensor, Normalize; shuffle, drop_last), never in the library.
+segkd's is the library's, built by ``engine.setup.build_data`` from the config's ``data``/``train`` keys, and each
+batch is finished as the trainer finishes it (``data.loader.batch_to_device``: int64 labels, a uint8 batch
+normalised) on the device, which is this process on a CPU. With ``--levers`` the changes between segkd's earlier
+loader and today's are measured one at a time, each row adding one (``LEVERS``).
+
+A rate is samples per second over ``--loader-batches`` batches after the first (worker start-up is not throughput).
+The main process runs torch with one thread and OpenCV with none (semseg's train.py sets ``cv2.setNumThreads(0)``),
+for both, so at 0 workers a rate is per core. Each repeat measures every pipeline at every worker count, in an
+order rotated per repeat (A, B, then B, A, ...), so load from other jobs hits them alike; a table holds the medians,
+and the ratio to semseg is the median of the ratios paired within a repeat.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import statistics
+import tempfile
+import time
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from data.dataset import SegDataset, decode_pil, read_image, read_label, read_list
+from data.loader import batch_to_device, build_train_loader, collate_crops
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform
+from engine.setup import build_data
+from util.config import Config
+from util.distributed import DistInfo
+
+
+# ---------------------------------------------------------------- generated VOC-sized data
+def write_voc_like(root: str, images: int, samples: int, seed: int = 0) -> None:
+    """``images`` JPEG/PNG pairs in VOC's layout under ``root`` and ``list/train_aug.txt`` of ``samples`` lines
+    (the images repeated in order when there are more lines than images)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("JPEGImages", "SegmentationClassAug", "list"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    names = [f"2007_{i:06d}" for i in range(images)]
+    for i, name in enumerate(names):
+        h, w = (500, 375) if i % 4 == 3 else (375, 500)
+        field = rng.uniform(0, 255, (h // 32 + 2, w // 32 + 2, 3)).astype(np.float32)
+        image = cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
+        label = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 5))):
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            axes = (int(rng.integers(20, w // 2)), int(rng.integers(20, h // 2)))
+            angle, cls = float(rng.uniform(0, 180)), int(rng.integers(1, 21))
+            cv2.ellipse(label, centre, axes, angle, 0, 360, cls, -1)
+            cv2.ellipse(image, centre, axes, angle, 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
+            cv2.ellipse(label, centre, axes, angle, 0, 360, 255, 5)  # VOC's void band along the boundary
+        image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(os.path.join(root, "JPEGImages", name + ".jpg"), quality=90)
+        Image.fromarray(label, mode="L").save(os.path.join(root, "SegmentationClassAug", name + ".png"))
+    with open(os.path.join(root, "list", "train_aug.txt"), "w", encoding="utf-8") as f:
+        for k in range(max(samples, images)):
+            name = names[k % images]
+            f.write(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n")
+
+
+# ---------------------------------------------------------------- hszhao/semseg's pipeline, from its published code
+class SemsegData(Dataset):
+    """semseg's ``util/dataset.py`` ``SemData`` (train split): OpenCV reads, float32 image, its transform."""
+
+    def __init__(self, samples: list[tuple[str, str]], transform: Callable) -> None:
+        self.data_list, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.data_list)
+
+    def __getitem__(self, index: int):
+        image_path, label_path = self.data_list[index]
+        image = cv2.imread(image_path, cv2.IMREAD_COLOR)  # BGR
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = np.float32(image)
+        label = cv2.imread(label_path, cv2.IMREAD_GRAYSCALE)
+        if image.shape[0] != label.shape[0] or image.shape[1] != label.shape[1]:
+            raise RuntimeError("Image & label shape mismatch: " + image_path + " " + label_path + "\n")
+        return self.transform(image, label)
+
+
+def semseg_transform(crop: int, scale: tuple[float, float], rotate: tuple[float, float],
+                     ignore: int) -> Callable:
+    """tool/train.py's ``train_transform`` with util/transform.py's classes (arguments as there)."""
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+    def rand_scale(image, label):
+        s = scale[0] + (scale[1] - scale[0]) * random.random()
+        image = cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, None, fx=s, fy=s, interpolation=cv2.INTER_NEAREST)
+        return image, label
+
+    def rand_rotate(image, label):
+        if random.random() < 0.5:
+            angle = rotate[0] + (rotate[1] - rotate[0]) * random.random()
+            h, w = label.shape
+            matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1)
+            image = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=mean)
+            label = cv2.warpAffine(label, matrix, (w, h), flags=cv2.INTER_NEAREST,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=ignore)
+        return image, label
+
+    def blur(image, label):
+        if random.random() < 0.5:
+            image = cv2.GaussianBlur(image, (5, 5), 0)
+        return image, label
+
+    def flip(image, label):
+        if random.random() < 0.5:
+            image, label = cv2.flip(image, 1), cv2.flip(label, 1)
+        return image, label
+
+    def crop_rand(image, label):
+        h, w = label.shape
+        pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+        pad_h_half, pad_w_half = int(pad_h / 2), int(pad_w / 2)
+        if pad_h > 0 or pad_w > 0:
+            border = (pad_h_half, pad_h - pad_h_half, pad_w_half, pad_w - pad_w_half)
+            image = cv2.copyMakeBorder(image, *border, cv2.BORDER_CONSTANT, value=mean)
+            label = cv2.copyMakeBorder(label, *border, cv2.BORDER_CONSTANT, value=ignore)
+        h, w = label.shape
+        h_off, w_off = random.randint(0, h - crop), random.randint(0, w - crop)
+        return image[h_off:h_off + crop, w_off:w_off + crop], label[h_off:h_off + crop, w_off:w_off + crop]
+
+    def to_tensor(image, label):
+        image = torch.from_numpy(image.transpose((2, 0, 1)))
+        if not isinstance(image, torch.FloatTensor):
+            image = image.float()
+        label = torch.from_numpy(label)
+        if not isinstance(label, torch.LongTensor):
+            label = label.long()
+        return image, label
+
+    def normalize(image, label):
+        for t, m, s in zip(image, mean, std):
+            t.sub_(m).div_(s)
+        return image, label
+
+    steps = (rand_scale, rand_rotate, blur, flip, crop_rand, to_tensor, normalize)
+
+    def compose(image, label):
+        for step in steps:
+            image, label = step(image, label)
+        return image, label
+
+    return compose
+
+
+def _semseg_worker_init(worker_id: int) -> None:
+    cv2.setNumThreads(0)  # semseg's train.py sets it at import; its forked workers inherit it
+
+
+def semseg_loader(cfg: Config, workers: int, device: torch.device) -> DataLoader:
+    """tool/train.py's training DataLoader over :class:`SemsegData` (one process: shuffle, no sampler)."""
+    d, t = cfg.data, cfg.train
+    transform = semseg_transform(t.crop_size, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
+                                 d.ignore_label)
+    data = SemsegData(read_list(d.root, d.train_list), transform)
+    return DataLoader(data, batch_size=t.batch_size, shuffle=True, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=_semseg_worker_init)
+
+
+# ---------------------------------------------------------------- segkd's loader, and its earlier states
+def check_label_bincount(label: np.ndarray, classes: int, ignore_label: int, path: str) -> None:
+    """segkd's label check before the lever: a 256-bin histogram of every label (the verdict is the same)."""
+    counts = np.bincount(label.ravel(), minlength=256)
+    counts[:classes] = 0
+    if 0 <= ignore_label < counts.size:
+        counts[ignore_label] = 0
+    if np.flatnonzero(counts).size:
+        raise ValueError(f"{path}: label values outside 0..{classes - 1}")
+
+
+class EarlierReader(SegDataset):
+    """``SegDataset`` with the earlier readers: PIL for every image (``pil``) and the histogram check (``bincount``)."""
+
+    def __init__(self, *args, pil: bool, bincount: bool, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pil, self.bincount = pil, bincount
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not (self.pil or self.bincount):
+            return super().read(index)
+        image_path, label_path = self.samples[index]
+        if self.pil:
+            with open(image_path, "rb") as f:
+                image = decode_pil(f.read(), image_path)
+        else:
+            image = read_image(image_path)
+        label = read_label(label_path)
+        check_label_bincount(label, self.classes, self.ignore_label, label_path)
+        return image, label
+
+
+# (row name, PIL decoding, histogram check, one-pass batch, label dtype in the batch); build_data's rows follow
+LEVERS = [
+    ("segkd before: PIL, bincount, per-sample tensors, int64 labels", True, True, False, torch.int64),
+    ("+ cv2.imdecode for plain JPEGs", False, True, False, torch.int64),
+    ("+ label check by comparison, not bincount", False, False, False, torch.int64),
+    ("+ one-pass batch assembly (normalised into the batch)", False, False, True, torch.int64),
+]
+SEGKD = "segkd (default: + uint8 labels, int64 on the device)"
+UINT8 = "+ train.uint8_batches=true (not default: rounds)"
+
+
+def earlier_loader(cfg: Config, workers: int, device: torch.device, lever: tuple) -> DataLoader:
+    """segkd's loader with only the levers of ``lever`` (a row of :data:`LEVERS`)."""
+    _, pil, bincount, one_pass, label_dtype = lever
+    d, t = cfg.data, cfg.train
+    transform = build_train_transform(t.crop_size, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
+                                      d.ignore_label, to_tensor=not one_pass)
+    dataset = EarlierReader(d.root, d.train_list, d.classes, d.ignore_label, transform, to_tensor=not one_pass,
+                            pil=pil, bincount=bincount)
+    collate = functools.partial(collate_crops, label_dtype=label_dtype) if one_pass else None
+    loader, sampler = build_train_loader(dataset, t.batch_size, workers, t.seed, 0, 1, device.type == "cuda",
+                                         collate_fn=collate)
+    sampler.set_epoch(0)
+    return loader
+
+
+def segkd_loader(cfg: Config, workers: int, device: torch.device, uint8: bool = False) -> DataLoader:
+    tree = cfg.to_dict()
+    tree["train"]["workers"], tree["train"]["uint8_batches"] = workers, uint8
+    loader, sampler = build_data(Config(tree), DistInfo(rank=0, local_rank=0, world_size=1, device=device))
+    sampler.set_epoch(0)
+    return loader
+
+
+# ---------------------------------------------------------------- timing
+def samples_per_second(loader: DataLoader, batches: int, device: torch.device) -> float:
+    """Samples/s over ``batches`` batches after the first, each finished as the trainer does (on ``device``)."""
+    it = iter(loader)
+    batch_to_device(*next(it), device)  # worker start-up and the first batch are not throughput
+    start, samples = time.perf_counter(), 0
+    for _ in range(batches):
+        images, labels = batch_to_device(*next(it), device)
+        samples += images.shape[0]
+    seconds = time.perf_counter() - start
+    del it  # shuts the workers down
+    return samples / seconds
+
+
+def pipelines(cfg: Config, device: torch.device, levers: bool) -> dict[str, Callable[[int], DataLoader]]:
+    """Row name -> a function of the worker count building that loader."""
+    rows: dict[str, Callable[[int], DataLoader]] = {"semseg": lambda w: semseg_loader(cfg, w, device)}
+    if levers:
+        rows.update({lever[0]: functools.partial(earlier_loader, cfg, device=device, lever=lever) for lever in LEVERS})
+    rows[SEGKD] = lambda w: segkd_loader(cfg, w, device)
+    if levers:
+        rows[UINT8] = lambda w: segkd_loader(cfg, w, device, uint8=True)
+    return rows
+
+
+def compare(cfg: Config, workers: list[int], batches: int, repeats: int, levers: bool,
+            device: Optional[torch.device] = None) -> dict:
+    """Every pipeline at every worker count, ``repeats`` times interleaved (the order rotated each repeat). Returns
+    ``{"rows": [{"pipeline", "workers", "samples_per_s" (median), "all", "ratio" (median paired ratio to semseg),
+    "ratios"}], "load": [1-min load average before, after]}``."""
+    device = device or torch.device("cpu")
+    build = pipelines(cfg, device, levers)
+    names = list(build)
+    rates: dict[tuple[str, int], list[float]] = {(n, w): [] for n in names for w in workers}
+    load_before = os.getloadavg()[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # both pipelines alike: at 0 workers a rate is one core's
+    cv2.setNumThreads(0)
+    try:
+        for r in range(repeats):
+            for w in workers:
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    rates[(name, w)].append(samples_per_second(build[name](w), batches, device))
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    for name in names:
+        for w in workers:
+            ratios = [a / b for a, b in zip(rates[(name, w)], rates[("semseg", w)])]
+            rows.append({"pipeline": name, "workers": w, "samples_per_s": statistics.median(rates[(name, w)]),
+                         "all": rates[(name, w)], "ratio": statistics.median(ratios), "ratios": ratios})
+    return {"rows": rows, "load": [load_before, os.getloadavg()[0]], "repeats": repeats, "batches": batches,
+            "batch": cfg.train.batch_size, "crop": cfg.train.crop_size}
+
+
+def run_loader_benchmark(cfg: Config, workers: list[int], batches: int, repeats: int, levers: bool,
+                         images: int, root: Optional[str] = None) -> dict:
+    """Generate the data (into ``root`` or a temporary folder) and :func:`compare` the pipelines on it."""
+    samples = (batches + 1) * cfg.train.batch_size
+    with tempfile.TemporaryDirectory(prefix="segkd_loader_") as tmp:
+        root = root or os.path.join(tmp, "voc_like")
+        write_voc_like(root, images, samples)
+        tree = cfg.to_dict()
+        tree["data"].update(root=root, train_list="list/train_aug.txt")
+        return {**compare(Config(tree), workers, batches, repeats, levers), "images": images}
+
+
+def format_loader(result: dict) -> str:
+    workers = sorted({r["workers"] for r in result["rows"]})
+    head = " | ".join(f"{w} workers: samples/s (x semseg)" for w in workers)
+    lines = [f"loader vs semseg: batch {result['batch']}, crop {result['crop']}, {result['images']} images, "
+             f"{result['batches']} batches x {result['repeats']} interleaved repeats (medians); load "
+             f"{result['load'][0]:.2f} -> {result['load'][1]:.2f}",
+             f"| pipeline | {head} |", "|---|" + "---|" * len(workers)]
+    by_name: dict[str, dict[int, dict]] = {}
+    for r in result["rows"]:
+        by_name.setdefault(r["pipeline"], {})[r["workers"]] = r
+    for name, cells in by_name.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{cells[w]['samples_per_s']:.1f} ({cells[w]['ratio']:.2f}x)" for w in workers) + " |")
+    return "\n".join(lines)
