@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast test-long lint demo deploy
+.PHONY: venv test test-fast test-long lint demo deploy deploy-distill
 
 # Create the virtual environment once and (re)install when the requirements change. requirements-dev.txt
 # is requirements.txt plus what the tests, the table figures and `make lint` use (scipy, matplotlib, ruff).
@@ -57,3 +57,17 @@ deploy: $(STAMP)
 		-isystem $$TORCH/include -isystem $$TORCH/include/torch/csrc/api/include -isystem $(STB_INCLUDE) \
 		-L$$TORCH/lib -Wl,-rpath,$$TORCH/lib -ltorch -ltorch_cpu -lc10
 	@echo "built $(DEPLOY_BIN)"
+
+# segkd_distill (deploy/cpp/README.md, "Distillation step in C++"): the same compiler line; only stb_image.h needed.
+DISTILL_BIN ?= deploy/cpp/build/segkd_distill
+
+deploy-distill: $(STAMP)
+	@test -f $(STB_INCLUDE)/stb_image.h || \
+		{ echo "error: stb_image.h not in $(STB_INCLUDE): apt-get install libstb-dev or set STB_INCLUDE" >&2; exit 2; }
+	@mkdir -p $(dir $(DISTILL_BIN))
+	TORCH=$$($(PY) -c "import os, torch; print(os.path.dirname(torch.__file__))") && \
+	ABI=$$($(PY) -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))") && \
+	$(CXX) -std=c++20 -O2 -D_GLIBCXX_USE_CXX11_ABI=$$ABI deploy/cpp/segkd_distill.cpp -o $(DISTILL_BIN) \
+		-isystem $$TORCH/include -isystem $$TORCH/include/torch/csrc/api/include -isystem $(STB_INCLUDE) \
+		-L$$TORCH/lib -Wl,-rpath,$$TORCH/lib -ltorch -ltorch_cpu -lc10
+	@echo "built $(DISTILL_BIN)"

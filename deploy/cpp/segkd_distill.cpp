@@ -1,0 +1,345 @@
+// segkd_distill: train a student in C++ with CE + per-pixel KD from a teacher, both TorchScript files written by
+// `python -m tools.export` (the teacher as deployed, the student with --trainable), and write the trained student.
+//
+//     deploy/cpp/build/segkd_distill TEACHER.pt STUDENT.pt LIST OUT.pt [--steps 1] [--batch-size 2] [--lr 0.01]
+//         [--head-lr-mult 10] [--momentum 0.9] [--weight-decay 1e-4] [--temperature 1] [--kd-weight 1]
+//         [--ce-weight 1] [--aux-weight 0.4] [--ignore-label 255] [--root DIR] [--overwrite]
+//
+// LIST holds "image label" per line (VOC style), paths relative to --root (default: LIST's folder) unless absolute.
+// Step s takes the B entries s*B .. s*B+B-1 of LIST (cyclically, in order: no shuffle, no crop, no resize), so the
+// images of one batch must share a size. Images are RGB (stb_image: PNG, JPEG, BMP, ...; grey and RGBA become RGB),
+// fed as float32 0..255 (both networks normalise inside); labels are 8-bit single-channel class indices.
+//
+// One step, with s = the student's (main, aux) logits and t = the teacher's logits, all NxKxHxW at the image's size:
+//     loss = ce_weight * CE(s.main) + aux_weight * CE(s.aux) + kd_weight * T^2 * mean_valid KL(softmax(t/T) || softmax(s.main/T))
+// CE and the KL mean run over the pixels whose label is not --ignore-label (model/losses.py's cross_entropy and
+// kd_kl_loss with distill.full_resolution=true), then SGD (momentum, weight decay on every parameter; backbone at
+// --lr, the rest at --lr x --head-lr-mult, as train.py's groups; constant lr). The student's BatchNorm statistics
+// are frozen (exported in eval mode: tools.export --trainable). The teacher runs without grad.
+// Exit status: 0 written; 2 bad input (usage, unreadable or non-trainable model, unreadable list or image, sizes
+// that do not match, OUT exists), one line naming the file, nothing written; 1 a step failed.
+#include <torch/optim/sgd.h>
+#include <torch/script.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#define STB_IMAGE_IMPLEMENTATION
+#include <stb_image.h>
+
+namespace {
+
+const char* const TRAINABLE_EXTRA = "segkd_trainable.json";  // engine/export.py's mark of a trainable student
+const char* const BACKBONE_PREFIX = "segmentor.backbone.";    // engine/export.py's BACKBONE_PREFIX
+
+// Bad input: one line on stderr, exit status 2.
+struct BadInput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string first_line(const std::exception& e) {
+  std::string text = e.what();
+  return text.substr(0, text.find('\n'));
+}
+
+struct Options {
+  std::string teacher, student, list, out, root;
+  int64_t steps = 1, batch_size = 2, ignore_label = 255;
+  double lr = 0.01, head_lr_mult = 10.0, momentum = 0.9, weight_decay = 1e-4;
+  double temperature = 1.0, kd_weight = 1.0, ce_weight = 1.0, aux_weight = 0.4;
+  bool overwrite = false;
+};
+
+const char* const USAGE =
+    "usage: segkd_distill TEACHER.pt STUDENT.pt LIST OUT.pt [--steps N] [--batch-size B] [--lr X] "
+    "[--head-lr-mult X] [--momentum X] [--weight-decay X] [--temperature T] [--kd-weight X] [--ce-weight X] "
+    "[--aux-weight X] [--ignore-label I] [--root DIR] [--overwrite]";
+
+double number(const std::string& flag, const std::string& text) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) throw BadInput(flag + " " + text + ": not a number");
+  return value;
+}
+
+int64_t integer(const std::string& flag, const std::string& text, int64_t low) {
+  double value = number(flag, text);
+  if (value != static_cast<double>(static_cast<int64_t>(value)) || value < low) {
+    throw BadInput(flag + " " + text + ": must be an integer >= " + std::to_string(low));
+  }
+  return static_cast<int64_t>(value);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  std::vector<std::string> positional;
+  std::map<std::string, double*> reals = {{"--lr", &o.lr}, {"--head-lr-mult", &o.head_lr_mult},
+                                          {"--momentum", &o.momentum}, {"--weight-decay", &o.weight_decay},
+                                          {"--temperature", &o.temperature}, {"--kd-weight", &o.kd_weight},
+                                          {"--ce-weight", &o.ce_weight}, {"--aux-weight", &o.aux_weight}};
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--overwrite") {
+      o.overwrite = true;
+    } else if (a.rfind("--", 0) == 0) {
+      if (i + 1 >= argc) throw BadInput(a + ": needs a value (" + USAGE + ")");
+      std::string v = argv[++i];
+      if (reals.count(a)) *reals[a] = number(a, v);
+      else if (a == "--steps") o.steps = integer(a, v, 1);
+      else if (a == "--batch-size") o.batch_size = integer(a, v, 1);
+      else if (a == "--ignore-label") o.ignore_label = integer(a, v, 0);
+      else if (a == "--root") o.root = v;
+      else throw BadInput(a + ": unknown option (" + USAGE + ")");
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.size() != 4) throw BadInput(USAGE);
+  o.teacher = positional[0], o.student = positional[1], o.list = positional[2], o.out = positional[3];
+  if (o.temperature <= 0) throw BadInput("--temperature must be > 0");
+  if (o.root.empty()) o.root = std::filesystem::path(o.list).parent_path().string();
+  return o;
+}
+
+struct Sample {
+  std::string image, label;
+  int height = 0, width = 0;
+};
+
+// The list's samples, every image and label header read (size, channels) and checked: nothing is decoded yet.
+std::vector<Sample> read_list(const Options& o) {
+  std::ifstream in(o.list);
+  if (!in) throw BadInput(o.list + ": cannot read the list file");
+  std::vector<Sample> samples;
+  std::string line;
+  for (int lineno = 1; std::getline(in, line); ++lineno) {
+    std::istringstream fields(line);
+    std::vector<std::string> f;
+    for (std::string w; fields >> w;) f.push_back(w);
+    if (f.empty()) continue;
+    if (f.size() != 2) {
+      throw BadInput(o.list + ":" + std::to_string(lineno) + ": expected 'image label', got " +
+                     std::to_string(f.size()) + " fields");
+    }
+    auto resolve = [&](const std::string& p) {
+      return std::filesystem::path(p).is_absolute() ? p : (std::filesystem::path(o.root) / p).string();
+    };
+    Sample s{resolve(f[0]), resolve(f[1])};
+    int channels = 0, lw = 0, lh = 0, lc = 0;
+    if (!stbi_info(s.image.c_str(), &s.width, &s.height, &channels)) {
+      throw BadInput(s.image + ": cannot read image (" + stbi_failure_reason() + ")");
+    }
+    if (!stbi_info(s.label.c_str(), &lw, &lh, &lc)) {
+      throw BadInput(s.label + ": cannot read label (" + stbi_failure_reason() + ")");
+    }
+    if (lc != 1 || stbi_is_16_bit(s.label.c_str())) {
+      throw BadInput(s.label + ": a label must be an 8-bit single-channel image of class indices (this one has " +
+                     std::to_string(lc) + " channels" + (stbi_is_16_bit(s.label.c_str()) ? ", 16 bits" : "") + ")");
+    }
+    if (lw != s.width || lh != s.height) {
+      throw BadInput(s.label + ": " + std::to_string(lh) + "x" + std::to_string(lw) + " label, its image " + s.image +
+                     " is " + std::to_string(s.height) + "x" + std::to_string(s.width));
+    }
+    samples.push_back(s);
+  }
+  if (samples.empty()) throw BadInput(o.list + ": no 'image label' line");
+  return samples;
+}
+
+std::vector<const Sample*> batch_of(const std::vector<Sample>& samples, int64_t step, int64_t batch_size) {
+  std::vector<const Sample*> batch;
+  for (int64_t j = 0; j < batch_size; ++j) batch.push_back(&samples[(step * batch_size + j) % samples.size()]);
+  return batch;
+}
+
+// Every batch the run takes has images of one size (the batch is stacked as it is: no crop, no resize).
+void check_batches(const std::vector<Sample>& samples, const Options& o) {
+  for (int64_t step = 0; step < o.steps; ++step) {
+    auto batch = batch_of(samples, step, o.batch_size);
+    for (const Sample* s : batch) {
+      if (s->height != batch[0]->height || s->width != batch[0]->width) {
+        throw BadInput(s->image + ": " + std::to_string(s->height) + "x" + std::to_string(s->width) +
+                       ", the batch of step " + std::to_string(step + 1) + " starts with " + batch[0]->image + " at " +
+                       std::to_string(batch[0]->height) + "x" + std::to_string(batch[0]->width) +
+                       " (one batch, one size: --batch-size 1 or images of one size)");
+      }
+    }
+  }
+}
+
+// stbi_load's pixels as a tensor of `channels` x H x W (a copy: the buffer is freed here).
+torch::Tensor load_pixels(const std::string& path, int channels, const char* what) {
+  int w = 0, h = 0, c = 0;
+  std::unique_ptr<unsigned char, void (*)(void*)> pixels(stbi_load(path.c_str(), &w, &h, &c, channels),
+                                                         stbi_image_free);
+  if (!pixels) throw BadInput(path + ": cannot read " + what + " (" + stbi_failure_reason() + ")");
+  return torch::from_blob(pixels.get(), {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).clone();
+}
+
+// Images B x 3 x H x W float32 0..255 of one batch.
+torch::Tensor load_images(const std::vector<const Sample*>& batch) {
+  std::vector<torch::Tensor> images;
+  for (const Sample* s : batch) images.push_back(load_pixels(s->image, 3, "image").to(torch::kFloat32));
+  return torch::stack(images);
+}
+
+// Labels B x H x W int64 of one batch; a value that is neither a class of K nor the ignore label is bad input.
+torch::Tensor load_labels(const std::vector<const Sample*>& batch, int64_t classes, int64_t ignore_label) {
+  std::vector<torch::Tensor> labels;
+  for (const Sample* s : batch) {
+    torch::Tensor label = load_pixels(s->label, 1, "label")[0].to(torch::kInt64);
+    torch::Tensor bad = (label >= classes) & (label != ignore_label);
+    if (bad.any().item<bool>()) {
+      throw BadInput(s->label + ": class index " + std::to_string(label.masked_select(bad)[0].item<int64_t>()) +
+                     " is neither one of the student's " + std::to_string(classes) + " classes nor --ignore-label " +
+                     std::to_string(ignore_label));
+    }
+    labels.push_back(label);
+  }
+  return torch::stack(labels);
+}
+
+// model/losses.py's cross_entropy on logits already at the label's size: summed over valid pixels / their count.
+torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& target, int64_t ignore) {
+  torch::Tensor loss = at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum, ignore);
+  return loss / (target != ignore).sum().clamp_min(1);
+}
+
+// model/losses.py's kd_kl_loss (full resolution): T^2 x mean over valid pixels of KL(softmax(t/T) || softmax(s/T)).
+torch::Tensor kd_kl(const torch::Tensor& student, const torch::Tensor& teacher, const torch::Tensor& target,
+                    double temperature, int64_t ignore) {
+  torch::Tensor log_p_s = torch::log_softmax(student / temperature, 1);
+  torch::Tensor log_p_t = torch::log_softmax(teacher / temperature, 1);
+  torch::Tensor kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1);
+  torch::Tensor valid = (target != ignore).to(kl.scalar_type());
+  return (kl * valid).sum() / valid.sum().clamp_min(1) * (temperature * temperature);
+}
+
+torch::jit::Module load_module(const std::string& path, torch::jit::ExtraFilesMap& extra) {
+  try {
+    return torch::jit::load(path, torch::kCPU, extra);
+  } catch (const std::exception& e) {
+    throw BadInput(path + ": not a loadable TorchScript file (" + first_line(e) + ")");
+  }
+}
+
+// The optimizer over the student's parameters that require grad: backbone at lr, the rest at lr x head_lr_mult.
+std::unique_ptr<torch::optim::SGD> make_sgd(torch::jit::Module& student, const Options& o) {
+  std::vector<torch::Tensor> backbone, heads;
+  for (const auto& p : student.named_parameters(true)) {
+    if (!p.value.requires_grad()) continue;
+    (p.name.rfind(BACKBONE_PREFIX, 0) == 0 ? backbone : heads).push_back(p.value);
+  }
+  if (backbone.empty() && heads.empty()) {
+    throw BadInput(o.student + ": no parameter requires grad (export it with python -m tools.export --trainable)");
+  }
+  auto options = [&](double lr) {
+    return std::make_unique<torch::optim::SGDOptions>(
+        torch::optim::SGDOptions(lr).momentum(o.momentum).weight_decay(o.weight_decay));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  if (!backbone.empty()) groups.emplace_back(backbone, options(o.lr));
+  if (!heads.empty()) groups.emplace_back(heads, options(o.lr * o.head_lr_mult));
+  return std::make_unique<torch::optim::SGD>(groups, *options(o.lr));
+}
+
+// One step: forward both networks, the loss, backward, SGD. Prints the loss and its terms (9 digits).
+void step(torch::jit::Module& teacher, torch::jit::Module& student, torch::optim::SGD& sgd,
+          const std::vector<const Sample*>& batch, const Options& o, int64_t index) {
+  torch::Tensor images = load_images(batch);
+  torch::Tensor t;
+  {
+    torch::NoGradGuard no_grad;  // the teacher is frozen: no graph, no gradient
+    auto out = teacher.forward({images});
+    if (!out.isTensor()) throw BadInput(o.teacher + ": returns no logit tensor (export it without --trainable)");
+    t = out.toTensor();
+  }
+  auto out = student.forward({images});
+  if (!out.isTuple() || out.toTupleRef().elements().size() != 2) {
+    throw BadInput(o.student + ": returns no (main, aux) pair of logits (export it with tools.export --trainable)");
+  }
+  torch::Tensor main = out.toTupleRef().elements()[0].toTensor(), aux = out.toTupleRef().elements()[1].toTensor();
+  if (t.sizes() != main.sizes()) {
+    throw BadInput(o.teacher + ": logits of shape " + c10::str(t.sizes()) + ", the student's " +
+                   c10::str(main.sizes()) + " (same classes and input size needed)");
+  }
+  torch::Tensor labels = load_labels(batch, main.size(1), o.ignore_label);
+  torch::Tensor ce = cross_entropy(main, labels, o.ignore_label);
+  torch::Tensor ce_aux = cross_entropy(aux, labels, o.ignore_label);
+  torch::Tensor kd = kd_kl(main, t, labels, o.temperature, o.ignore_label);
+  torch::Tensor loss = o.ce_weight * ce + o.aux_weight * ce_aux + o.kd_weight * kd;  // Distiller's order of terms
+  sgd.zero_grad();
+  loss.backward();
+  sgd.step();
+  std::cout << std::setprecision(9) << "step " << index + 1 << "/" << o.steps << ": loss " << loss.item<double>()
+            << " (ce " << ce.item<double>() << ", aux " << ce_aux.item<double>() << ", kd " << kd.item<double>()
+            << ")" << std::endl;
+}
+
+int run(const Options& o) {
+  if (std::filesystem::exists(o.out) && !o.overwrite) {
+    throw BadInput(o.out + ": already exists; remove it or pass --overwrite (nothing was written)");
+  }
+  torch::jit::ExtraFilesMap none, marked{{TRAINABLE_EXTRA, ""}};
+  torch::jit::Module teacher = load_module(o.teacher, none);
+  torch::jit::Module student = load_module(o.student, marked);
+  if (marked[TRAINABLE_EXTRA].empty()) {
+    throw BadInput(o.student + ": not a trainable student (export it with python -m tools.export --trainable)");
+  }
+  teacher.eval();
+  for (const auto& p : teacher.parameters()) p.requires_grad_(false);
+  auto sgd = make_sgd(student, o);
+  std::vector<Sample> samples = read_list(o);
+  check_batches(samples, o);
+
+  try {
+    for (int64_t s = 0; s < o.steps; ++s) step(teacher, student, *sgd, batch_of(samples, s, o.batch_size), o, s);
+  } catch (const BadInput&) {
+    throw;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << o.student << ": a distillation step failed (" << first_line(e) << ")" << std::endl;
+    return 1;
+  }
+
+  // written to a temporary name first (with the trainable mark, so OUT can be trained again): no half-written OUT
+  const std::string tmp = o.out + ".tmp";
+  try {
+    student.save(tmp, marked);
+  } catch (const std::exception& e) {
+    std::remove(tmp.c_str());
+    throw BadInput(o.out + ": cannot write (" + first_line(e) + ")");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, o.out, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw BadInput(o.out + ": cannot write (" + ec.message() + ")");
+  }
+  std::cout << "wrote " << o.out << ": the student after " << o.steps << " step(s) of batch " << o.batch_size
+            << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const BadInput& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 2;
+  }
+}
