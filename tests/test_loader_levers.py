@@ -146,8 +146,9 @@ def test_loader_benchmark_runs_both_pipelines_on_tiny_data(tmp_path):
     result = run_loader_benchmark(cfg, [0], batches=1, repeats=2, levers=True, images=3, root=str(tmp_path / "d"))
     rows = {r["pipeline"]: r for r in result["rows"]}
     assert "semseg" in rows and any(name.startswith("segkd (default") for name in rows)
-    assert len(rows) == 7 and all(r["workers"] == 0 and len(r["all"]) == 2 for r in rows.values())
-    assert all(r["samples_per_s"] > 0 and r["ratio"] > 0 for r in rows.values())
-    assert rows["semseg"]["ratio"] == 1.0
+    assert len(rows) == 7 and all(r["workers"] == 0 and len(r["cpu_all"]) == 2 for r in rows.values())
+    for metric in ("cpu", "cpu_loader", "wall"):
+        assert all(r[metric] > 0 and r[f"{metric}_ratio"] > 0 for r in rows.values())
+        assert rows["semseg"][f"{metric}_ratio"] == 1.0
     table = format_loader(result)
     assert "| semseg | " in table and "(1.00x)" in table

@@ -16,11 +16,12 @@ batch is finished as the trainer finishes it (``data.loader.batch_to_device``: i
 normalised) on the device, which is this process on a CPU. With ``--levers`` the changes between segkd's earlier
 loader and today's are measured one at a time, each row adding one (``LEVERS``).
 
-A rate is samples per second over ``--loader-batches`` batches after the first (worker start-up is not throughput).
-The main process runs torch with one thread and OpenCV with none (semseg's train.py sets ``cv2.setNumThreads(0)``),
-for both, so at 0 workers a rate is per core. Each repeat measures every pipeline at every worker count, in an
-order rotated per repeat (A, B, then B, A, ...), so load from other jobs hits them alike; a table holds the medians,
-and the ratio to semseg is the median of the ratios paired within a repeat.
+Each measurement is one epoch of ``--loader-batches`` + 1 batches (:func:`measure`): samples per CPU-second of the
+main process and its workers (per core; with and without the finishing step) and samples per wall-clock second after
+the first batch. CPU time is what load from other jobs disturbs least. The main process runs torch with one thread
+and OpenCV with none (semseg's train.py sets ``cv2.setNumThreads(0)``), for both. Each repeat measures every
+pipeline at every worker count, in an order rotated per repeat (A, B, then B, A, ...), so load from other jobs hits
+them alike; a table holds the medians, and the ratio to semseg is the median of the ratios paired within a repeat.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from util.distributed import DistInfo
 # ---------------------------------------------------------------- generated VOC-sized data
 def write_voc_like(root: str, images: int, samples: int, seed: int = 0) -> None:
     """``images`` JPEG/PNG pairs in VOC's layout under ``root`` and ``list/train_aug.txt`` of ``samples`` lines
-    (the images repeated in order when there are more lines than images)."""
+    (image ``k % images`` on line k: repeated when there are more lines than images, unused when fewer)."""
     rng = np.random.default_rng(seed)
     for sub in ("JPEGImages", "SegmentationClassAug", "list"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
@@ -71,7 +72,7 @@ def write_voc_like(root: str, images: int, samples: int, seed: int = 0) -> None:
         Image.fromarray(image).save(os.path.join(root, "JPEGImages", name + ".jpg"), quality=90)
         Image.fromarray(label, mode="L").save(os.path.join(root, "SegmentationClassAug", name + ".png"))
     with open(os.path.join(root, "list", "train_aug.txt"), "w", encoding="utf-8") as f:
-        for k in range(max(samples, images)):
+        for k in range(samples):
             name = names[k % images]
             f.write(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n")
 
@@ -246,17 +247,40 @@ def segkd_loader(cfg: Config, workers: int, device: torch.device, uint8: bool = 
 
 
 # ---------------------------------------------------------------- timing
-def samples_per_second(loader: DataLoader, batches: int, device: torch.device) -> float:
-    """Samples/s over ``batches`` batches after the first, each finished as the trainer does (on ``device``)."""
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of process ``pid`` so far (/proc/<pid>/task/*/schedstat, in ns)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def measure(loader: DataLoader, batches: int, device: torch.device) -> dict:
+    """One epoch of ``batches + 1`` batches, each finished as the trainer does (on ``device``). ``wall``: samples/s
+    over the batches after the first (worker start-up is not throughput); ``cpu``: samples per CPU-second of the
+    main process and its workers over the whole epoch (per core; the workers have nothing left to prefetch, since the
+    list holds exactly this epoch); ``cpu_loader``: the same without the finishing step (what a GPU's host spends
+    before the copy: there the int64 conversion and a uint8 batch's normalisation run on the GPU)."""
+    cpu0, finish = time.process_time(), 0.0
     it = iter(loader)
-    batch_to_device(*next(it), device)  # worker start-up and the first batch are not throughput
+    workers = [w.pid for w in getattr(it, "_workers", [])]
+    images, labels = next(it)
+    f0 = time.process_time()
+    batch_to_device(images, labels, device)
+    finish += time.process_time() - f0
     start, samples = time.perf_counter(), 0
     for _ in range(batches):
-        images, labels = batch_to_device(*next(it), device)
+        images, labels = next(it)
+        f0 = time.process_time()
+        images, labels = batch_to_device(images, labels, device)
+        finish += time.process_time() - f0
         samples += images.shape[0]
-    seconds = time.perf_counter() - start
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0 + sum(_cpu_seconds(pid) for pid in workers)
     del it  # shuts the workers down
-    return samples / seconds
+    total = samples + images.shape[0]
+    return {"wall": samples / wall, "cpu": total / cpu, "cpu_loader": total / (cpu - finish)}
 
 
 def pipelines(cfg: Config, device: torch.device, levers: bool) -> dict[str, Callable[[int], DataLoader]]:
@@ -270,15 +294,19 @@ def pipelines(cfg: Config, device: torch.device, levers: bool) -> dict[str, Call
     return rows
 
 
+METRICS = ("cpu", "cpu_loader", "wall")
+
+
 def compare(cfg: Config, workers: list[int], batches: int, repeats: int, levers: bool,
             device: Optional[torch.device] = None) -> dict:
     """Every pipeline at every worker count, ``repeats`` times interleaved (the order rotated each repeat). Returns
-    ``{"rows": [{"pipeline", "workers", "samples_per_s" (median), "all", "ratio" (median paired ratio to semseg),
-    "ratios"}], "load": [1-min load average before, after]}``."""
+    ``{"rows": [{"pipeline", "workers", and per metric of :func:`measure` its median, its values ("<m>_all") and the
+    median of its ratios to semseg paired within a repeat ("<m>_ratio")}], "load": [1-min load average before,
+    after]}``."""
     device = device or torch.device("cpu")
     build = pipelines(cfg, device, levers)
     names = list(build)
-    rates: dict[tuple[str, int], list[float]] = {(n, w): [] for n in names for w in workers}
+    runs: dict[tuple[str, int], list[dict]] = {(n, w): [] for n in names for w in workers}
     load_before = os.getloadavg()[0]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # both pipelines alike: at 0 workers a rate is one core's
@@ -287,15 +315,19 @@ def compare(cfg: Config, workers: list[int], batches: int, repeats: int, levers:
         for r in range(repeats):
             for w in workers:
                 for name in names[r % len(names):] + names[:r % len(names)]:
-                    rates[(name, w)].append(samples_per_second(build[name](w), batches, device))
+                    runs[(name, w)].append(measure(build[name](w), batches, device))
     finally:
         torch.set_num_threads(threads)
     rows = []
     for name in names:
         for w in workers:
-            ratios = [a / b for a, b in zip(rates[(name, w)], rates[("semseg", w)])]
-            rows.append({"pipeline": name, "workers": w, "samples_per_s": statistics.median(rates[(name, w)]),
-                         "all": rates[(name, w)], "ratio": statistics.median(ratios), "ratios": ratios})
+            row: dict = {"pipeline": name, "workers": w}
+            for m in METRICS:
+                values = [run[m] for run in runs[(name, w)]]
+                ratios = [a[m] / b[m] for a, b in zip(runs[(name, w)], runs[("semseg", w)])]
+                row.update({m: statistics.median(values), f"{m}_all": values,
+                            f"{m}_ratio": statistics.median(ratios)})
+            rows.append(row)
     return {"rows": rows, "load": [load_before, os.getloadavg()[0]], "repeats": repeats, "batches": batches,
             "batch": cfg.train.batch_size, "crop": cfg.train.crop_size}
 
@@ -313,16 +345,20 @@ def run_loader_benchmark(cfg: Config, workers: list[int], batches: int, repeats:
 
 
 def format_loader(result: dict) -> str:
+    """One table per metric: rows the pipelines, columns the worker counts, cells "rate (ratio to semseg)"."""
     workers = sorted({r["workers"] for r in result["rows"]})
-    head = " | ".join(f"{w} workers: samples/s (x semseg)" for w in workers)
-    lines = [f"loader vs semseg: batch {result['batch']}, crop {result['crop']}, {result['images']} images, "
-             f"{result['batches']} batches x {result['repeats']} interleaved repeats (medians); load "
-             f"{result['load'][0]:.2f} -> {result['load'][1]:.2f}",
-             f"| pipeline | {head} |", "|---|" + "---|" * len(workers)]
     by_name: dict[str, dict[int, dict]] = {}
     for r in result["rows"]:
         by_name.setdefault(r["pipeline"], {})[r["workers"]] = r
-    for name, cells in by_name.items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{cells[w]['samples_per_s']:.1f} ({cells[w]['ratio']:.2f}x)" for w in workers) + " |")
+    lines = [f"loader vs semseg: batch {result['batch']}, crop {result['crop']}, {result['images']} images, "
+             f"{result['batches']} + 1 batches x {result['repeats']} interleaved repeats (medians, ratios paired "
+             f"per repeat); load {result['load'][0]:.2f} -> {result['load'][1]:.2f}"]
+    titles = {"cpu": "samples per CPU-second, batches finished on the CPU",
+              "cpu_loader": "samples per CPU-second, loader only (finishing left to a GPU)",
+              "wall": "samples per second (wall clock)"}
+    for m in METRICS:
+        lines += ["", f"{titles[m]}:", "| pipeline | " + " | ".join(f"{w} workers" for w in workers) + " |",
+                  "|---|" + "---|" * len(workers)]
+        lines += [f"| {name} | " + " | ".join(f"{cells[w][m]:.1f} ({cells[w][m + '_ratio']:.2f}x)" for w in workers)
+                  + " |" for name, cells in by_name.items()]
     return "\n".join(lines)
