@@ -18,10 +18,8 @@ from tqdm import tqdm
 
 from data.dataset import check_label, read_image, read_label, read_list
 from data.palette import colorize, load_names
-from engine.flops import count_params, gflops
 from engine.inference import predict_batch
 from engine.preemption import release_workers, worker_error_line
-from model.build import arch_of, model_from_checkpoint
 from util.config import REPO_ROOT, Config, check_testing
 from util.distributed import DistInfo, barrier
 from util.errors import SegKDError
@@ -197,6 +195,10 @@ def format_table(result: dict, names: list[str]) -> str:
 def score_checkpoint(cfg: Config, info: DistInfo) -> dict:
     """Evaluate the checkpoint of :func:`resolve_paths` and write its ``metrics.json`` (rank 0; a per-class table on
     stdout); the metrics. Call under ``torch.inference_mode()``."""
+    # here, not at the top: the table script's probe imports protocol_name, and torchvision takes a second
+    from engine.flops import count_params, gflops
+    from model.build import arch_of, model_from_checkpoint
+
     check_testing(cfg)
     ckpt_path, out_dir = resolve_paths(cfg)
     metrics_path = check_scores_path(out_dir)

@@ -13,8 +13,10 @@ METHOD_ROWS="pspnet18_kd_aux_cwd pspnet18_kd_aux_dist pspnet18_kd_aux_kl_std psp
 CHAIN_ASSISTANT=pspnet34_kd CHAIN_STUDENT=pspnet18_kd_ta     # CHAIN="<teacher depth> 34 18": their configs
 CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the CPU configs say 150)
 # SCALE=demo: the CPU configs' schedule shortened to fit 30 minutes on the slowest 2-vCPU VM seen (docs/TABLES.md):
-# teacher 250 iterations (the configs say 500), students 60 (150), warmups cut in proportion.
+# teacher 250 iterations (the configs say 500), students 60 (150), warmups cut in proportion; 8 val images through
+# the network at a time (the same protocol up to float rounding; docs/results/LOG.md, 2026-12-07).
 DEMO_TEACHER_ITERS="train.iters=250 train.warmup_iters=25" DEMO_STUDENT_ITERS="train.iters=60 train.warmup_iters=8"
+DEMO_TEST="test.batch_size=8"
 
 # The scripts cd to the repo root (configs and `-m tools.synthetic` resolve there): user paths must not move.
 segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
@@ -24,7 +26,7 @@ segkd_die() { echo "error: $*" >&2; exit 1; }
 # Scale presets of the synthetic table, as defaults under the user's variables (see docs/TABLES.md).
 #   full: the VOC-sized tier with the configs of config/synthetic as written (321 crop, 30 epochs): a GPU table.
 #   demo: `make demo`, the CPU tier (96 px scenes, config/synthetic_cpu), 3 seeds, on a shorter schedule than the
-#     configs' (DEMO_*_ITERS above); measured in docs/TABLES.md.
+#     configs' (DEMO_*_ITERS above) and evaluating 8 images at a time (DEMO_TEST); measured in docs/TABLES.md and docs/results/LOG.md.
 #   cpu-long: the tier's configs with 5 seeds and students trained 400 iterations (about an hour).
 #   cpu-paired: the tier's configs as written (teacher 500, students 150 iterations) over 10 seeds with every row
 #     and the chain: the instrument of docs/TABLES.md (about 26 min per seed on a 2-vCPU VM; runs can span sessions).
@@ -43,6 +45,7 @@ segkd_synthetic_preset() {
             if [ "$SCALE" = demo ]; then
                 PRESET_SEEDS="1 2 3" PRESET_RUNS=runs/demo
                 PRESET_TEACHER_EXTRA=$DEMO_TEACHER_ITERS PRESET_STUDENT_EXTRA=$DEMO_STUDENT_ITERS
+                PRESET_TEST_EXTRA=$DEMO_TEST
             elif [ "$SCALE" = cpu-paired ]; then
                 PRESET_SEEDS="1 2 3 4 5 6 7 8 9 10" PRESET_RUNS=runs/cpu-paired PRESET_CHAIN="50 34 18"
                 PRESET_ROWS=$(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS)

@@ -82,6 +82,9 @@ def test_tiny_table_skip_fail_resume(tmp_path):
     assert [rec["row"] for rec in records] == ROWS and all(rec["n"] == "1" for rec in records)
     assert all(metrics(tmp_path, row).is_file() for row in ROWS)
     assert (tmp_path / "runs" / "synthetic" / "logs" / "pspnet18_kd_seed1.train.log").is_file()
+    # a run that trains is evaluated in train.py's process (test.after_training): its scores in the train log
+    assert "training and evaluation done in" in r.stdout and not list(logs.glob("*.test.log"))
+    assert "mIoU" in (logs / "pspnet18_kd_seed1.train.log").read_text()
     mtimes = final_mtimes(tmp_path)
 
     # rerun: nothing is trained; a run whose metrics.json went missing is only evaluated again
@@ -278,18 +281,22 @@ def test_a_finished_run_of_another_recipe_stops_the_table(tmp_path):
 @pytest.mark.slow  # bash subprocesses
 def test_demo_preset_shortens_the_schedule_and_the_user_wins():
     """SCALE=demo trains the teacher 250 and the students 60 iterations (the configs, which the instrument runs
-    as written, say 500 and 150); a user's TEACHER_EXTRA / STUDENT_EXTRA come after the preset's, so they win."""
+    as written, say 500 and 150) and evaluates 8 images at a time; a user's TEACHER_EXTRA / STUDENT_EXTRA /
+    TEST_EXTRA come after the preset's, so they win."""
     def args(scale, **env):
         script = (f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset; segkd_setup datasets/x; '
-                  'echo "${TEACHER_ARGS[*]}"; echo "${STUDENT_ARGS[*]}"')
+                  'echo "${TEACHER_ARGS[*]}"; echo "${STUDENT_ARGS[*]}"; echo "${TEST_ARGS[*]}"')
         r = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
                            env={**os.environ, "SCALE": scale, **env})
         assert r.returncode == 0, r.stderr
-        return r.stdout.split("\n")[:2]
+        return r.stdout.split("\n")[:3]
 
-    teacher, student = args("demo")
+    teacher, student, test = args("demo")
     assert teacher.split() == ["train.iters=250", "train.warmup_iters=25"]
     assert student.split() == ["train.iters=60", "train.warmup_iters=8"]
-    teacher, student = args("demo", TEACHER_EXTRA="train.iters=500", STUDENT_EXTRA="train.iters=150")
+    assert test.split() == ["test.batch_size=8"]
+    teacher, student, test = args("demo", TEACHER_EXTRA="train.iters=500", STUDENT_EXTRA="train.iters=150",
+                                  TEST_EXTRA="test.batch_size=1")
     assert teacher.split()[-1] == "train.iters=500" and student.split()[-1] == "train.iters=150"
-    assert args("cpu-paired") == ["", ""]  # the instrument: the configs as written
+    assert test.split()[-1] == "test.batch_size=1"
+    assert args("cpu-paired") == ["", "", ""]  # the instrument: the configs as written, one image at a time
