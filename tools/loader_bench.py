@@ -16,12 +16,13 @@ batch is finished as the trainer finishes it (``data.loader.batch_to_device``: i
 normalised) on the device, which is this process on a CPU. With ``--levers`` the changes between segkd's earlier
 loader and today's are measured one at a time, each row adding one (``LEVERS``).
 
-Each measurement is one epoch of ``--loader-batches`` + 1 batches (:func:`measure`): samples per CPU-second of the
-main process and its workers (per core; with and without the finishing step) and samples per wall-clock second after
-the first batch. CPU time is what load from other jobs disturbs least. The main process runs torch with one thread
-and OpenCV with none (semseg's train.py sets ``cv2.setNumThreads(0)``), for both. Each repeat measures every
-pipeline at every worker count, in an order rotated per repeat (A, B, then B, A, ...), so load from other jobs hits
-them alike; a table holds the medians, and the ratio to semseg is the median of the ratios paired within a repeat.
+Each measurement is one epoch (:func:`measure`): after the first batch (per worker: their start-up), samples per
+CPU-second of the main process and its workers over ``--loader-batches`` batches (per core; with and without the
+finishing step) and samples per wall-clock second. CPU time is what load from other jobs disturbs least. The main
+process runs torch with one thread and OpenCV with none (semseg's train.py sets ``cv2.setNumThreads(0)``), for both.
+Each repeat measures every pipeline at every worker count, in an order rotated per repeat (A, B, then B, A, ...), so
+load from other jobs hits them alike; a table holds the medians, and the ratio to semseg is the median of the ratios
+paired within a repeat.
 """
 
 from __future__ import annotations
@@ -49,9 +50,8 @@ from util.distributed import DistInfo
 
 
 # ---------------------------------------------------------------- generated VOC-sized data
-def write_voc_like(root: str, images: int, samples: int, seed: int = 0) -> None:
-    """``images`` JPEG/PNG pairs in VOC's layout under ``root`` and ``list/train_aug.txt`` of ``samples`` lines
-    (image ``k % images`` on line k: repeated when there are more lines than images, unused when fewer)."""
+def write_voc_like(root: str, images: int, seed: int = 0) -> list[str]:
+    """``images`` JPEG/PNG pairs in VOC's layout under ``root``; their names."""
     rng = np.random.default_rng(seed)
     for sub in ("JPEGImages", "SegmentationClassAug", "list"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
@@ -71,10 +71,16 @@ def write_voc_like(root: str, images: int, samples: int, seed: int = 0) -> None:
         image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(os.path.join(root, "JPEGImages", name + ".jpg"), quality=90)
         Image.fromarray(label, mode="L").save(os.path.join(root, "SegmentationClassAug", name + ".png"))
-    with open(os.path.join(root, "list", "train_aug.txt"), "w", encoding="utf-8") as f:
+    return names
+
+
+def write_list(root: str, names: list[str], samples: int) -> str:
+    """``list/train_<samples>.txt`` of ``samples`` lines, image ``k % len(names)`` on line k; its path under root."""
+    rel = os.path.join("list", f"train_{samples}.txt")
+    with open(os.path.join(root, rel), "w", encoding="utf-8") as f:
         for k in range(samples):
-            name = names[k % images]
-            f.write(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n")
+            f.write(f"JPEGImages/{names[k % len(names)]}.jpg SegmentationClassAug/{names[k % len(names)]}.png\n")
+    return rel
 
 
 # ---------------------------------------------------------------- hszhao/semseg's pipeline, from its published code
@@ -257,19 +263,18 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def measure(loader: DataLoader, batches: int, device: torch.device) -> dict:
-    """One epoch of ``batches + 1`` batches, each finished as the trainer does (on ``device``). ``wall``: samples/s
-    over the batches after the first (worker start-up is not throughput); ``cpu``: samples per CPU-second of the
-    main process and its workers over the whole epoch (per core; the workers have nothing left to prefetch, since the
-    list holds exactly this epoch); ``cpu_loader``: the same without the finishing step (what a GPU's host spends
-    before the copy: there the int64 conversion and a uint8 batch's normalisation run on the GPU)."""
-    cpu0, finish = time.process_time(), 0.0
+    """Rates over ``batches`` batches after the first ``skip = max(1, workers)`` of an epoch that holds exactly
+    ``skip + batches`` (so no work runs past the last one), each batch finished as the trainer does (on ``device``).
+    ``wall``: samples/s; ``cpu``: samples per CPU-second of the main process and its workers (per core); ``cpu_loader``:
+    the same without the finishing step (what a GPU's host spends before the copy: there the int64 conversion and a
+    uint8 batch's normalisation run on the GPU). The first ``skip`` batches, made side by side by the workers, hold
+    their start-up (fork, copy-on-write of the parent): not throughput."""
     it = iter(loader)
     workers = [w.pid for w in getattr(it, "_workers", [])]
-    images, labels = next(it)
-    f0 = time.process_time()
-    batch_to_device(images, labels, device)
-    finish += time.process_time() - f0
-    start, samples = time.perf_counter(), 0
+    for _ in range(max(1, len(workers))):
+        batch_to_device(*next(it), device)
+    start, cpu0, finish, samples = time.perf_counter(), time.process_time(), 0.0, 0
+    worker0 = sum(_cpu_seconds(pid) for pid in workers)
     for _ in range(batches):
         images, labels = next(it)
         f0 = time.process_time()
@@ -277,20 +282,19 @@ def measure(loader: DataLoader, batches: int, device: torch.device) -> dict:
         finish += time.process_time() - f0
         samples += images.shape[0]
     wall = time.perf_counter() - start
-    cpu = time.process_time() - cpu0 + sum(_cpu_seconds(pid) for pid in workers)
+    cpu = time.process_time() - cpu0 + sum(_cpu_seconds(pid) for pid in workers) - worker0
     del it  # shuts the workers down
-    total = samples + images.shape[0]
-    return {"wall": samples / wall, "cpu": total / cpu, "cpu_loader": total / (cpu - finish)}
+    return {"wall": samples / wall, "cpu": samples / cpu, "cpu_loader": samples / (cpu - finish)}
 
 
-def pipelines(cfg: Config, device: torch.device, levers: bool) -> dict[str, Callable[[int], DataLoader]]:
-    """Row name -> a function of the worker count building that loader."""
-    rows: dict[str, Callable[[int], DataLoader]] = {"semseg": lambda w: semseg_loader(cfg, w, device)}
+def pipelines(device: torch.device, levers: bool) -> dict[str, Callable[[Config, int], DataLoader]]:
+    """Row name -> a function of (config, worker count) building that loader."""
+    rows: dict[str, Callable[[Config, int], DataLoader]] = {"semseg": lambda c, w: semseg_loader(c, w, device)}
     if levers:
-        rows.update({lever[0]: functools.partial(earlier_loader, cfg, device=device, lever=lever) for lever in LEVERS})
-    rows[SEGKD] = lambda w: segkd_loader(cfg, w, device)
+        rows.update({lever[0]: functools.partial(earlier_loader, device=device, lever=lever) for lever in LEVERS})
+    rows[SEGKD] = lambda c, w: segkd_loader(c, w, device)
     if levers:
-        rows[UINT8] = lambda w: segkd_loader(cfg, w, device, uint8=True)
+        rows[UINT8] = lambda c, w: segkd_loader(c, w, device, uint8=True)
     return rows
 
 
@@ -299,13 +303,21 @@ METRICS = ("cpu", "cpu_loader", "wall")
 
 def compare(cfg: Config, workers: list[int], batches: int, repeats: int, levers: bool,
             device: Optional[torch.device] = None) -> dict:
-    """Every pipeline at every worker count, ``repeats`` times interleaved (the order rotated each repeat). Returns
+    """Every pipeline at every worker count, ``repeats`` times interleaved (the order rotated each repeat), on the
+    images under ``cfg.data.root`` (a list of each epoch's length is written beside them). Returns
     ``{"rows": [{"pipeline", "workers", and per metric of :func:`measure` its median, its values ("<m>_all") and the
     median of its ratios to semseg paired within a repeat ("<m>_ratio")}], "load": [1-min load average before,
     after]}``."""
     device = device or torch.device("cpu")
-    build = pipelines(cfg, device, levers)
+    build = pipelines(device, levers)
     names = list(build)
+    names_on_disk = sorted(f[:-4] for f in os.listdir(os.path.join(cfg.data.root, "JPEGImages")))
+    configs = {}
+    for w in workers:  # an epoch of exactly the batches measure() reads
+        tree = cfg.to_dict()
+        samples = (batches + max(1, w)) * cfg.train.batch_size
+        tree["data"]["train_list"] = write_list(cfg.data.root, names_on_disk, samples)
+        configs[w] = Config(tree)
     runs: dict[tuple[str, int], list[dict]] = {(n, w): [] for n in names for w in workers}
     load_before = os.getloadavg()[0]
     threads = torch.get_num_threads()
@@ -315,7 +327,7 @@ def compare(cfg: Config, workers: list[int], batches: int, repeats: int, levers:
         for r in range(repeats):
             for w in workers:
                 for name in names[r % len(names):] + names[:r % len(names)]:
-                    runs[(name, w)].append(measure(build[name](w), batches, device))
+                    runs[(name, w)].append(measure(build[name](configs[w], w), batches, device))
     finally:
         torch.set_num_threads(threads)
     rows = []
@@ -335,12 +347,11 @@ def compare(cfg: Config, workers: list[int], batches: int, repeats: int, levers:
 def run_loader_benchmark(cfg: Config, workers: list[int], batches: int, repeats: int, levers: bool,
                          images: int, root: Optional[str] = None) -> dict:
     """Generate the data (into ``root`` or a temporary folder) and :func:`compare` the pipelines on it."""
-    samples = (batches + 1) * cfg.train.batch_size
     with tempfile.TemporaryDirectory(prefix="segkd_loader_") as tmp:
         root = root or os.path.join(tmp, "voc_like")
-        write_voc_like(root, images, samples)
+        write_voc_like(root, images)
         tree = cfg.to_dict()
-        tree["data"].update(root=root, train_list="list/train_aug.txt")
+        tree["data"]["root"] = root
         return {**compare(Config(tree), workers, batches, repeats, levers), "images": images}
 
 
@@ -351,7 +362,7 @@ def format_loader(result: dict) -> str:
     for r in result["rows"]:
         by_name.setdefault(r["pipeline"], {})[r["workers"]] = r
     lines = [f"loader vs semseg: batch {result['batch']}, crop {result['crop']}, {result['images']} images, "
-             f"{result['batches']} + 1 batches x {result['repeats']} interleaved repeats (medians, ratios paired "
+             f"{result['batches']} batches x {result['repeats']} interleaved repeats (medians, ratios paired "
              f"per repeat); load {result['load'][0]:.2f} -> {result['load'][1]:.2f}"]
     titles = {"cpu": "samples per CPU-second, batches finished on the CPU",
               "cpu_loader": "samples per CPU-second, loader only (finishing left to a GPU)",
