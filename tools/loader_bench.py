@@ -268,11 +268,12 @@ def measure(loader: DataLoader, batches: int, device: torch.device) -> dict:
     ``wall``: samples/s; ``cpu``: samples per CPU-second of the main process and its workers (per core); ``cpu_loader``:
     the same without the finishing step (what a GPU's host spends before the copy: there the int64 conversion and a
     uint8 batch's normalisation run on the GPU). The first ``skip`` batches, made side by side by the workers, hold
-    their start-up (fork, copy-on-write of the parent): not throughput."""
+    their start-up (fork, copy-on-write of the parent): not throughput; they are not finished, so the workers have not
+    run ahead of the window when it opens."""
     it = iter(loader)
     workers = [w.pid for w in getattr(it, "_workers", [])]
     for _ in range(max(1, len(workers))):
-        batch_to_device(*next(it), device)
+        next(it)  # not finished here: a slow finishing step would let the workers run ahead of the window
     start, cpu0, finish, samples = time.perf_counter(), time.process_time(), 0.0, 0
     worker0 = sum(_cpu_seconds(pid) for pid in workers)
     for _ in range(batches):
