@@ -3,9 +3,10 @@
     total = ce_weight   * CE(out_s, y)        + aux_weight  * CE(aux_s, y)
           + kd_weight   * KD(out_s, out_t)    + feat_weight * FEAT(aux_s, aux_t)
 
-KD (``distill.kd_loss``) compares the main logits: ``kl`` (temperature-scaled KL), ``dist`` or ``kl_std``.
-FEAT (``distill.feat_loss``) compares the student's aux logits with the *teacher's aux logits* (same shape
-by construction): ``kl``, ``smoothl1``, ``cwd``, ``dist`` or ``kl_std``; ``none`` drops the term. Each is a
+KD (``distill.kd_loss``) compares the main logits: ``kl`` (temperature-scaled KL), ``dist``, ``kl_std`` or
+``sym_kl`` (SSLD's symmetric KL). FEAT (``distill.feat_loss``) compares the student's aux logits with the *teacher's
+aux logits* (same shape by construction): ``kl``, ``smoothl1``, ``cwd``, ``dist``, ``kl_std`` or ``sym_kl``; ``none``
+drops the term. Each is a
 function of model/losses.py; :data:`KD_LOSSES` and :data:`FEAT_LOSSES` list them.
 
 Every distillation term (KD, FEAT and each method of ``distill.terms``; deep mutual learning's too) runs through
@@ -22,14 +23,22 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from model.losses import cross_entropy, cwd_loss, dist_loss, kd_kl_loss, kl_std_loss, smooth_l1_logits_loss
+from model.losses import (
+    cross_entropy,
+    cwd_loss,
+    dist_loss,
+    kd_kl_loss,
+    kl_std_loss,
+    smooth_l1_logits_loss,
+    sym_kl_loss,
+)
 from model.methods import LOGITS, METHODS, TENSORS, Method, check_params, method_class, pick, tensor_names
 from model.teacher_cache import TeacherCache
 from util.distributed import unwrap
 from util.errors import SegKDError
 
-KD_LOSSES = ("kl", "dist", "kl_std")
-FEAT_LOSSES = ("none", "kl", "smoothl1", "cwd", "dist", "kl_std")
+KD_LOSSES = ("kl", "dist", "kl_std", "sym_kl")
+FEAT_LOSSES = ("none", "kl", "smoothl1", "cwd", "dist", "kl_std", "sym_kl")
 
 
 @dataclass
@@ -202,6 +211,8 @@ def compare_logits(loss: str, student: torch.Tensor, teacher: torch.Tensor, targ
         return kd_kl_loss(student, teacher, target, temperature, ign, full, ac)
     if loss == "kl_std":
         return kl_std_loss(student, teacher, target, temperature, ign, full, ac)
+    if loss == "sym_kl":
+        return sym_kl_loss(student, teacher, target, temperature, ign, full, ac)
     if loss == "smoothl1":
         return smooth_l1_logits_loss(student, teacher, target, ign, p["smoothl1_beta"], full, ac)
     if loss == "cwd":

@@ -107,6 +107,33 @@ def kd_kl_loss(
     return _valid_mean(kl, target, ignore_index) * temperature**2
 
 
+def sym_kl_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: Optional[torch.Tensor],
+    temperature: float = 1.0,
+    ignore_index: int = 255,
+    full_resolution: bool = False,
+    align_corners: bool = True,
+) -> torch.Tensor:
+    """Symmetric KL, the loss of PaddleClas's SSLD (``DMLLoss`` behind ``DistillationDMLLoss``): per pixel
+    (KL(p_t || p_s) + KL(p_s || p_t)) / 2 = Σ_k (p_t - p_s)(log p_t - log p_s) / 2, p = softmax(x / T) over the
+    K classes, averaged over valid pixels, times T².
+
+    PaddleClas applies softmax without a temperature and reduces with ``batchmean`` over N×K (the sum over classes,
+    the mean over images); here the images' pixels take the images' place, as in :func:`kd_kl_loss`, so T = 1 is
+    PaddleClas's value per pixel. The T² factor is :func:`kd_kl_loss`'s (the reference has no T to scale): at any
+    T, ``sym_kl`` is the mean of ``kl`` and ``kl`` with the networks swapped. Its docs call it a JS divergence; the
+    code is this symmetric KL (Jeffreys' divergence halved), not JS's KL to the mixture. Shapes and ignore handling
+    as :func:`kd_kl_loss`; the teacher's side carries no gradient (its logits come detached).
+    """
+    s, t, target = _align(student_logits, teacher_logits, target, full_resolution, align_corners)
+    log_p_s = F.log_softmax(s.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(t.float() / temperature, dim=1)
+    per_pixel = 0.5 * ((log_p_t.exp() - log_p_s.exp()) * (log_p_t - log_p_s)).sum(dim=1)
+    return _valid_mean(per_pixel, target, ignore_index) * temperature**2
+
+
 def smooth_l1_logits_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

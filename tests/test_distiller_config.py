@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from model.distiller import Distiller
-from model.losses import cross_entropy, cwd_loss, dist_loss, kd_kl_loss, kl_std_loss, smooth_l1_logits_loss
+from model.losses import (
+    cross_entropy,
+    cwd_loss,
+    dist_loss,
+    kd_kl_loss,
+    kl_std_loss,
+    smooth_l1_logits_loss,
+    sym_kl_loss,
+)
 from util.config import Config, load_config
 
 CONFIG = "config/synthetic/pspnet18_kd.yaml"
@@ -28,8 +36,8 @@ VALUES = {  # none of them is its default (config/defaults.yaml), no two are equ
     "train.ce_weight": 0.8,
     "train.aux_weight": 0.35,
 }
-KD_LOSSES = ("kl", "dist", "kl_std")
-FEAT_LOSSES = ("none", "kl", "smoothl1", "cwd", "dist", "kl_std")
+KD_LOSSES = ("kl", "dist", "kl_std", "sym_kl")
+FEAT_LOSSES = ("none", "kl", "smoothl1", "cwd", "dist", "kl_std", "sym_kl")
 
 
 def term(loss, student, teacher, target, full, v):
@@ -39,6 +47,8 @@ def term(loss, student, teacher, target, full, v):
         return kd_kl_loss(student, teacher, temperature=v["distill.temperature"], **common)
     if loss == "kl_std":
         return kl_std_loss(student, teacher, temperature=v["distill.temperature"], **common)
+    if loss == "sym_kl":
+        return sym_kl_loss(student, teacher, temperature=v["distill.temperature"], **common)
     if loss == "smoothl1":
         return smooth_l1_logits_loss(student, teacher, beta=v["distill.smoothl1_beta"], **common)
     if loss == "cwd":
