@@ -17,6 +17,7 @@ terms' similarities, sums and softmaxes do not (docs/GPU.md); a method added lat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -63,7 +64,9 @@ def float32_term(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor | list[
         return t.float() if t.is_floating_point() else t
 
     first = tensors[0][0] if isinstance(tensors[0], (list, tuple)) else tensors[0]
-    with torch.autocast(first.device.type, enabled=False):
+    # the meta device (FLOP counts, engine.flops) has no autocast to turn off, and refuses the context
+    off = nullcontext() if first.device.type == "meta" else torch.autocast(first.device.type, enabled=False)
+    with off:
         return fn(*(as_float32(t) for t in tensors))
 
 
