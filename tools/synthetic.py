@@ -4,6 +4,7 @@ Run::
 
     python -m tools.synthetic --out datasets/synthetic --train 1464 --val 300 --classes 21 --seed 0 --workers 2
     python -m tools.synthetic --out datasets/synthetic_cpu --preset cpu    # the CPU tier: 96x96, 8 classes
+    python -m tools.synthetic --out datasets/synthetic_cpu_ssld --preset cpu --unlabeled 2000   # + an unlabelled pool
 
 It writes ``JPEGImages/<id>.jpg`` (quality 90), ``SegmentationClassAug/<id>.png`` (palette PNGs of class
 indices with a 255 "void" band along object boundaries, like VOC), ``list/train_aug.txt`` and
@@ -11,6 +12,11 @@ indices with a 255 "void" band along object boundaries, like VOC), ``list/train_
 {train,val}.txt`` (ids) and ``synthetic.json`` (the arguments). Output is a pure function of
 (preset, train, val, classes, seed): every image has its own RNG seeded from (seed, split, index), so
 the worker count does not change a byte. An existing directory made with other arguments is an error.
+
+``--unlabeled N`` (SSLD's pool, ``data.unlabeled_list``) also writes N images ``JPEGImages/unlabeled_<index>.jpg`` of
+the same scenes (split id 2, so none repeats a train or val image) and ``list/unlabeled.txt`` (their paths only).
+Their labels are withheld: rendered with the image and never written, so no run can read one. Without the flag the
+output is byte for byte what it was before the flag existed (``synthetic.json`` records ``unlabeled`` only when set).
 
 Two tiers (``--preset``): ``voc`` (the default, described below: VOC-sized scenes for GPU tables) and
 ``cpu`` (96x96 scenes with 8 classes that a CPU learns in minutes, for ``make demo``: rules in
@@ -59,6 +65,8 @@ FORMAT_VERSION = 1
 PRESETS = {"voc": {"max_classes": 21, "train": 1464, "val": 300, "classes": 21},
            "cpu": {"max_classes": len(CPU_NAMES), "train": 2000, "val": 300, "classes": len(CPU_NAMES)}}
 SPLITS = {"train": 0, "val": 1}
+UNLABELED = "unlabeled"  # the pool's split name; its scenes are seeded with split id 2
+SPLIT_IDS = {**SPLITS, UNLABELED: 2}
 ANY = ("ellipse", "polygon", "blob")
 # One row per foreground class: (name, [(family, cycles across the object (lo, hi), extra)], shapes, parent)
 CLASSES = [
@@ -158,7 +166,7 @@ def _objects(rng, image, label, classes):
 
 def render(seed: int, split: str, index: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One scene: (image HxWx3 uint8 RGB, label HxW uint8 with 255 boundary bands)."""
-    rng = np.random.default_rng([seed, SPLITS[split], index])
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     long_side, aspect = rng.integers(400, 501), rng.uniform(0.6, 1.5)
     h, w = (round(long_side / aspect), long_side) if aspect >= 1 else (long_side, round(long_side * aspect))
     image = background(rng, h, w)
@@ -188,7 +196,7 @@ def _write_sample(task: tuple[str, int, str, int, int, str]) -> None:
     if preset == "cpu":
         # Quality 95 without chroma subsampling: at 96 px, 4:2:0 would wash out a 6 px texture whose two
         # colours differ mostly in hue (measured: its pixel std fell from 21 to 7, the noise level).
-        image, label = render_cpu(seed, SPLITS[split], index, classes)
+        image, label = render_cpu(seed, SPLIT_IDS[split], index, classes)
         Image.fromarray(image).save(path, "JPEG", quality=95, subsampling=0)
     else:
         image, label = render(seed, split, index, classes)
@@ -197,10 +205,12 @@ def _write_sample(task: tuple[str, int, str, int, int, str]) -> None:
             raise RuntimeError(f"JPEG encoding failed for {name}")
         with open(path, "wb") as f:
             f.write(jpeg.tobytes())
-    save_label_png(os.path.join(out, "SegmentationClassAug", name + ".png"), label)
+    if split != UNLABELED:  # the pool's labels are withheld: never written
+        save_label_png(os.path.join(out, "SegmentationClassAug", name + ".png"), label)
 
 
-def _check_args(out: str, train: int, val: int, classes: int, seed: int, workers: int, preset: str) -> dict:
+def _check_args(out: str, train: int, val: int, classes: int, seed: int, workers: int, preset: str,
+                unlabeled: int = 0) -> dict:
     if preset not in PRESETS:
         raise SegKDError(f"--preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
     top = PRESETS[preset]["max_classes"]
@@ -209,9 +219,13 @@ def _check_args(out: str, train: int, val: int, classes: int, seed: int, workers
     for flag, value in (("--train", train), ("--val", val), ("--workers", workers)):
         if value < 1:
             raise SegKDError(f"{flag}: expected a positive count, got {value}")
+    if unlabeled < 0:
+        raise SegKDError(f"--unlabeled: expected 0 or more images, got {unlabeled}")
     args = {"format": FORMAT_VERSION, "train": train, "val": val, "classes": classes, "seed": seed}
     if preset != "voc":  # a voc-tier record keeps the form it had before the tiers existed
         args["preset"] = preset
+    if unlabeled:  # a set without a pool keeps the record it had before the flag existed
+        args["unlabeled"] = unlabeled
     record = os.path.join(out, "synthetic.json")
     if os.path.isfile(record):
         with open(record, encoding="utf-8") as f:
@@ -231,22 +245,26 @@ def _write_lists(out: str, ids: dict[str, list[str]]) -> None:
             f.writelines(lines)
         with open(os.path.join(out, "ImageSets", "Segmentation", split + ".txt"), "w", encoding="utf-8") as f:
             f.writelines(i + "\n" for i in ids[split])
+    if ids.get(UNLABELED):  # image paths only (data.unlabeled_list)
+        with open(os.path.join(out, "list", "unlabeled.txt"), "w", encoding="utf-8") as f:
+            f.writelines(f"JPEGImages/{i}.jpg\n" for i in ids[UNLABELED])
 
 
 def generate(out: str, train: int = 1464, val: int = 300, classes: int = 21, seed: int = 0,
-             workers: int = os.cpu_count() or 1, preset: str = "voc") -> None:
-    """Write the synthetic set to ``out`` (see the module docstring); same arguments, same bytes."""
-    args = _check_args(out, train, val, classes, seed, workers, preset)
+             workers: int = os.cpu_count() or 1, preset: str = "voc", unlabeled: int = 0) -> None:
+    """Write the synthetic set to ``out`` (see the module docstring); same arguments, same bytes. ``unlabeled``:
+    the size of the unlabelled pool (images and ``list/unlabeled.txt``, no label written)."""
+    args = _check_args(out, train, val, classes, seed, workers, preset, unlabeled)
     for sub in ("JPEGImages", "SegmentationClassAug", "list", os.path.join("ImageSets", "Segmentation")):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     # The record goes first so an interrupted run can be resumed with the same arguments.
     with open(os.path.join(out, "synthetic.json"), "w", encoding="utf-8") as f:
         json.dump(args, f, indent=2)
-    counts = {"train": train, "val": val}
+    counts = {"train": train, "val": val, UNLABELED: unlabeled}
     if preset == "cpu":
         with open(os.path.join(out, "names.txt"), "w", encoding="utf-8") as f:
             f.writelines(name + "\n" for name in CPU_NAMES[:classes])
-    tasks = [(out, seed, split, i, classes, preset) for split in SPLITS for i in range(counts[split])]
+    tasks = [(out, seed, split, i, classes, preset) for split in SPLIT_IDS for i in range(counts[split])]
     if workers == 1:
         for task in tasks:
             _write_sample(task)
@@ -254,7 +272,7 @@ def generate(out: str, train: int = 1464, val: int = 300, classes: int = 21, see
         with Pool(workers) as pool:
             for _ in pool.imap_unordered(_write_sample, tasks, chunksize=8):
                 pass
-    _write_lists(out, {split: [_sample_id(split, i) for i in range(counts[split])] for split in SPLITS})
+    _write_lists(out, {split: [_sample_id(split, i) for i in range(counts[split])] for split in SPLIT_IDS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,17 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, help="classes including background (voc: 2..21, cpu: 2..8; default all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    parser.add_argument("--unlabeled", type=int, default=0,
+                        help="also N unlabelled images and list/unlabeled.txt (their labels never written)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         for key in ("train", "val", "classes"):
             if getattr(args, key) is None:
                 setattr(args, key, PRESETS[args.preset][key])
-        generate(args.out, args.train, args.val, args.classes, args.seed, args.workers, args.preset)
+        generate(args.out, args.train, args.val, args.classes, args.seed, args.workers, args.preset, args.unlabeled)
     except SegKDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.train} + {args.val} images to {args.out} in {time.perf_counter() - start:.1f}s")
+    pool = f" + {args.unlabeled} unlabelled" if args.unlabeled else ""
+    print(f"wrote {args.train} + {args.val}{pool} images to {args.out} in {time.perf_counter() - start:.1f}s")
     return 0
 
 
