@@ -9,6 +9,9 @@ tests/test_loader_levers.py checks, in 0.8 of the time. Every other file (PNG, C
 bytes after its end) goes through PIL, which refuses a truncated file with one line where ``cv2.imread`` may return a
 half-grey image.
 
+A list of unlabelled images (``data.unlabeled_list``, SSLD) has one image path a line and no label column:
+:func:`read_image_list`, :class:`UnlabeledDataset`, which never looks for a label file.
+
 Labels are class indices: VOC's PNGs are palette ("P") images whose pixel values are the indices and
 whose palette only colours them. They are read with PIL so the indices are kept; reading them with
 ``cv2.imread(..., IMREAD_GRAYSCALE)`` would return the luminance of the colours, which is silently wrong.
@@ -26,6 +29,7 @@ import torch
 from PIL import Image
 
 from data.transforms import ToTensor
+from util.config import UNLABELED_LABEL
 from util.errors import SegKDError
 
 _TO_TENSOR = ToTensor()
@@ -81,6 +85,37 @@ def read_list(root: str, list_file: str) -> list[tuple[str, str]]:
     if not samples:
         raise SegKDError(f"{path}: list file has no samples")
     return samples
+
+
+def read_image_list(root: str, list_file: str, key: str = "data.unlabeled_list") -> list[str]:
+    """The absolute image paths of a list of unlabelled images (one path a line, relative to ``root``; CRLF and
+    blank lines tolerated). An unreadable or empty list, a line of two fields (a labelled pair: those go in
+    ``data.train_list``), an absolute path or a missing image is one line naming ``key`` and the file."""
+    path = resolve_list(root, list_file)
+    try:
+        with open(path, encoding="utf-8", newline=None) as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SegKDError(f"{key}={list_file}: cannot read {path} ({exc})") from None
+    root = os.path.abspath(root)
+    images = []
+    for lineno, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{key}={list_file}: {path}:{lineno}"
+        if len(fields) != 1:
+            raise SegKDError(f"{where}: expected one image path, got {len(fields)} fields ({line.strip()!r}); "
+                             "this list holds unlabelled images only, labelled pairs go in data.train_list")
+        if fields[0].startswith("/"):
+            raise SegKDError(f"{where}: path {fields[0]!r} must be relative to the dataset root {root}")
+        image = os.path.join(root, fields[0])
+        if not os.path.isfile(image):
+            raise SegKDError(f"{where}: file not found: {image}")
+        images.append(image)
+    if not images:
+        raise SegKDError(f"{key}={list_file}: {path} lists no image")
+    return images
 
 
 def read_image(path: str) -> np.ndarray:
@@ -209,6 +244,44 @@ class SegDataset(torch.utils.data.Dataset):
             )
         check_label(label, self.classes, self.ignore_label, label_path)
         return image, label
+
+    def __getitem__(self, index: int):
+        image, label = self.read(index)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        if self.to_tensor and isinstance(image, np.ndarray):
+            image, label = _TO_TENSOR(image, label)
+        return image, label
+
+
+class UnlabeledDataset(torch.utils.data.Dataset):
+    """Images without labels (``data.unlabeled_list``), for the label-free distillation terms only (SSLD).
+
+    ``dataset[i]`` has :class:`SegDataset`'s form. Its "label" is no file: every pixel of the image is
+    :data:`~util.config.UNLABELED_LABEL` before ``transform``, which moves it as a label (nearest neighbour) and pads
+    it with ``ignore_label``, so after the augmentation the image's own pixels hold UNLABELED_LABEL (the distiller's
+    CE ignores them, the label-free terms count them) and the crop's padding and rotated-in corners ignore_label
+    (no term counts them).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        list_file: str,
+        transform: Optional[Callable[[np.ndarray, np.ndarray], tuple]] = None,
+        to_tensor: bool = True,
+    ) -> None:
+        self.root, self.list_file = root, list_file
+        self.transform, self.to_tensor = transform, to_tensor
+        self.images = read_image_list(root, list_file)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``index`` (HxWx3 uint8 RGB) and its label of UNLABELED_LABEL everywhere (HxW uint8)."""
+        image = read_image(self.images[index])
+        return image, np.full(image.shape[:2], UNLABELED_LABEL, np.uint8)
 
     def __getitem__(self, index: int):
         image, label = self.read(index)

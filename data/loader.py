@@ -4,6 +4,10 @@ Each sample's augmentation is seeded from ``(seed, epoch, index)``, not from a w
 batches are a pure function of the config: the same for any number of workers, and the same after a
 resume in the middle of an epoch (the sampler skips the samples already seen).
 
+With unlabelled images (``data.unlabeled_list``, SSLD), :class:`MixedSampler` fills each batch with its labelled
+images first, in the order :class:`ResumableSampler` gives them, then the unlabelled ones, from a stream of the pool's
+own seeded permutations: both parts are a pure function of (seed, epoch, batch), so a resume stays bitwise.
+
 A batch is assembled by :func:`collate_crops` from the augmented numpy crops: images normalised straight into the
 batch, labels kept uint8 (the trainer makes them int64 on the device). The values the model sees are bitwise those
 of per-sample ToTensor, Normalize and torch's default collate (tests/test_loader_levers.py); the bytes a worker
@@ -19,7 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from data.transforms import normalize, normalize_into, opencv_single_thread
 
@@ -66,6 +70,60 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
+
+
+class MixedSampler(Sampler):
+    """Batches of ``labeled`` labelled then ``unlabeled`` unlabelled keys, for a dataset whose first ``n_labeled``
+    indices are the labelled images and the next ``n_unlabeled`` the unlabelled pool (a ``ConcatDataset``).
+
+    The labelled part is :class:`ResumableSampler`'s order (DistributedSampler's permutation of epoch e, this rank's
+    share, drop_last), ``labeled`` per batch: an epoch is one pass over the labelled images. The unlabelled part is
+    a stream of its own, independent of the epochs: pass p of the pool is a permutation seeded from
+    (seed, p, -1) (an index no sample has), this rank taking every ``num_replicas``-th element; batch b of the run
+    takes the stream's positions b·u .. b·u + u - 1. Unlabelled keys are ``(p, n_labeled + j)``, so each pass
+    augments an image afresh (:class:`SeededDataset`). ``set_epoch(epoch, skip)`` as ResumableSampler's (``skip`` in
+    samples, whole batches): where the stream stands follows from (epoch, skip), so nothing else is saved."""
+
+    def __init__(self, n_labeled: int, n_unlabeled: int, labeled: int, unlabeled: int, num_replicas: int,
+                 rank: int, seed: int):
+        self.order = DistributedSampler(range(n_labeled), num_replicas=num_replicas, rank=rank, shuffle=True,
+                                        seed=seed, drop_last=True)
+        self.n_labeled, self.n_unlabeled = n_labeled, n_unlabeled
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.batch = labeled + unlabeled
+        self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
+        self.per_pass = n_unlabeled // num_replicas  # this rank's images of one pass over the pool
+        if self.order.num_samples < labeled or self.per_pass < 1:
+            raise ValueError("too few labelled or unlabelled images for one batch per process")
+        self.batches = self.order.num_samples // labeled  # per epoch
+        self.epoch, self.skip = 0, 0
+        self._perm: tuple[int, list[int]] = (-1, [])
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        if skip % self.batch:
+            raise ValueError(f"skip={skip} is not a whole number of batches of {self.batch}")
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return self.batches * self.batch - self.skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        self.order.set_epoch(self.epoch)
+        order = list(self.order)
+        keys = []
+        for b in range(self.skip // self.batch, self.batches):
+            keys += [(self.epoch, i) for i in order[b * self.labeled:(b + 1) * self.labeled]]
+            start = (self.epoch * self.batches + b) * self.unlabeled
+            keys += [self.pool_key(p) for p in range(start, start + self.unlabeled)]
+        return iter(keys)
+
+    def pool_key(self, position: int) -> tuple[int, int]:
+        """The key of this rank's unlabelled stream at ``position``: (pass, n_labeled + image index)."""
+        rounds, offset = divmod(position, self.per_pass)
+        if self._perm[0] != rounds:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, rounds, -1))
+            self._perm = (rounds, torch.randperm(self.n_unlabeled, generator=g).tolist())
+        return rounds, self.n_labeled + self._perm[1][self.rank + self.num_replicas * offset]
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -115,11 +173,18 @@ def batch_to_device(images: torch.Tensor, labels: torch.Tensor,
 
 def build_train_loader(
     dataset: Dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int, pin_memory: bool,
-    collate_fn: Optional[Callable] = None,
-) -> tuple[DataLoader, ResumableSampler]:
+    collate_fn: Optional[Callable] = None, unlabeled: Optional[Dataset] = None, unlabeled_per_batch: int = 0,
+) -> tuple[DataLoader, ResumableSampler | MixedSampler]:
     """``batch_size`` is per process. Incomplete last batches are dropped (BN needs >1 sample). ``collate_fn``:
-    torch's default (the dataset's samples are tensors), or :func:`collate_crops` (they are numpy crops)."""
-    sampler = ResumableSampler(dataset, world_size, rank, seed)
+    torch's default (the dataset's samples are tensors), or :func:`collate_crops` (they are numpy crops).
+    ``unlabeled`` (a pool of unlabelled images): each batch's last ``unlabeled_per_batch`` samples come from it
+    (:class:`MixedSampler`); without it the loader is the labelled one, unchanged."""
+    if unlabeled is None:
+        sampler = ResumableSampler(dataset, world_size, rank, seed)
+    else:
+        sampler = MixedSampler(len(dataset), len(unlabeled), batch_size - unlabeled_per_batch, unlabeled_per_batch,
+                               world_size, rank, seed)
+        dataset = ConcatDataset([dataset, unlabeled])
     loader = DataLoader(
         SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0,

@@ -8,31 +8,42 @@ from typing import Optional, Union
 
 import torch
 
-from data.dataset import SegDataset
+from data.dataset import SegDataset, UnlabeledDataset
 from data.loader import build_train_loader, collate_crops
 from data.transforms import build_train_transform
 from model.build import build_model, load_teacher
 from model.distiller import Distiller
 from model.mutual import MutualLearner
 from model.teacher_cache import TeacherCache, file_digest
-from util.config import Config
+from util.config import Config, unlabeled_per_process
 from util.distributed import DistInfo, unwrap
 from util.errors import SegKDError
 
 
 def build_data(cfg: Config, info: DistInfo):
     """The training loader and its sampler. Batches are (images Bx3xHxW float32 normalised, or uint8 with
-    ``train.uint8_batches``; labels BxHxW uint8, made int64 on the device by the trainer): ``collate_crops``."""
+    ``train.uint8_batches``; labels BxHxW uint8, made int64 on the device by the trainer): ``collate_crops``. With
+    ``data.unlabeled_list``, each process's batch ends with ``unlabeled_per_process`` images of that pool, their
+    labels UNLABELED_LABEL (util/config.py) where the image is and ignore in the crop's padding."""
     d, t = cfg.data, cfg.train
     transform = build_train_transform(t.crop_size, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
                                       d.ignore_label, uint8=t.uint8_batches, to_tensor=False)
     dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform, to_tensor=False)
     per_rank = t.batch_size // info.world_size
-    if len(dataset) // info.world_size < per_rank:
+    pool, per_batch = None, 0
+    if d.unlabeled_list is not None:  # SSLD: the last per_batch images of each batch from the pool
+        pool = UnlabeledDataset(d.root, d.unlabeled_list, transform, to_tensor=False)
+        per_batch = unlabeled_per_process(d.unlabeled_ratio, per_rank)
+        if len(pool) < info.world_size:
+            raise SegKDError(f"data.unlabeled_list={d.unlabeled_list}: {len(pool)} image(s) for "
+                             f"{info.world_size} processes; each needs at least one")
+    if len(dataset) // info.world_size < per_rank - per_batch:
         raise SegKDError(f"{d.train_list}: {len(dataset)} samples cannot fill one batch of train.batch_size="
-                         f"{t.batch_size} over {info.world_size} process(es)")
+                         f"{t.batch_size} over {info.world_size} process(es)"
+                         + (f" ({per_batch} of each process's {per_rank} unlabelled)" if per_batch else ""))
     return build_train_loader(dataset, per_rank, t.workers, t.seed, info.rank, info.world_size,
-                              pin_memory=info.device.type == "cuda", collate_fn=collate_crops)
+                              pin_memory=info.device.type == "cuda", collate_fn=collate_crops,
+                              unlabeled=pool, unlabeled_per_batch=per_batch)
 
 
 def build_distiller(cfg: Config, info: DistInfo) -> Union[Distiller, MutualLearner]:

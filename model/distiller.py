@@ -35,6 +35,7 @@ from model.losses import (
 )
 from model.methods import LOGITS, METHODS, TENSORS, Method, check_params, method_class, pick, tensor_names
 from model.teacher_cache import TeacherCache
+from util.config import UNLABELED_LABEL
 from util.distributed import unwrap
 from util.errors import SegKDError
 
@@ -80,7 +81,10 @@ def freeze(module: nn.Module) -> nn.Module:
 class Distiller(nn.Module):
     """Owns the student (possibly DDP-wrapped) and an optional frozen teacher.
 
-    ``forward(images N×3×H×W, target N×H×W) -> (total loss, {term: detached value})``. The teacher stays in
+    ``forward(images N×3×H×W, target N×H×W) -> (total loss, {term: detached value})``. With ``unlabeled_label``
+    (SSLD's unlabelled images, ``data.unlabeled_list``), pixels of that label count for the distillation terms
+    (KD, FEAT, the label-free methods: anything but ignore) and not for CE and aux CE, which so see the labelled
+    images alone. The teacher stays in
     eval mode across ``.train()`` calls and runs under inference mode; it is never part of the student's
     checkpoint (save ``distiller.student``, not the distiller).
     """
@@ -106,6 +110,7 @@ class Distiller(nn.Module):
         full_resolution: bool = False,
         teacher_cache: Optional[TeacherCache] = None,
         terms: Sequence[Term] = (),
+        unlabeled_label: Optional[int] = None,
     ):
         super().__init__()
         if kd_loss not in KD_LOSSES:
@@ -120,6 +125,8 @@ class Distiller(nn.Module):
         self.params = {"smoothl1_beta": smoothl1_beta, "cwd_tau": cwd_tau, "dist_beta": dist_beta,
                        "dist_gamma": dist_gamma, "dist_global_batch": dist_global_batch}
         self.ignore_index = ignore_index
+        # SSLD: pixels of unlabelled images carry this label (data.unlabeled_list); CE and aux CE ignore them
+        self.unlabeled_label = unlabeled_label
         self.full_resolution = full_resolution
         # the student's convention (model.align_corners) places its logits on the label's pixels in CE and KD
         self.align_corners = _align_corners(student)
@@ -144,7 +151,7 @@ class Distiller(nn.Module):
             feat_weight=d.feat_weight, smoothl1_beta=d.smoothl1_beta, cwd_tau=d.cwd_tau, dist_beta=d.dist_beta,
             dist_gamma=d.dist_gamma, dist_global_batch=d.dist_global_batch,
             ignore_index=cfg.data.ignore_label, full_resolution=d.full_resolution, teacher_cache=teacher_cache,
-            terms=terms,
+            terms=terms, unlabeled_label=UNLABELED_LABEL if cfg.data.unlabeled_list is not None else None,
         )
 
     def train(self, mode: bool = True) -> Distiller:
@@ -178,7 +185,10 @@ class Distiller(nn.Module):
         s = self.student(images, features=self.features) if self.features else self.student(images)
         ign = self.ignore_index
         ac = self.align_corners
-        terms = {"ce": cross_entropy(s["out"], target, ign, ac), "aux": cross_entropy(s["aux"], target, ign, ac)}
+        labeled = target  # what CE sees: an unlabelled image's pixels are ignored, the distillation terms count them
+        if self.unlabeled_label is not None:
+            labeled = target.masked_fill(target == self.unlabeled_label, ign)
+        terms = {"ce": cross_entropy(s["out"], labeled, ign, ac), "aux": cross_entropy(s["aux"], labeled, ign, ac)}
         if self.teacher is not None:
             t = self.teacher_logits(images)
             terms["kd"] = self.compare(self.kd_loss, s["out"], t["out"], target)
@@ -236,6 +246,10 @@ def build_terms(cfg, student: nn.Module, teacher: nn.Module) -> list[Term]:
     terms = []
     for name in names:
         cls = method_class(name)
+        if cls.uses_labels and cfg.data.unlabeled_list is not None:
+            raise SegKDError(f"distill.terms: {name} uses the labels' classes, which the images of "
+                             f"data.unlabeled_list={cfg.data.unlabeled_list} do not have; drop one of them "
+                             f"(label-free: {', '.join(n for n in sorted(METHODS) if not METHODS[n].uses_labels)})")
         section: dict[str, Any] = getattr(d, name).to_dict()
         weight, tensor = section.pop("weight"), section.pop("tensor")
         tensor = tensor if isinstance(tensor, str) else tuple(tensor)  # a list for several_tensors methods (afd)

@@ -45,6 +45,8 @@ DISTILL = {  # the values each config's comment cites (docs/VOC.md for the first
        for t in ("semseg", "mmseg", "deeplabv3_r101")},
     **{name: {"kd_loss": "kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none"}
        for name in ("pspnet34_kd", "pspnet18_kd_ta")},
+    # SSLD: PaddleClas's symmetric KL without a temperature, on labelled and unlabelled images
+    "pspnet18_kd_ssld": {"kd_loss": "sym_kl", "kd_weight": 1.0, "temperature": 1.0, "feat_loss": "none"},
 }
 # the teachers of the kd configs: (depth, checkpoint); published ones imported by tools.import_weights (docs/VOC.md);
 # the chain R50 -> R34 -> R18: the assistant pspnet34_kd (distilled as pspnet18_kd is) teaches pspnet18_kd_ta

@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from typing import Any, Callable
 
 import yaml
 
 from util.errors import SegKDError
+
+# The label value of an unlabelled image's pixels (data.unlabeled_list, SSLD): the loader fills its label with it
+# before the augmentation, so after it the crop's padding is data.ignore_label and the image's own pixels are this
+# value. The distiller's CE ignores it; the label-free terms count it as a valid pixel. Neither a class index nor the
+# ignore label may take it (check_training).
+UNLABELED_LABEL = 254
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULTS_PATH = os.path.join(REPO_ROOT, "config", "defaults.yaml")
@@ -36,6 +43,7 @@ DEFAULTS_PATH = os.path.join(REPO_ROOT, "config", "defaults.yaml")
 NULL_TYPES: dict[str, tuple[type, ...]] = {
     "data.root": (str,),
     "data.names": (str,),
+    "data.unlabeled_list": (str,),
     "model.pretrained": (bool, str),
     "teacher.checkpoint": (str,),
     "distill.teacher_cache": (str,),
@@ -67,6 +75,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 _AT_LEAST_1 = (lambda v: v is None or v >= 1, "at least 1")
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.classes": (lambda v: v >= 2, "at least 2 (classes)"),
+    "data.unlabeled_ratio": (lambda v: 0 <= v < 1, "in [0, 1): the share of each batch from data.unlabeled_list"),
     "model.layers": (lambda v: v in (18, 34, 50, 101), "one of 18, 34, 50, 101"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "teacher.layers": (lambda v: v in (18, 34, 50, 101), "one of 18, 34, 50, 101"),
@@ -294,6 +303,44 @@ def check_training(cfg: Config, world_size: int, sync_bn: bool, device_type: str
                          f"{cfg.test.checkpoint}; unset one of them")
     _check_mutual(cfg)
     _check_global_batch(cfg)
+    _check_unlabeled(cfg, per_rank)
+
+
+def unlabeled_per_process(ratio: float, per_rank: int) -> int:
+    """How many of a process's ``per_rank`` images come from ``data.unlabeled_list`` at ``data.unlabeled_ratio``:
+    ratio x per_rank rounded half up (0.5 of 8 is 4; 0.3 of 8 is 2.4, so 2; 0.25 of 2 is 0.5, so 1); the rest
+    are labelled. Per process, so every process's batch has the same split."""
+    return math.floor(ratio * per_rank + 0.5)
+
+
+def _check_unlabeled(cfg: Config, per_rank: int) -> None:
+    """SSLD's unlabelled images (``data.unlabeled_list``): a share of every batch, for the label-free distillation
+    terms only, so a run needs a frozen teacher, labelled and unlabelled images in each process's batch, and a label
+    value free for :data:`UNLABELED_LABEL`. (A label-using method of ``distill.terms`` is refused by
+    model/distiller.py:build_terms, which knows the methods.)"""
+    d = cfg.data
+    if d.unlabeled_list is None:
+        if d.unlabeled_ratio > 0:
+            raise SegKDError(f"data.unlabeled_ratio={d.unlabeled_ratio}: data.unlabeled_list is not set, so there is "
+                             "no unlabelled image to mix in; set both or neither")
+        return
+    if not 0 < d.unlabeled_ratio < 1:
+        raise SegKDError(f"data.unlabeled_ratio={d.unlabeled_ratio}: must be in (0, 1) with data.unlabeled_list="
+                         f"{d.unlabeled_list} (the share of each batch taken from it)")
+    unlabeled = unlabeled_per_process(d.unlabeled_ratio, per_rank)
+    if not 1 <= unlabeled < per_rank:
+        raise SegKDError(f"data.unlabeled_ratio={d.unlabeled_ratio} of {per_rank} images per process "
+                         f"(train.batch_size={cfg.train.batch_size}) gives {unlabeled} unlabelled and "
+                         f"{per_rank - unlabeled} labelled; each batch needs at least 1 of both")
+    if cfg.mutual.peers:
+        raise SegKDError(f"data.unlabeled_list={d.unlabeled_list} and mutual.peers are both set: mutual learning "
+                         "has no frozen teacher for the unlabelled images; unset one of them")
+    if cfg.teacher.checkpoint is None:
+        raise SegKDError(f"data.unlabeled_list={d.unlabeled_list} needs teacher.checkpoint: unlabelled images only "
+                         "train the distillation terms")
+    if d.classes > UNLABELED_LABEL or d.ignore_label == UNLABELED_LABEL:
+        raise SegKDError(f"data.unlabeled_list marks unlabelled pixels with label {UNLABELED_LABEL}, which "
+                         f"data.classes={d.classes} or data.ignore_label={d.ignore_label} already uses")
 
 
 def _check_global_batch(cfg: Config) -> None:

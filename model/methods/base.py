@@ -20,6 +20,10 @@ evaluated or exported network.
 logit tensors ``out`` and ``aux``, C = K classes) and the N x H x W labels (``ignore_index`` marks pixels
 without a label), and returns a scalar. The teacher tensor carries no gradient.
 
+A method that reads the labels' classes (IFVD's class prototypes, DKD's target class) sets ``uses_labels``; the
+others see ``target`` only for the ignored pixels, or not at all, and so also train on unlabelled images (SSLD's
+``data.unlabeled_list``, whose pixels carry a label that is neither a class nor ignore).
+
 A method that compares several tensors at once (AFD: the backbone's stages) sets ``several_tensors``: its
 ``default_tensor`` and ``distill.<name>.tensor`` are lists of names, it is built with one channel count per name
 (lists), and ``forward`` gets one list of tensors per network, in the order of the names (:func:`pick`).
@@ -81,6 +85,9 @@ class Method(nn.Module):
     logits_only: ClassVar[bool] = False  # compares class logits: ``tensor`` must be ``out`` or ``aux``
     same_channels: ClassVar[bool] = False  # needs C_s == C_t (there is no connector to bridge them)
     several_tensors: ClassVar[bool] = False  # ``tensor`` is a list of names; forward gets lists (module docstring)
+    # reads the class of each pixel from ``target`` (not only which pixels are ignored): such a method cannot see
+    # unlabelled images, so ``data.unlabeled_list`` with it in ``distill.terms`` is refused (build_terms)
+    uses_labels: ClassVar[bool] = False
 
     def __init__(self, student_channels: Union[int, Sequence[int]], teacher_channels: Union[int, Sequence[int]],
                  classes: int, ignore_index: int = 255, align_corners: bool = True, **params: Any):

@@ -74,6 +74,7 @@ class DKD(Method):
     name, paper = "dkd", "Zhao et al., CVPR 2022"
     default_tensor, default_weight = "out", 1.0
     logits_only, same_channels = True, True
+    uses_labels = True  # the target class splits the KL
     params = {"alpha": Param(1.0, lambda v: v >= 0, "non-negative"),
               "beta": Param(8.0, lambda v: v >= 0, "non-negative"),
               "temperature": Param(1.0, lambda v: v > 0, "positive")}

@@ -70,6 +70,7 @@ class IFVD(Method):
 
     name, paper = "ifvd", "Wang et al., ECCV 2020"
     default_tensor, default_weight = "out_feat", 20.0
+    uses_labels = True  # the class prototypes are means over each labelled class
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ifvd_loss(student, teacher, target, self.classes, self.ignore_index, self.align_corners)
