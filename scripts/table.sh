@@ -9,7 +9,8 @@ MUTUAL_ROWS="dml_pspnet18_pspnet18 dml_pspnet50_pspnet18"  # ROWS may name them 
 # The other distilled rows ROWS may name (configs in config/synthetic_cpu and config/voc2012): the aux-head losses
 # beyond the seed's, then one registered method of distill.terms each next to logit KD.
 METHOD_ROWS="pspnet18_kd_aux_cwd pspnet18_kd_aux_dist pspnet18_kd_aux_kl_std pspnet18_kd_dkd pspnet18_kd_fitnet
-    pspnet18_kd_at pspnet18_kd_skd pspnet18_kd_ifvd pspnet18_kd_cirkd pspnet18_kd_sphere pspnet18_kd_rkd pspnet18_kd_afd"
+    pspnet18_kd_at pspnet18_kd_skd pspnet18_kd_ifvd pspnet18_kd_cirkd pspnet18_kd_sphere pspnet18_kd_rkd pspnet18_kd_afd
+    pspnet18_kd_ssld"
 CHAIN_ASSISTANT=pspnet34_kd CHAIN_STUDENT=pspnet18_kd_ta     # CHAIN="<teacher depth> 34 18": their configs
 CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the CPU configs say 150)
 # SCALE=demo: the CPU configs' schedule shortened to fit 30 minutes on the slowest 2-vCPU VM seen (docs/TABLES.md):
@@ -40,7 +41,7 @@ segkd_synthetic_preset() {
             PRESET_GEN="--train 1464 --val 300 --classes 21 --seed 0" PRESET_SEEDS="1 2 3"
             PRESET_DATA=datasets/synthetic PRESET_RUNS=runs ;;
         demo | cpu-long | cpu-paired)
-            PRESET_GEN="--preset cpu --train 2000 --val 300 --seed 0" PRESET_DATA=datasets/synthetic_cpu
+            PRESET_GEN="--preset cpu --train 2000 --val 300 --seed 0 --unlabeled 2000" PRESET_DATA=datasets/synthetic_cpu
             PRESET_CFGDIR=config/synthetic_cpu PRESET_TEACHER_CACHE=1
             if [ "$SCALE" = demo ]; then
                 PRESET_SEEDS="1 2 3" PRESET_RUNS=runs/demo
@@ -277,6 +278,10 @@ segkd_table() {
     for row in $ROWS; do
         case " $known " in *" $row "*) ;; *) segkd_die "ROWS: $row is not one of: $known" ;; esac
         [ -f "$cfgdir/$row.yaml" ] || segkd_die "ROWS: $row has no config $cfgdir/$row.yaml"
+        if [ "$row" = pspnet18_kd_ssld ] && [ ! -f "$DATA/list/unlabeled.txt" ]; then
+            segkd_die "ROWS: $row needs an unlabelled pool, $DATA/list/unlabeled.txt (generated data: python -m" \
+                "tools.synthetic --out <new folder> --preset cpu --unlabeled 2000, then DATA=<that folder>)"
+        fi
     done
     EVAL=$(segkd_probe "$cfgdir/pspnet50_teacher.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1
     EVAL=${EVAL% *}

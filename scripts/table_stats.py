@@ -44,13 +44,14 @@ EXTRA_ROWS = [
     ("pspnet18_kd_sphere", "R18 + logit KD + spherical KD", ("distill", 18, "none", ("sphere",))),
     ("pspnet18_kd_rkd", "R18 + logit KD + RKD", ("distill", 18, "none", ("rkd",))),
     ("pspnet18_kd_afd", "R18 + logit KD + AFD", ("distill", 18, "none", ("afd",))),
+    ("pspnet18_kd_ssld", "R18 + SSLD (symmetric KL, + unlabelled images)", ("distill", 18, "none", ())),
     ("pspnet34_kd", "Assistant PSPNet-R34 + logit KD (R50 -> R34)", ("distill", 34, "none", ())),
     ("pspnet18_kd_ta", "R18 + logit KD from the R34 assistant (R50 -> R34 -> R18)", ("distill", 18, "none", ())),
     ("dml_pspnet18_pspnet18", "R18 + mutual learning with an R18 peer", ("mutual", 18, None, None)),
     ("dml_pspnet50_pspnet18", "R18 + mutual learning with an R50 peer", ("mutual", 18, None, None)),
 ]
 # Rows added after the instrument's first ten seeds: a machine's folder may lack them, until its seeds are run.
-LATER_ROWS = {"pspnet18_kd_sphere", "pspnet18_kd_rkd", "pspnet18_kd_afd"}
+LATER_ROWS = {"pspnet18_kd_sphere", "pspnet18_kd_rkd", "pspnet18_kd_afd", "pspnet18_kd_ssld"}
 # A row also paired, seed by seed, with another row (in its notes): the chained student with the direct R50 -> R18.
 ALSO_PAIRED = {"pspnet18_kd_ta": "pspnet18_kd"}
 TEACHER_ROW, BASELINE_ROW = PAPER_ROWS[0][0], PAPER_ROWS[1][0]
