@@ -283,10 +283,4 @@ class UnlabeledDataset(torch.utils.data.Dataset):
         image = read_image(self.images[index])
         return image, np.full(image.shape[:2], UNLABELED_LABEL, np.uint8)
 
-    def __getitem__(self, index: int):
-        image, label = self.read(index)
-        if self.transform is not None:
-            image, label = self.transform(image, label)
-        if self.to_tensor and isinstance(image, np.ndarray):
-            image, label = _TO_TENSOR(image, label)
-        return image, label
+    __getitem__ = SegDataset.__getitem__  # the same steps on this read(): transform, then tensors

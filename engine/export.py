@@ -64,20 +64,14 @@ class InferenceNetwork(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
-class TrainableStudent(nn.Module):
+class TrainableStudent(InferenceNetwork):
     """A student as ``deploy/cpp/segkd_distill`` trains it: N×3×H×W float32 RGB 0..255 (normalised inside, as
     :class:`InferenceNetwork`) -> (main logits, aux logits), each N×K×H×W, zoomed to the input's size with the
     network's ``align_corners`` (the upsampled logits CE and, with ``distill.full_resolution``, KD compare).
 
     BatchNorm in eval mode (running statistics used and frozen; weight and bias trainable), dropout off:
-    ``train()`` leaves the segmentor in eval mode, and the trace bakes it in."""
-
-    def __init__(self, segmentor: nn.Module):
-        super().__init__()
-        self.segmentor = segmentor.eval()
-        self.align_corners = bool(getattr(segmentor, "align_corners", True))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("inv_std", 1.0 / torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
+    ``train()`` leaves the segmentor in eval mode, and the trace bakes it in. The input side (the segmentor in eval
+    mode, the normalisation buffers) is :class:`InferenceNetwork`'s."""
 
     def train(self, mode: bool = True) -> TrainableStudent:
         super().train(mode)
