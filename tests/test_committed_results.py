@@ -55,7 +55,7 @@ def test_every_seed_has_every_row_from_one_machine():
     all_seeds = []
     for folder in machine_folders():
         found = runs(folder)
-        # every row but the later ones; a later row, where a machine has it, has every seed of that machine
+        # every row but the later ones, which a machine may have for some of its seeds (committed as they finish)
         assert rows - table_stats.LATER_ROWS | {"pspnet50_teacher"} <= set(found) <= rows | {"pspnet50_teacher"}, folder
         rows_here = rows & set(found)
         seeds = set(found["pspnet18_baseline"])
@@ -63,7 +63,7 @@ def test_every_seed_has_every_row_from_one_machine():
         teacher = found["pspnet50_teacher"][None]
         assert teacher["iteration"] == 500 and teacher["trained_on"] is not None
         for row in rows_here:
-            assert set(found[row]) == seeds, (folder, row)
+            assert set(found[row]) <= seeds if row in table_stats.LATER_ROWS else set(found[row]) == seeds, (folder, row)
             for seed, m in found[row].items():
                 # a seed's runs and the teacher it was distilled from: one machine
                 assert m["trained_on"] == teacher["trained_on"], (folder, row, seed)
