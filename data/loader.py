@@ -16,6 +16,7 @@ writes and the main process maps are fewer (docs/BENCHMARKS.md, "Loader vs semse
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
-from data.transforms import normalize, normalize_into, opencv_single_thread
+from data.transforms import normalize, normalize_into, set_opencv_threads
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -174,6 +175,7 @@ def batch_to_device(images: torch.Tensor, labels: torch.Tensor,
 def build_train_loader(
     dataset: Dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int, pin_memory: bool,
     collate_fn: Optional[Callable] = None, unlabeled: Optional[Dataset] = None, unlabeled_per_batch: int = 0,
+    opencv_threads: int = 0,
 ) -> tuple[DataLoader, ResumableSampler | MixedSampler]:
     """``batch_size`` is per process. Incomplete last batches are dropped (BN needs >1 sample). ``collate_fn``:
     torch's default (the dataset's samples are tensors), or :func:`collate_crops` (they are numpy crops).
@@ -189,7 +191,8 @@ def build_train_loader(
         SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None, collate_fn=collate_fn,
-        worker_init_fn=opencv_single_thread,  # one OpenCV thread per worker: the workers are the parallelism
+        # OpenCV's threads in each worker (data.opencv_threads; 0: one, the workers are the parallelism)
+        worker_init_fn=functools.partial(set_opencv_threads, opencv_threads),
         # a private generator: creating an epoch's iterator must not draw from the global torch RNG, which
         # drives dropout and is restored on resume
         generator=torch.Generator().manual_seed(seed),

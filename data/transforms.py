@@ -243,12 +243,15 @@ class Normalize:
         return normalize(image), label
 
 
-def opencv_single_thread(worker_id: int = 0) -> None:
-    """Turn OpenCV's own thread pool off (``cv2.setNumThreads(0)``, as semseg's train.py), in a DataLoader worker
-    (its ``worker_init_fn``, data/loader.py) and in the main process when it builds the transform. Parallelism
-    comes from the loader's workers: with the pool on, each of an 8-GPU node's 32 workers ran every resize, warp
-    and blur on every core. This OpenCV build ignores ``OMP_NUM_THREADS``. ``worker_id`` is unused."""
-    cv2.setNumThreads(0)
+def set_opencv_threads(threads: int = 0, worker_id: int = 0) -> None:
+    """``cv2.setNumThreads(threads)`` (``data.opencv_threads``), in a DataLoader worker (its ``worker_init_fn``,
+    data/loader.py) and in the main process when it builds the transform; -1 leaves OpenCV's default pool. 0, the
+    default, turns the pool off as semseg's train.py does: parallelism comes from the loader's workers, and with the
+    pool on each of an 8-GPU node's 32 workers ran every resize, warp and blur on every core (this OpenCV build
+    ignores ``OMP_NUM_THREADS``). OpenCV's results are not independent of its thread count (a resize or warp can
+    differ by one float ulp), so the count is part of a run's arithmetic. ``worker_id`` is unused."""
+    if threads >= 0:
+        cv2.setNumThreads(threads)
 
 
 def build_train_transform(
@@ -258,6 +261,7 @@ def build_train_transform(
     ignore_label: int = 255,
     uint8: bool = False,
     to_tensor: bool = True,
+    opencv_threads: int = 0,
 ) -> Compose:
     """semseg's training augmentation: scale, rotate, blur, flip, random crop, to tensor, normalise.
 
@@ -268,10 +272,10 @@ def build_train_transform(
     padding is the mean rounded to (124, 116, 104), so its values are close to, not equal to, the default's
     (the bound is tested in tests/test_data.py). ``to_tensor=False`` stops after the crop (numpy HxWx3 image,
     HxW uint8 label): the training loader's collate (data/loader.py, ``collate_crops``) does the tensor and
-    normalisation steps for the whole batch at once, to the same values. OpenCV runs single-threaded from here on
-    (:func:`opencv_single_thread`).
+    normalisation steps for the whole batch at once, to the same values. OpenCV runs on ``opencv_threads`` threads
+    from here on (:func:`set_opencv_threads`; 0: one).
     """
-    opencv_single_thread()  # the main process's transforms (train.workers=0, the preflight batch)
+    set_opencv_threads(opencv_threads)  # the main process's transforms (train.workers=0, the preflight batch)
     steps = [
         RandScale(scale),
         RandRotate(rotate, padding=IMAGENET_MEAN, ignore_label=ignore_label),

@@ -55,12 +55,16 @@ def check_run_dir(cfg: Config) -> None:
         raise SegKDError(f"{run_dir}: holds a different experiment ({diff}); refusing to resume into it")
 
 
+# Keys whose default is not what the code did before the key existed: a run config without them trained so.
+LEGACY = {"data.opencv_threads": -1}  # OpenCV's default pool, before 2026-12-07
+
+
 def experiment_diff(old: dict[str, Any], new: dict[str, Any], also_ignore: tuple[str, ...] = ()) -> str:
     """The keys that make ``new`` another experiment than ``old`` (flat configs), as one phrase for an error
     (``"train.base_lr: 0.01 there, 0.02 now, +1 more key: train.momentum"``), or "" when it is the same one.
     Resumable keys and ``also_ignore`` may differ; a key that ``old`` lacks (written by an older segkd) counts
-    with its default value."""
-    defaults = flat_dict(load_config(None))
+    with its default value, or with what the older code did where that is not the default (:data:`LEGACY`)."""
+    defaults = {**flat_dict(load_config(None)), **LEGACY}
     diff = sorted(k for k in new if k not in RESUMABLE_KEYS and k not in also_ignore
                   and old.get(k, defaults.get(k)) != new[k])
     if not diff:

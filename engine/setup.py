@@ -27,7 +27,8 @@ def build_data(cfg: Config, info: DistInfo):
     labels UNLABELED_LABEL (util/config.py) where the image is and ignore in the crop's padding."""
     d, t = cfg.data, cfg.train
     transform = build_train_transform(t.crop_size, (d.scale_min, d.scale_max), (d.rotate_min, d.rotate_max),
-                                      d.ignore_label, uint8=t.uint8_batches, to_tensor=False)
+                                      d.ignore_label, uint8=t.uint8_batches, to_tensor=False,
+                                      opencv_threads=d.opencv_threads)
     dataset = SegDataset(d.root, d.train_list, d.classes, d.ignore_label, transform, to_tensor=False)
     per_rank = t.batch_size // info.world_size
     pool, per_batch = None, 0
@@ -43,7 +44,7 @@ def build_data(cfg: Config, info: DistInfo):
                          + (f" ({per_batch} of each process's {per_rank} unlabelled)" if per_batch else ""))
     return build_train_loader(dataset, per_rank, t.workers, t.seed, info.rank, info.world_size,
                               pin_memory=info.device.type == "cuda", collate_fn=collate_crops,
-                              unlabeled=pool, unlabeled_per_batch=per_batch)
+                              unlabeled=pool, unlabeled_per_batch=per_batch, opencv_threads=d.opencv_threads)
 
 
 def build_distiller(cfg: Config, info: DistInfo) -> Union[Distiller, MutualLearner]:

@@ -18,6 +18,10 @@ CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the CPU configs say 15
 # the network at a time (the same protocol up to float rounding; docs/results/LOG.md, 2026-12-07).
 DEMO_TEACHER_ITERS="train.iters=250 train.warmup_iters=25" DEMO_STUDENT_ITERS="train.iters=60 train.warmup_iters=8"
 DEMO_TEST="test.batch_size=8"
+# SCALE=cpu-paired and cpu-long: their committed runs augmented with OpenCV's default thread pool (one thread a core),
+# before data.opencv_threads existed; OpenCV's resize and warp can differ by one float ulp with the thread count, so
+# these presets keep that pool to continue their seeds bitwise (the demo and everything else: one thread, the default).
+COMMITTED_ARITHMETIC="data.opencv_threads=-1"
 
 # The scripts cd to the repo root (configs and `-m tools.synthetic` resolve there): user paths must not move.
 segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
@@ -49,9 +53,10 @@ segkd_synthetic_preset() {
                 PRESET_TEST_EXTRA=$DEMO_TEST
             elif [ "$SCALE" = cpu-paired ]; then
                 PRESET_SEEDS="1 2 3 4 5 6 7 8 9 10" PRESET_RUNS=runs/cpu-paired PRESET_CHAIN="50 34 18"
-                PRESET_ROWS=$(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS)
+                PRESET_ROWS=$(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS) PRESET_EXTRA=$COMMITTED_ARITHMETIC
             else
                 PRESET_SEEDS="1 2 3 4 5" PRESET_RUNS=runs/cpu-long PRESET_STUDENT_EXTRA="train.iters=$CPU_LONG_ITERS"
+                PRESET_EXTRA=$COMMITTED_ARITHMETIC
             fi ;;
         tiny)
             PRESET_GEN="--train 8 --val 4 --classes 4 --seed 0 --workers 1" PRESET_SEEDS="1"

@@ -75,6 +75,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 _AT_LEAST_1 = (lambda v: v is None or v >= 1, "at least 1")
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.classes": (lambda v: v >= 2, "at least 2 (classes)"),
+    "data.opencv_threads": (lambda v: v >= -1, "-1 (OpenCV's default pool) or a thread count (0: one thread)"),
     "data.unlabeled_ratio": (lambda v: 0 <= v < 1, "in [0, 1): the share of each batch from data.unlabeled_list"),
     "model.layers": (lambda v: v in (18, 34, 50, 101), "one of 18, 34, 50, 101"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
