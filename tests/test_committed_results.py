@@ -63,7 +63,8 @@ def test_every_seed_has_every_row_from_one_machine():
         teacher = found["pspnet50_teacher"][None]
         assert teacher["iteration"] == 500 and teacher["trained_on"] is not None
         for row in rows_here:
-            assert set(found[row]) <= seeds if row in table_stats.LATER_ROWS else set(found[row]) == seeds, (folder, row)
+            later = row in table_stats.LATER_ROWS
+            assert set(found[row]) <= seeds if later else set(found[row]) == seeds, (folder, row)
             for seed, m in found[row].items():
                 # a seed's runs and the teacher it was distilled from: one machine
                 assert m["trained_on"] == teacher["trained_on"], (folder, row, seed)

@@ -1,6 +1,6 @@
 """OpenCV's thread pool is off in every training DataLoader worker and in the main process's transforms
-(``cv2.setNumThreads(0)``, data/transforms.py:set_opencv_threads, ``data.opencv_threads``), so 32 workers on an 8-GPU node do not each
-run every resize on every core."""
+(``cv2.setNumThreads(0)``, data/transforms.py:set_opencv_threads, ``data.opencv_threads``), so 32 workers on an
+8-GPU node do not each run every resize on every core."""
 
 import cv2
 import pytest
