@@ -33,12 +33,23 @@ for f in "${metrics[@]}"; do
     if [ -f "$src/$run/config.yaml" ]; then files+=("$run/config.yaml"); fi
 done
 # A.json B.json: exit 0 when two metrics.json are one run's scores written from other folders: equal but for the
-# absolute paths (the checkpoint's, the data root's, output.dir...), as a teacher retrained on the same kind of
-# machine in a new session is (CPU training is deterministic there). The machine is compared as the table labels
+# absolute paths (the checkpoint's, the data root's, output.dir...) and in config keys added since (at the value the
+# older code implied: engine.rundir.experiment_diff), as a teacher retrained on the same kind of machine in a new
+# session is (CPU training is deterministic there). The machine is compared as the table labels
 # it: trained_on's family and model (a newer generation with the same vector units, the same arithmetic) do not count.
 same_scores() {
-    "${PYTHON:-python3}" - "$1" "$2" <<'EOF'
+    "${PYTHON:-python3}" - "$1" "$2" "$(cd "$(dirname "$0")/.." && pwd)" <<'EOF'
 import json, sys
+sys.path.insert(0, sys.argv[3])
+from engine.rundir import experiment_diff  # noqa: E402  (the resume rule: defaults, and LEGACY for older configs)
+from util.config import flat_dict  # noqa: E402
+def same_config(new, old):
+    """The same experiment: keys added since ``old`` was written at the value the older code implied; where files
+    are (data.root, data.names, teacher.checkpoint, output.*) and test.* may differ."""
+    new, old = flat_dict(new or {}), flat_dict(old or {})
+    ignore = tuple(k for k in new if k in ("data.root", "data.names", "teacher.checkpoint")
+                   or k.startswith(("test.", "output.")))
+    return not experiment_diff(old, new, ignore) and set(old) <= set(new)
 def machine(m):
     if isinstance(m.get("trained_on"), dict):
         m["trained_on"] = {k: v for k, v in m["trained_on"].items() if k not in ("family", "model")}
@@ -49,8 +60,9 @@ def norm(x):
     if isinstance(x, list):
         return [norm(v) for v in x]
     return "<path>" if isinstance(x, str) and x.startswith("/") else x
-a, b = (machine(json.load(open(p, encoding="utf-8"))) for p in sys.argv[1:])
-sys.exit(0 if norm(a) == norm(b) and a.get("trained_on") is not None else 1)
+a, b = (machine(json.load(open(p, encoding="utf-8"))) for p in sys.argv[1:3])
+config_a, config_b = a.pop("config", None), b.pop("config", None)
+sys.exit(0 if norm(a) == norm(b) and a.get("trained_on") is not None and same_config(config_a, config_b) else 1)
 EOF
 }
 new=() kept=()

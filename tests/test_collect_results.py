@@ -4,6 +4,7 @@ destination already holds is never overwritten; the copy rebuilds the same table
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +16,7 @@ SCRIPT = os.path.join(REPO, "scripts", "collect_results.sh")
 
 def collect(src, dest, **env):
     return subprocess.run(["bash", SCRIPT, str(src), str(dest)], capture_output=True, text=True,
-                          env={**os.environ, **env})
+                          env={**os.environ, "PYTHON": sys.executable, **env})  # the script compares configs with segkd
 
 
 def make_runs(root, seeds_of=None):
@@ -109,3 +110,10 @@ def test_a_retrained_teacher_with_the_same_scores_is_kept_not_refused(tmp_path):
     retrained(tmp_path / "c", {5}, miou_shift=0.01)  # another teacher: refused, as any differing file
     r = collect(tmp_path / "c", dest)
     assert r.returncode == 1 and "pspnet50_teacher/eval/ss/metrics.json exists and differs" in r.stderr
+    for threads, code in ((-1, 0), (0, 1)):  # a key added since: kept at what the older code did, else refused
+        retrained(tmp_path / f"k{threads}", {7})
+        path = teacher_metrics(tmp_path / f"k{threads}")
+        m = json.loads(path.read_text())
+        m["config"]["data"]["opencv_threads"] = threads
+        path.write_text(json.dumps(m))
+        assert collect(tmp_path / f"k{threads}", dest).returncode == code, threads
