@@ -50,6 +50,10 @@ def test_rebuilt_table_equals_the_committed_one(capsys):
     assert "Resolution: pooled paired std" in text and "Trained on: " in text and "mix machines" not in text
 
 
+def label(trained_on):
+    return {k: v for k, v in trained_on.items() if k not in ("family", "model")}
+
+
 def test_every_seed_has_every_row_from_one_machine():
     rows = {name for name, _, _ in table_stats.PAPER_ROWS + table_stats.EXTRA_ROWS} - {"pspnet50_teacher"}
     all_seeds = []
@@ -67,7 +71,8 @@ def test_every_seed_has_every_row_from_one_machine():
             assert set(found[row]) <= seeds if later else set(found[row]) == seeds, (folder, row)
             for seed, m in found[row].items():
                 # a seed's runs and the teacher it was distilled from: one machine
-                assert m["trained_on"] == teacher["trained_on"], (folder, row, seed)
+                # (CPU family and model, recorded since 2026-12-03, name a generation, not the arithmetic)
+                assert label(m["trained_on"]) == label(teacher["trained_on"]), (folder, row, seed)
                 assert m["iteration"] == 150 and m["protocol"]["crop_size"] == 97 and m["images"] == 300, (row, seed)
                 assert m["config"]["train"]["seed"] == seed
                 if row in CHAIN_ROWS[1:]:  # the chained student's teacher is its own seed's assistant

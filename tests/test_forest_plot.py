@@ -106,19 +106,19 @@ def test_instrument_figure_plots_the_tables_numbers(instrument):
     compared = [rec for rec in records if rec.get("d_values")]
     left_out = {rec["row"] for rec in records} - {rec["row"] for rec in compared}
     assert left_out == {"pspnet50_teacher", "pspnet18_baseline", "pspnet34_kd"}  # no paired Δ in the table
-    assert len(rows) == 15 and [r.label for r in rows] == [rec["label"] for rec in compared]
+    assert len(rows) == len(records) - 3 >= 15 and [r.label for r in rows] == [rec["label"] for rec in compared]
     _, _, _, at = make_table.resolution_numbers(records)
     for row, rec in zip(rows, compared):
         assert (row.mean, row.low, row.high) == (rec["d_mIoU"], rec["d_ci95_low"], rec["d_ci95_high"])
-        assert row.pairs == tuple(rec["d_values"]) and len(row.pairs) == 10
-        assert row.resolved is rec["d_resolved"] and row.band == at[10][0]
+        assert row.pairs == tuple(rec["d_values"]) and len(row.pairs) in (6, 10)  # the later rows: 6 AMD seeds
+        assert row.resolved is rec["d_resolved"] and row.band == at[len(row.pairs)][0]
     # what make_table prints: the Δ cell's mean and interval, and the Resolution line's half-width at 10 pairs
     for row in rows:
         line = next(line for line in text.splitlines() if line.startswith(f"| {row.label} |"))
         bold = "**" if row.resolved else ""
         assert f"| {bold}{row.mean:+.2f} ± " in line and f"[{row.low:+.2f}, {row.high:+.2f}] |" in line
     assert f"with 10 pairs a 95% interval is ± {rows[0].band:.2f} points" in text
-    assert sum(r.resolved for r in rows) == 13
+    assert sum(r.resolved for r in rows) == 16
 
 
 def test_committed_png_is_what_the_command_makes(instrument):
@@ -129,7 +129,7 @@ def test_committed_png_is_what_the_command_makes(instrument):
     assert len(stored) == len(rows) and all(a == pytest.approx(b, rel=1e-9) for a, b in
                                             zip(numbers(stored), numbers(rows)))
     with Image.open(COMMITTED) as committed, Image.open(png) as made:
-        assert committed.size == made.size == (900, 690)
+        assert committed.size == made.size and made.size[0] == 900  # README width; the height grows with the rows
         same_matplotlib = committed.text.get("Software") == made.text.get("Software")
     if same_matplotlib:
         with open(COMMITTED, "rb") as a, open(png, "rb") as b:
