@@ -18,9 +18,9 @@ venv: $(STAMP)
 
 # make test: every test but the `long` ones, on two pytest-xdist workers of one thread each (most of the slow
 # tier is process start-up, ~6 s of imports per process, which one core cannot overlap); a test file stays on
-# one worker, so its module fixtures are built once; make test-fast (the tests that neither start a process nor
-# train) the same way: 35 s instead of 54 s on one process (AMD EPYC family 26, docs/results/LOG.md). make test-long: the minute-plus end-to-end tests
-# (pyproject.toml's markers), the same way. Both together are the whole suite.
+# one worker, so its module fixtures are built once. make test-fast (the tests that neither start a process nor
+# train) the same way: 35 s instead of 54 s on one process (AMD EPYC family 26, docs/results/LOG.md).
+# make test-long: the minute-plus end-to-end tests (pyproject.toml's markers), the same way. Both together are the whole suite.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
@@ -35,7 +35,7 @@ test-long: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# The CPU benchmark (26-48 min on 2 cores from a fresh clone, by CPU: README, Results): the CPU tier of the
+# The CPU benchmark (9-25 min on 2 cores from a fresh clone, by CPU: README, Quick start): the CPU tier of the
 # generated dataset, the teacher once, four student rows x 3 seeds, evaluation, table with paired differences,
 # figure.
 demo: $(STAMP)
