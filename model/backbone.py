@@ -201,7 +201,12 @@ def imagenet_state_dict(layers: int, weights: str = "IMAGENET1K_V1") -> dict[str
     if weights not in enum.__members__:
         valid = ", ".join(enum.__members__)
         raise SegKDError(f"model.weights: {weights!r} is not a ResNet-{layers} weight set; valid: {valid}")
-    url = enum[weights].url
+    return hub_state_dict(enum[weights].url)
+
+
+def hub_state_dict(url: str) -> dict[str, Tensor]:
+    """The state dict of torchvision's weight file ``url``, from ``<torch.hub.get_dir()>/checkpoints/<basename>``
+    or downloaded into it (hash checked); offline with no cached file: SegKDError naming file, URL and folder."""
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     file_name = os.path.basename(url)
     path = os.path.join(folder, file_name)

@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 from model.backbone import DILATIONS, STEMS
 from model.deeplabv3 import build_deeplabv3
-from model.pspnet import Segmentor, build_pspnet
+from model.mobilenetv3 import VARIANTS
+from model.pspnet import BACKBONES, Segmentor, build_pspnet
 from util.checkpoint import load_checkpoint, load_state_strict
 from util.config import Config
 from util.errors import SegKDError
@@ -15,17 +16,21 @@ from util.errors import SegKDError
 ARCHS = {"pspnet": ("PSPNet", build_pspnet), "deeplabv3": ("DeepLabV3", build_deeplabv3)}
 # The architecture keys of model.* that a checkpoint records, with the value a checkpoint written before
 # they existed was built with (the defaults of config/defaults.yaml).
-ARCH_DEFAULTS: dict[str, Any] = {"arch": "pspnet", "stem": "torchvision", "dilation": "semseg", "align_corners": True}
+ARCH_DEFAULTS: dict[str, Any] = {"arch": "pspnet", "stem": "torchvision", "dilation": "semseg", "align_corners": True,
+                                 "backbone": "resnet"}
 TEACHER_MODES = ("supervised", "mutual")  # trained without a frozen teacher: what teacher.checkpoint takes
-_ARCH_VALUES = {"arch": tuple(ARCHS), "stem": STEMS, "dilation": DILATIONS, "align_corners": (True, False)}
+_ARCH_VALUES = {"arch": tuple(ARCHS), "stem": STEMS, "dilation": DILATIONS, "align_corners": (True, False),
+                "backbone": BACKBONES}
 
 
 def build_network(arch: dict[str, Any], layers: int, classes: int, **kwargs: Any) -> Segmentor:
-    """``arch`` (the keys of :data:`ARCH_DEFAULTS`) on a ResNet-``layers``; ``kwargs`` go to the builder
-    (``pretrained``, ``weights``, ``dropout``, ``zero_init_residual``)."""
+    """``arch`` (the keys of :data:`ARCH_DEFAULTS`, an absent one at its default) on a ResNet-``layers`` or the
+    MobileNetV3 ``arch["backbone"]`` names (``layers`` unused); ``kwargs`` go to the builder (``pretrained``,
+    ``weights``, ``dropout``, ``zero_init_residual``)."""
+    arch = arch_of(arch)
     build = ARCHS[arch["arch"]][1]
     return build(layers, classes, stem=arch["stem"], dilation=arch["dilation"], align_corners=arch["align_corners"],
-                 **kwargs)
+                 backbone=arch["backbone"], **kwargs)
 
 
 def build_model(cfg: Config, layers: Optional[int] = None) -> Segmentor:
@@ -63,7 +68,10 @@ def peer_meta(run: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 def network_name(meta: dict[str, Any]) -> str:
-    """``'PSPNet-R50'``; ``'PSPNet-R18+R50'`` for a mutual run's peers."""
+    """``'PSPNet-R50'``; ``'PSPNet-R18+R50'`` for a mutual run's peers; ``'DeepLabV3-MobileNetV3-Small'``."""
+    backbone = arch_of(meta)["backbone"]
+    if backbone in VARIANTS:
+        return f"{arch_name(meta)}-{VARIANTS[backbone][2]}"
     peers = meta.get("peers")
     depths = "+".join(f"R{d}" for d in peers) if isinstance(peers, list) else f"R{meta.get('layers', '?')}"
     return f"{arch_name(meta)}-{depths}"
@@ -125,8 +133,9 @@ def _rebuild(ckpt: dict[str, Any], path: str, classes: int, role: str) -> Segmen
 
 
 def load_teacher(cfg: Config) -> Segmentor:
-    """The frozen teacher of ``teacher.checkpoint``: a supervised run of depth ``teacher.layers``, of the
-    architecture (``arch``, ``stem``, ``dilation``, ``align_corners``) its checkpoint records.
+    """The frozen teacher of ``teacher.checkpoint``: a supervised run of depth ``teacher.layers`` (a ResNet's; a
+    MobileNetV3 has none), of the architecture (``arch``, ``stem``, ``dilation``, ``align_corners``, ``backbone``)
+    its checkpoint records.
 
     A peer of a mutual run (mode ``mutual``, trained without a teacher) teaches as a supervised run does, a
     distilled run only as a teacher assistant (``teacher.assistant``, the middle of a chain). Another distilled
@@ -141,7 +150,7 @@ def load_teacher(cfg: Config) -> Segmentor:
     if ckpt["mode"] not in TEACHER_MODES and not (ckpt["mode"] == "distill" and cfg.teacher.assistant):
         raise SegKDError(f"{path}: teacher.checkpoint is {describe_checkpoint(ckpt)}, not a supervised teacher "
                          "(a distilled run teaches as an assistant with teacher.assistant=true)")
-    if ckpt["layers"] != cfg.teacher.layers:
+    if arch_of(ckpt)["backbone"] == "resnet" and ckpt["layers"] != cfg.teacher.layers:
         raise SegKDError(f"{path}: teacher.checkpoint is {describe_checkpoint(ckpt)} but "
                          f"teacher.layers={cfg.teacher.layers}")
     return _rebuild(ckpt, path, cfg.data.classes, "teacher.checkpoint")  # the file is read once

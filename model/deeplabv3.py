@@ -11,7 +11,9 @@ convs; global average pool + 1x1 conv, broadcast back), each with BN and ReLU, c
 PSPNet's Dropout2d(``dropout``) before the classifier (CIRKD's DeepLabV3 head has it too), so ``out_feat`` is
 the tensor after the ASPP projection and that 3x3 conv + BN + ReLU, just before dropout and the classifier.
 The aux head on layer3 is PSPNet's (torchvision's ``FCNHead`` for R50/101), so the aux logits of a DeepLabV3
-teacher and a PSPNet student have the same shape.
+teacher and a PSPNet student have the same shape. On a MobileNetV3 (``model.backbone``) the ASPP branches, its
+projection, the head and the aux head are 128 wide, as CIRKD's ``models/deeplabv3_mobilenetv3.py``
+(model/mobilenetv3.py).
 
 The module names follow torchvision's ``deeplabv3_resnet50/101`` (whose backbone is the torchvision stem with
 the contract dilation: ``model.stem=torchvision model.dilation=contract``), so the key map an importer applies
@@ -27,8 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from model.backbone import ResNetBackbone
-from model.pspnet import Segmentor, _check_args, _head
+from model.pspnet import MOBILE_WIDTH, Segmentor, _check_args, _head, build_backbone
 
 RATES = (12, 24, 36)  # output stride 8
 
@@ -70,14 +71,16 @@ class DeepLabV3(Segmentor):
         dropout: Dropout2d probability before both classifiers.
         align_corners: of evaluation's logit zoom (the ASPP's only upsampling, of its pooled 1 x 1 map, is the
             same either way).
+        channels: the width of every ASPP branch, its projection and the head's 3x3 conv (``out_feat``).
+        aux_channels: the aux head's (``aux_feat``).
     """
 
     def __init__(self, backbone: nn.Module, classes: int, rates: Sequence[int] = RATES, dropout: float = 0.1,
-                 align_corners: bool = True):
+                 align_corners: bool = True, channels: int = 256, aux_channels: int = 256):
         super().__init__(backbone, classes, dropout, align_corners)
-        self.aspp = ASPP(backbone.channels["layer4"], rates)
-        self.head = _head(self.aspp.out_channels, 256, classes, dropout)
-        self.aux_head = _head(backbone.channels["layer3"], 256, classes, dropout)
+        self.aspp = ASPP(backbone.channels["layer4"], rates, channels)
+        self.head = _head(self.aspp.out_channels, channels, classes, dropout)
+        self.aux_head = _head(backbone.channels["layer3"], aux_channels, classes, dropout)
 
     def context(self, x: Tensor) -> Tensor:
         """layer4 N x C4 x h x w -> ASPP output N x 256 x h x w."""
@@ -94,11 +97,14 @@ def build_deeplabv3(
     stem: str = "torchvision",
     dilation: str = "semseg",
     align_corners: bool = True,
+    backbone: str = "resnet",
 ) -> DeepLabV3:
-    """DeepLabV3 on a dilated ResNet-``layers``; the arguments as :func:`model.pspnet.build_pspnet`'s."""
+    """DeepLabV3 on a dilated ResNet-``layers`` or a MobileNetV3 (CIRKD's ASPP and heads at 128 channels); the
+    arguments as :func:`model.pspnet.build_pspnet`'s."""
     _check_args(classes, dropout)
-    backbone = ResNetBackbone(layers, pretrained, weights, zero_init_residual, stem, dilation)
-    return DeepLabV3(backbone, classes, dropout=dropout, align_corners=align_corners)
+    net = build_backbone(backbone, layers, pretrained, weights, zero_init_residual, stem, dilation)
+    widths = {"channels": MOBILE_WIDTH, "aux_channels": MOBILE_WIDTH} if backbone != "resnet" else {}
+    return DeepLabV3(net, classes, dropout=dropout, align_corners=align_corners, **widths)
 
 
 __all__ = ["ASPP", "DeepLabV3", "RATES", "build_deeplabv3"]

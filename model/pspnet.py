@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.backbone import ResNetBackbone
+from model.mobilenetv3 import VARIANTS, MobileNetV3Backbone
 from util.errors import SegKDError
+
+BACKBONES = ("resnet", *VARIANTS)  # model.backbone
+# CIRKD's width of every head layer on its MobileNetV3 students (model/mobilenetv3.py), where the ResNet heads
+# have 512 (PSPNet) or 256 (DeepLabV3, the aux head)
+MOBILE_WIDTH = 128
 
 
 class PPM(nn.Module):
@@ -101,8 +107,8 @@ class Segmentor(nn.Module):
         (N x C1 x H/4 x W/4), "layer2".."layer4" (N x C x h x w), "out_feat" (N x C x h x w, the main head's
         3x3 conv + BN + ReLU after the context module, before dropout and the classifier: 512 channels in
         PSPNet, 256 in DeepLabV3) and "aux_feat" (N x 256 x h x w, the same in the aux head; computed even
-        with ``aux=False``). Asking for none costs nothing: the computation is the same, only more tensors are
-        returned."""
+        with ``aux=False``); on MobileNetV3 (model/mobilenetv3.py) each head is 128 wide. Asking for none costs
+        nothing: the computation is the same, only more tensors are returned."""
         unknown = set(features) - set(self.feature_channels)
         if unknown:
             raise ValueError(f"unknown feature name(s) {sorted(unknown)}; known: {list(self.feature_channels)}")
@@ -153,17 +159,18 @@ class PSPNet(Segmentor):
         bins: PPM pooling sizes.
         dropout: Dropout2d probability in both heads.
         align_corners: of the PPM's upsampling (and of evaluation's logit zoom).
+        head_channels, aux_channels: the width of the main and the aux head's 3x3 conv (``out_feat``, ``aux_feat``).
     """
 
     def __init__(
         self, backbone: nn.Module, classes: int, bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
-        align_corners: bool = True,
+        align_corners: bool = True, head_channels: int = 512, aux_channels: int = 256,
     ):
         super().__init__(backbone, classes, dropout, align_corners)
         channels = backbone.channels
         self.ppm = PPM(channels["layer4"], bins, align_corners)
-        self.head = _head(self.ppm.out_channels, 512, classes, dropout)
-        self.aux_head = _head(channels["layer3"], 256, classes, dropout)
+        self.head = _head(self.ppm.out_channels, head_channels, classes, dropout)
+        self.aux_head = _head(channels["layer3"], aux_channels, classes, dropout)
 
     def context(self, x: Tensor) -> Tensor:
         """layer4 N x C4 x h x w -> PPM output N x 2*C4 x h x w."""
@@ -187,9 +194,26 @@ def build_pspnet(
     stem: str = "torchvision",
     dilation: str = "semseg",
     align_corners: bool = True,
+    backbone: str = "resnet",
 ) -> PSPNet:
-    """PSPNet on a dilated ResNet-``layers``; ``pretrained``, ``zero_init_residual``, ``stem`` and ``dilation``
-    as in :class:`model.backbone.ResNetBackbone`."""
+    """PSPNet on a dilated ResNet-``layers`` or (``backbone``) a MobileNetV3, with CIRKD's 128-wide heads;
+    ``pretrained``, ``zero_init_residual``, ``stem`` and ``dilation`` as in :class:`model.backbone.ResNetBackbone`."""
     _check_args(classes, dropout)  # before a possibly slow weight load
-    backbone = ResNetBackbone(layers, pretrained, weights, zero_init_residual, stem, dilation)
-    return PSPNet(backbone, classes, dropout=dropout, align_corners=align_corners)
+    net = build_backbone(backbone, layers, pretrained, weights, zero_init_residual, stem, dilation)
+    widths = {"head_channels": MOBILE_WIDTH, "aux_channels": MOBILE_WIDTH} if backbone != "resnet" else {}
+    return PSPNet(net, classes, dropout=dropout, align_corners=align_corners, **widths)
+
+
+def build_backbone(backbone: str, layers: int, pretrained: bool | str | None, weights: str, zero_init_residual: bool,
+                   stem: str, dilation: str) -> nn.Module:
+    """``model.backbone``: a :class:`ResNetBackbone` of depth ``layers``, or a :class:`MobileNetV3Backbone`
+    (``layers`` unused; ``stem`` and ``dilation`` must be their ResNet defaults, which it has no other of)."""
+    if backbone == "resnet":
+        return ResNetBackbone(layers, pretrained, weights, zero_init_residual, stem, dilation)
+    if backbone not in VARIANTS:
+        raise SegKDError(f"model.backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    if stem != "torchvision" or dilation != "semseg":
+        raise SegKDError(f"model.stem={stem} / model.dilation={dilation}: ResNet options; model.backbone={backbone} "
+                         "has torchvision's stem and CIRKD's dilation (keep model.stem=torchvision "
+                         "model.dilation=semseg)")
+    return MobileNetV3Backbone(backbone, pretrained, weights, zero_init_residual)

@@ -61,6 +61,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("pspnet", "deeplabv3"),
     "model.stem": ("torchvision", "semseg", "mmseg"),
     "model.dilation": ("semseg", "contract"),
+    "model.backbone": ("resnet", "mobilenetv3_small", "mobilenetv3_large"),
     "distill.kd_loss": ("kl", "dist", "kl_std", "sym_kl"),
     "distill.feat_loss": ("none", "kl", "smoothl1", "cwd", "dist", "kl_std", "sym_kl"),
     "mutual.feat_loss": ("none", "kl", "smoothl1", "cwd", "dist", "kl_std", "sym_kl"),
@@ -366,6 +367,9 @@ def _check_mutual(cfg: Config) -> None:
     if cfg.distill.terms:
         raise SegKDError(f"mutual.peers and distill.terms={cfg.distill.terms} are both set: the methods of "
                          "distill.terms need a frozen teacher; mutual.feat_loss compares the peers' aux logits")
+    if cfg.model.backbone != "resnet":
+        raise SegKDError(f"mutual.peers={cfg.mutual.peers} are ResNet depths: model.backbone={cfg.model.backbone} "
+                         "cannot have peers; use model.backbone=resnet")
     if isinstance(cfg.model.pretrained, str) and any(d != cfg.model.layers for d in cfg.mutual.peers):
         raise SegKDError(f"mutual.peers={cfg.mutual.peers}: a peer of another depth than model.layers="
                          f"{cfg.model.layers} cannot start from model.pretrained={cfg.model.pretrained}")
