@@ -64,8 +64,9 @@ VARIANTS = {
                           "MobileNetV3-Large"),
 }
 _CLASSIFIER_KEYS = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
-# the dilation of the 1/16 and the 1/32 stage at each output stride (16: torchvision's ``dilated=True``)
-_STAGE_DILATION = {8: (2, 4), 16: (1, 2)}
+# the dilation of the 1/16 and the 1/32 stage at each output stride (16: torchvision's ``dilated=True``, the 1/16
+# stage as built)
+_STAGE_DILATION = {8: (2, 4), 16: (None, 2)}
 
 StateSource = Union[str, Mapping[str, Tensor]]
 
@@ -102,7 +103,7 @@ class MobileNetV3Backbone(nn.Module):
                      "layer4": len(self.features) - 1}
         self.channels = {name: _out_channels(self.features[i]) for name, i in self.taps.items()}
         d16, d32 = _STAGE_DILATION[output_stride]
-        for i in range(down[2], len(self.features)):
+        for i in range(down[2] if d16 else down[3], len(self.features)):
             _dilate(self.features[i], d16 if i < down[3] else d32)
         if zero_init_residual:
             for block in self.features:
