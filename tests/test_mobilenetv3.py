@@ -354,3 +354,43 @@ def test_tools_export_checks_a_mobilenet_checkpoint(fmt, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "check 48x48: max abs difference" in printed and "FAILED" not in printed
     assert os.path.getsize(out) > 4 * 3_000_000  # the weights are in it: 3.3 M float32 parameters
+
+
+# ---------------------------------------------------------------- the example configs end to end
+@pytest.fixture(scope="module")
+def r50_checkpoint(tmp_path_factory):
+    """An untrained PSPNet-R50 teacher checkpoint for the tiny data's 4 classes."""
+    from tests.conftest import TINY_CLASSES
+
+    cfg = load_config("config/synthetic_cpu/pspnet50_teacher.yaml", [f"data.classes={TINY_CLASSES}"])
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("teacher") / "final.pth")
+    save_checkpoint({**checkpoint_meta(cfg.model, cfg, "supervised"),
+                     "model": build_pspnet(50, TINY_CLASSES).state_dict()}, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, terms", [("pspnet_mbv3s_baseline", ()), ("pspnet_mbv3s_kd", ("kd",)),
+                                         ("deeplabv3_mbv3l_kd_cwd_fitnet", ("kd", "feat", "fitnet"))])
+def test_example_config_trains_two_iterations_and_evaluates(name, terms, tiny_data, r50_checkpoint, tmp_path):
+    """train.py in-process for 2 iterations (distilled from the R50 teacher), then the evaluation test.py runs
+    (test.after_training): the terms are logged and finite, final.pth records the backbone, metrics.json names it."""
+    import json
+
+    from tests.conftest import tiny_overrides
+    from tests.test_bad_inputs import run_in_process
+
+    run_dir = tmp_path / "run"
+    r = run_in_process(["--config", f"config/synthetic_cpu/{name}.yaml", *tiny_overrides(tiny_data, str(run_dir)),
+                        "data.names=null", "train.crop_size=33", "train.iters=2", "train.warmup_iters=1",
+                        f"teacher.checkpoint={r50_checkpoint}", "test.after_training=true"])
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert all(t in rows[-1] and 0 <= rows[-1][t] < float("inf") for t in ("ce", "aux", *terms)), rows[-1]
+    final = torch.load(run_dir / "model" / "final.pth", weights_only=True)
+    variant = "mobilenetv3_small" if "mbv3s" in name else "mobilenetv3_large"
+    assert final["backbone"] == variant and "distill_modules" not in final
+    assert any(k.startswith("backbone.features.16.") for k in final["model"]) == (variant == "mobilenetv3_large")
+    metrics = json.load(open(run_dir / "eval" / "ss" / "metrics.json"))
+    assert metrics["backbone"] == variant and 0 <= metrics["mIoU"] <= 1
