@@ -155,20 +155,24 @@ def row_name(run: Run) -> str:
 
 def signature(run: Run) -> tuple[Any, Any, Any, Any]:
     """(mode, layers, feat_loss, distill.terms as a tuple; both None unless distilled): what decides which labelled
-    row a run can be. A run recorded before distill.terms existed had none."""
+    row a run can be. A run recorded before distill.terms existed had none. ``layers`` is the ResNet depth, or the
+    ``model.backbone`` of another backbone (``mobilenetv3_small``), whose ``layers`` means nothing."""
+    backbone = run.metrics.get("backbone", "resnet")
+    layers = run.metrics.get("layers") if backbone == "resnet" else backbone
     mode = run.metrics.get("mode")
     if mode != "distill":
-        return mode, run.metrics.get("layers"), None, None
+        return mode, layers, None, None
     feat = config_value(run.metrics, "distill.feat_loss", run.metrics_path)
     distill = (run.metrics.get("config") or {}).get("distill") or {}
-    return mode, run.metrics.get("layers"), feat, tuple(distill.get("terms") or ())
+    return mode, layers, feat, tuple(distill.get("terms") or ())
 
 
 def describe(sig: tuple[Any, Any, Any, Any]) -> str:
     mode, layers, feat, terms = sig
+    net = layers if isinstance(layers, str) else f"R{layers}"
     if mode != "distill":
-        return f"{mode} R{layers}"
-    return f"{mode} R{layers}, feat_loss {feat}" + (f", distill.terms [{', '.join(terms)}]" if terms else "")
+        return f"{mode} {net}"
+    return f"{mode} {net}, feat_loss {feat}" + (f", distill.terms [{', '.join(terms)}]" if terms else "")
 
 
 def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[int]]) -> list[Row]:

@@ -164,6 +164,23 @@ def test_unknown_runs_grouped_by_dir_name(tmp_path, capsys):
     assert "Teacher" not in out and "lr_high (distill R18, feat_loss none)" in out
 
 
+def test_a_mobilenet_run_is_labelled_by_its_backbone_and_kept_out_of_a_resnet_row(paper_runs, tmp_path, capsys):
+    """metrics.json's ``backbone`` (model.backbone): a MobileNetV3 run's ``layers`` (model.layers, unused) does not make
+    it an R18 row's run."""
+    def mobilenet_run(run_dir, seed):
+        write_run(str(run_dir), (0.4, 0.5, 0.8), seed)
+        path = run_dir / "eval" / "ss" / "metrics.json"
+        metrics = json.load(open(path))
+        json.dump({**metrics, "backbone": "mobilenetv3_small"}, open(path, "w"))
+
+    mobilenet_run(tmp_path / "m" / "pspnet_mbv3s_kd" / "seed1", 1)
+    code, out, _ = run_main([tmp_path / "m"], capsys)
+    assert code == 0 and "pspnet_mbv3s_kd (distill mobilenetv3_small, feat_loss none)" in out
+    mobilenet_run(paper_runs / "pspnet18_kd" / "seed3", 3)
+    code, _, err = run_main([paper_runs], capsys)
+    assert code == 2 and "pspnet18_kd/seed3/eval/ss/metrics.json" in err and "distill mobilenetv3_small" in err
+
+
 def test_bad_inputs_name_the_file(paper_runs, tmp_path, capsys):
     # a run filed under a paper row that its checkpoint contradicts
     write_run(str(paper_runs / "pspnet18_kd" / "seed3"), (0.5, 0.5, 0.5), 3, feat="kl")
