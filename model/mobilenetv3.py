@@ -22,6 +22,12 @@ What CIRKD builds (winycg/CIRKD, read at its commit dab64db):
   (``--pretrained-base``), loaded with ``strict=False``. Here the weights are torchvision's own files
   (``MobileNet_V3_Small_Weights`` / ``MobileNet_V3_Large_Weights``) loaded strictly: the same architecture, another
   ImageNet training, so a student here starts from other numbers than CIRKD's.
+- Where CIRKD's network computes otherwise than torchvision's (``models/base_models/irconv.py``): its stride-2 convs
+  (the stem, the stride-2 depthwise convs) pad TensorFlow's "same" way (``AdptivePaddingConv2d``: on an even size,
+  nothing before and one after) where torchvision pads k // 2 on both sides, and its BatchNorms keep PyTorch's eps
+  1e-5 where torchvision's MobileNetV3 has 1e-3. Its module names differ too (``layer<i>.expand_conv`` /
+  ``depthwise_conv`` / ``se.conv1, conv2`` / ``linear_conv`` against ``features.<i>.block.<j>``). A CIRKD student
+  file therefore maps onto this network key for key but does not give CIRKD's logits here.
 
 What segkd adds (ours, not CIRKD's): the aux head on ``layer3`` that every segkd segmentor has, at 128 channels
 (torchvision's ``deeplabv3_mobilenet_v3_large`` puts its aux head on the first 1/8 block, 40 channels; CIRKD has

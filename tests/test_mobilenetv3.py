@@ -92,8 +92,8 @@ def test_dilation_is_cirkds_at_8(variant):
 def test_output_stride_16_is_torchvisions_dilated_true(variant):
     tv = VARIANTS[variant](dilated=True).features.eval()
     ours = MobileNetV3Backbone(variant, output_stride=16).eval()
-    for a, b in zip(spatial_convs(ours), spatial_convs(tv), strict=True):
-        assert (a.stride, a.dilation, a.padding) == (b.stride, b.dilation, b.padding)
+    assert [(c.stride, c.dilation, c.padding) for c in spatial_convs(ours)] == [
+        (c.stride, c.dilation, c.padding) for c in spatial_convs(tv)]
     ours.features.load_state_dict(tv.state_dict(), strict=True)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
