@@ -27,7 +27,8 @@ What CIRKD builds (winycg/CIRKD, read at its commit dab64db):
   nothing before and one after) where torchvision pads k // 2 on both sides, and its BatchNorms keep PyTorch's eps
   1e-5 where torchvision's MobileNetV3 has 1e-3. Its module names differ too (``layer<i>.expand_conv`` /
   ``depthwise_conv`` / ``se.conv1, conv2`` / ``linear_conv`` against ``features.<i>.block.<j>``). A CIRKD student
-  file therefore maps onto this network key for key but does not give CIRKD's logits here.
+  file therefore maps onto this network module for module (the aux head aside) but does not give CIRKD's logits
+  here.
 
 What segkd adds (ours, not CIRKD's): the aux head on ``layer3`` that every segkd segmentor has, at 128 channels
 (torchvision's ``deeplabv3_mobilenet_v3_large`` puts its aux head on the first 1/8 block, 40 channels; CIRKD has
