@@ -147,3 +147,34 @@ def test_ade20k_protocol_is_mmsegs():
     ref, resized = mmseg_reference(model, image, short, flip=False)
     assert resized == (40, 60)
     np.testing.assert_allclose(ours.numpy().transpose(1, 2, 0), ref, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- the CIRKD tables' row names
+
+
+def test_rows_named_by_architecture_are_the_tables_rows(tmp_path):
+    """scripts/<dataset>/table.sh's runs (deeplabv3_r101_teacher, deeplabv3_r18_<row>): each is the row of that role,
+    labelled with its architecture, paired with its baseline, and named by its own folder in the CSV."""
+    import csv
+    import json
+
+    from tests.test_make_table import make_table, write_run
+
+    root = tmp_path / "runs" / "cityscapes"
+    write_run(str(root / "deeplabv3_r101_teacher"), (0.78, 0.85, 0.95), 1, mode="supervised", layers=101)
+    for seed, (base, kd) in {1: (0.70, 0.72), 2: (0.71, 0.74)}.items():
+        write_run(str(root / "deeplabv3_r18_baseline" / f"seed{seed}"), (base, 0.8, 0.9), seed, mode="supervised")
+        write_run(str(root / "deeplabv3_r18_kd_cirkd" / f"seed{seed}"), (kd, 0.8, 0.9), seed, terms=["cirkd"])
+    for path in root.rglob("metrics.json"):
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps({**metrics, "arch": "deeplabv3"}))
+    out_md, out_csv = tmp_path / "table.md", tmp_path / "table.csv"
+    assert make_table.main([str(root), "--seeds", "1 2", "--config-dir", "config/cityscapes", "--out-md",
+                            str(out_md), "--out-csv", str(out_csv)]) == 0
+    text = out_md.read_text()
+    assert "Teacher DeepLabV3-R101" in text and "Student DeepLabV3-R18 baseline" in text
+    assert "R18 + logit KD + CIRKD" in text and "config/cityscapes/deeplabv3_r18_kd_cirkd.yaml" in text
+    with open(out_csv, newline="") as f:
+        records = {rec["row"]: rec for rec in csv.DictReader(f)}
+    assert {"deeplabv3_r101_teacher", "deeplabv3_r18_baseline", "deeplabv3_r18_kd_cirkd"} <= set(records)
+    assert float(records["deeplabv3_r18_kd_cirkd"]["d_mIoU"]) == pytest.approx(2.5)  # paired with its baseline

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The CIRKD table on ADE20K val (2,000 images, short side 512, whole image): the DeepLabV3-R101 teacher, the DeepLabV3-R18
-# baseline and distilled students (config/ade20k, CIRKD's recipe; docs/DATASETS.md).
+# The CIRKD table on ADE20K val (2,000 images, short side 512, whole image): the DeepLabV3-R101 teacher, the
+# DeepLabV3-R18 baseline and distilled students (config/ade20k, CIRKD's recipe; docs/DATASETS.md).
 #
-#   NPROC=8 scripts/ade20k/table.sh              # after: python -m tools.prepare_ade20k --dest datasets/ade20k --archive ADEChallengeData2016.zip
-#   TEACHER=teachers/deeplabv3_r101_ade20k.pth scripts/ade20k/table.sh      # an imported teacher instead of training one
+#   python -m tools.prepare_ade20k --dest datasets/ade20k --archive ADEChallengeData2016.zip   # first
+#   NPROC=8 scripts/ade20k/table.sh
+#   TEACHER=teachers/deeplabv3_r101_ade20k.pth scripts/ade20k/table.sh   # an imported teacher
 #   ROWS="deeplabv3_r18_baseline deeplabv3_r18_kd deeplabv3_r18_kd_fitnet" SEEDS="1" scripts/ade20k/table.sh
 #
 # Trains the teacher once, each student row for each seed, evaluates every run and writes

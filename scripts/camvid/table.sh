@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The CIRKD table on CamVid test (233 images of 360x480, whole, as CIRKD's eval.py): the DeepLabV3-R101 teacher, the DeepLabV3-R18
-# baseline and distilled students (config/camvid, CIRKD's recipe; docs/DATASETS.md).
+# The CIRKD table on CamVid test (233 images of 360x480, whole, as CIRKD's eval.py): the DeepLabV3-R101 teacher, the
+# DeepLabV3-R18 baseline and distilled students (config/camvid, CIRKD's recipe; docs/DATASETS.md).
 #
-#   NPROC=8 scripts/camvid/table.sh              # after: python -m tools.prepare_camvid --dest datasets/camvid --archive CamVid.zip
-#   TEACHER=teachers/deeplabv3_r101_camvid.pth scripts/camvid/table.sh      # an imported teacher instead of training one
+#   python -m tools.prepare_camvid --dest datasets/camvid --archive CamVid.zip   # first
+#   NPROC=8 scripts/camvid/table.sh
+#   TEACHER=teachers/deeplabv3_r101_camvid.pth scripts/camvid/table.sh   # an imported teacher
 #   ROWS="deeplabv3_r18_baseline deeplabv3_r18_kd deeplabv3_r18_kd_fitnet" SEEDS="1" scripts/camvid/table.sh
 #
 # Trains the teacher once, each student row for each seed, evaluates every run and writes

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The CIRKD table on Cityscapes val (500 images, the whole 1024x2048 image as CIRKD's eval.py): the DeepLabV3-R101 teacher, the DeepLabV3-R18
-# baseline and distilled students (config/cityscapes, CIRKD's recipe; docs/DATASETS.md).
+# The CIRKD table on Cityscapes val (500 images, the whole 1024x2048 image as CIRKD's eval.py): the DeepLabV3-R101
+# teacher, the DeepLabV3-R18 baseline and distilled students (config/cityscapes, CIRKD's recipe; docs/DATASETS.md).
 #
-#   NPROC=8 scripts/cityscapes/table.sh              # after: python -m tools.prepare_cityscapes --dest datasets/cityscapes --images leftImg8bit_trainvaltest.zip --labels gtFine_trainvaltest.zip
-#   TEACHER=teachers/deeplabv3_r101_cityscapes.pth scripts/cityscapes/table.sh      # an imported teacher instead of training one
+#   python -m tools.prepare_cityscapes --dest datasets/cityscapes --images leftImg8bit_trainvaltest.zip \
+#       --labels gtFine_trainvaltest.zip   # first
+#   NPROC=8 scripts/cityscapes/table.sh
+#   TEACHER=teachers/deeplabv3_r101_cityscapes.pth scripts/cityscapes/table.sh   # an imported teacher
 #   ROWS="deeplabv3_r18_baseline deeplabv3_r18_kd deeplabv3_r18_kd_fitnet" SEEDS="1" scripts/cityscapes/table.sh
 #
 # Trains the teacher once, each student row for each seed, evaluates every run and writes
