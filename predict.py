@@ -12,10 +12,11 @@ file, or a folder whose files with an image extension (:data:`IMAGE_EXTENSIONS`,
 predicted, with a progress bar.
 
 For each input ``<stem>.<ext>`` it writes into ``--out``: ``<stem>.png``, the class indices as an 8-bit grey PNG
-(test.py's ``gray/``), and ``<stem>_overlay.png``, the image blended with the VOC palette colour of each pixel's
-class (:data:`OVERLAY_ALPHA` of the colour, RGB). Nothing is overwritten unless ``--overwrite``: when ``--out``
-already holds a file this run would write, or two inputs would write the same file, it stops before predicting
-anything; an output that would replace one of the inputs is refused even with ``--overwrite``.
+(test.py's ``gray/``), and ``<stem>_overlay.png``, the image blended with the colour of each pixel's class
+(:data:`OVERLAY_ALPHA` of the colour, RGB; the ``data.dataset``'s palette, VOC's without one). Nothing is
+overwritten unless ``--overwrite``: when ``--out`` already holds a file this run would write, or two inputs would
+write the same file, it stops before predicting anything; an output that would replace one of the inputs is refused
+even with ``--overwrite``.
 
 An image that cannot be read or predicted is one line on stderr naming it, and the others still run. Exit status:
 0 every image written; 1 some images failed (the others are written); 2 bad input before any image was predicted
@@ -37,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.dataset import read_image
+from data.datasets import check_data_keys, palette_of
 from data.palette import voc_palette
 from engine.inference import predict
 from model.build import model_from_checkpoint
@@ -110,9 +112,11 @@ def output_paths(images: list[str], out_dir: str, overwrite: bool) -> list[tuple
     return outputs
 
 
-def overlay(image: np.ndarray, pred: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """H×W×3 uint8: ``(1 - alpha) * image + alpha * palette[pred]``, rounded."""
-    palette = np.asarray(voc_palette(256), dtype=np.float32).reshape(256, 3)
+def overlay(image: np.ndarray, pred: np.ndarray, alpha: float = OVERLAY_ALPHA,
+            palette: Optional[list[int]] = None) -> np.ndarray:
+    """H×W×3 uint8: ``(1 - alpha) * image + alpha * palette[pred]``, rounded (``palette``: 768 ints, VOC's by
+    default)."""
+    palette = np.asarray(voc_palette(256) if palette is None else palette, dtype=np.float32).reshape(256, 3)
     blend = (1 - alpha) * image.astype(np.float32) + alpha * palette[pred]
     return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
 
@@ -136,7 +140,8 @@ def predict_one(model: torch.nn.Module, cfg: Config, device: torch.device, image
                    device, t.mode, t.resize).astype(np.uint8)
     gray_path, overlay_path = outputs
     write_png(gray_path, lambda p: _imwrite(p, pred))
-    write_png(overlay_path, lambda p: Image.fromarray(overlay(image, pred)).save(p, format="PNG"))
+    blend = overlay(image, pred, palette=palette_of(cfg.data))
+    write_png(overlay_path, lambda p: Image.fromarray(blend).save(p, format="PNG"))
 
 
 def _imwrite(path: str, array: np.ndarray) -> None:
@@ -159,6 +164,7 @@ def load_model(cfg: Config, device: torch.device) -> torch.nn.Module:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    check_data_keys(cfg.data)  # a data.dataset contradicting data.* stops here, not once per image
     images = list_inputs(args.inputs)
     outputs = output_paths(images, args.out, args.overwrite)
     device = pick_device(cfg.train.device, 0)

@@ -6,10 +6,10 @@
     python test.py --config ... test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] test.flip=true   # multi-scale + flip
     torchrun --nproc_per_node=8 test.py --config ...                                 # images sharded over GPUs
 
-Writes to ``test.out_dir``: ``gray/<id>.png`` (class indices), ``color/<id>.png`` (VOC palette) and
-``metrics.json``, and prints a per-class table. Without ``test.out_dir`` the output goes to the evaluated
-checkpoint's run, ``eval/<ss|ms>[_flip]`` beside its ``model/`` folder: ``output.dir/eval/...`` for the
-default checkpoint, the other run's for ``test.checkpoint=OTHER/model/final.pth`` (beside the file itself when
+Writes to ``test.out_dir``: ``gray/<id>.png`` (class indices), ``color/<id>.png`` (the ``data.dataset``'s palette,
+VOC's without one) and ``metrics.json``, and prints a per-class table. Without ``test.out_dir`` the output goes to
+the evaluated checkpoint's run, ``eval/<ss|ms>[_flip]`` beside its ``model/`` folder: ``output.dir/eval/...`` for
+the default checkpoint, the other run's for ``test.checkpoint=OTHER/model/final.pth`` (beside the file itself when
 it is not in a ``model/`` folder), so another run's scores never land in this config's run directory. Only the
 student's checkpoint is needed: no teacher, no ImageNet weights.
 """

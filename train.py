@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from data.datasets import check_data_keys
 from data.loader import seed_everything
 from engine.cli import run_command
 from engine.evaluate import check_scores_path, checkpoint_path, class_names, score_checkpoint, scores_dir
@@ -41,6 +42,7 @@ def run(cfg: Config, info: DistInfo) -> int:
     torch.backends.cudnn.benchmark = info.device.type == "cuda"  # fixed crop size: autotune once
     sync_bn = info.distributed and info.device.type == "cuda" and cfg.train.sync_bn
     check_training(cfg, info.world_size, sync_bn, info.device.type)
+    check_data_keys(cfg.data)
     check_run_dir(cfg)
     if cfg.test.after_training:  # what test.py would refuse stops the run now, not after the training
         check_scores_path(scores_dir(cfg, checkpoint_path(cfg)))

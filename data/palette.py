@@ -1,4 +1,4 @@
-"""PASCAL VOC's colour map and palette PNG helpers.
+"""PASCAL VOC's colour map and palette PNG helpers (the other datasets' colours: data/datasets).
 
 VOC stores labels as palette ("P" mode) PNGs: the pixel values are class indices and the palette only
 colours them for viewing. Index 255 ("void", ignored in training and scoring) is drawn (224, 224, 192).
@@ -7,6 +7,7 @@ colours them for viewing. Index 255 ("void", ignored in training and scoring) is
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -36,12 +37,13 @@ def voc_palette(n: int = 256) -> list[int]:
 _PALETTE = voc_palette(256)
 
 
-def colorize(label: np.ndarray) -> Image.Image:
-    """A "P" mode image of an HxW class-index array (values 0..255) with the VOC palette."""
+def colorize(label: np.ndarray, palette: Optional[list[int]] = None) -> Image.Image:
+    """A "P" mode image of an HxW class-index array (values 0..255) with ``palette`` (768 ints; a named dataset's,
+    data/datasets), VOC's by default."""
     if label.ndim != 2:
         raise ValueError(f"colorize expects an HxW label, got shape {label.shape}")
     image = Image.fromarray(label.astype(np.uint8), mode="P")
-    image.putpalette(_PALETTE)
+    image.putpalette(_PALETTE if palette is None else palette)
     return image
 
 

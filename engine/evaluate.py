@@ -17,10 +17,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.dataset import check_label, read_image, read_label, read_list
-from data.palette import colorize, load_names
+from data.datasets import class_names as dataset_class_names
+from data.datasets import palette_of
+from data.palette import colorize
 from engine.inference import predict_batch
 from engine.preemption import release_workers, worker_error_line
-from util.config import REPO_ROOT, Config, check_testing
+from util.config import Config, check_testing
 from util.distributed import DistInfo, barrier
 from util.errors import SegKDError
 from util.metrics import ConfusionMatrix
@@ -71,7 +73,7 @@ def evaluate(
     """Predict every image of ``list_file`` (relative to data.root) and return the reduced confusion matrix.
 
     With ``save_dir``, each process writes its images' predictions to ``save_dir/gray/<id>.png`` (class
-    index) and ``save_dir/color/<id>.png`` (VOC palette).
+    index) and ``save_dir/color/<id>.png`` (the dataset's palette, VOC's without ``data.dataset``).
     """
     samples = read_list(cfg.data.root, list_file)
     t = cfg.test
@@ -109,6 +111,7 @@ def _score(
     if not group:
         return
     t = cfg.test
+    palette = palette_of(cfg.data) if save_dir is not None else None
     preds = predict_batch(model, [image for image, _, _ in group], cfg.data.classes, t.base_size, t.crop_size,
                           t.scales, t.flip, t.stride_rate, device, t.mode, t.resize, t.batch_size)
     for pred, (_, label, image_path) in zip(preds, group):
@@ -116,7 +119,7 @@ def _score(
         if save_dir is not None:
             name = os.path.splitext(os.path.basename(image_path))[0]
             cv2.imwrite(os.path.join(save_dir, "gray", name + ".png"), pred.astype(np.uint8))
-            colorize(pred.astype(np.uint8)).save(os.path.join(save_dir, "color", name + ".png"))
+            colorize(pred.astype(np.uint8), palette).save(os.path.join(save_dir, "color", name + ".png"))
 
 
 def _as_numpy(item):
@@ -171,16 +174,10 @@ def check_scores_path(out_dir: str) -> str:
 
 
 def class_names(cfg: Config) -> list[str]:
-    """``data.names`` (one name a line, ``data.classes`` lines), or ``class_<i>`` when it is null. A missing file
-    or a wrong number of names is an error naming the file: a table with shifted class names is worse than none."""
-    if cfg.data.names is None:
-        return [f"class_{i}" for i in range(cfg.data.classes)]
-    path = cfg.data.names if os.path.isabs(cfg.data.names) else os.path.join(REPO_ROOT, cfg.data.names)
-    names = load_names(path)
-    if len(names) != cfg.data.classes:
-        raise SegKDError(f"{path}: {len(names)} class names for data.classes={cfg.data.classes} "
-                         "(set data.names to a matching file, or null for numbered classes)")
-    return names
+    """``data.names`` (one name a line, ``data.classes`` lines), else the ``data.dataset``'s own, else ``class_<i>``.
+    A missing file, a wrong number of names or names contradicting ``data.dataset`` is an error naming the file: a
+    table with shifted class names is worse than none (:func:`data.datasets.class_names`)."""
+    return dataset_class_names(cfg.data)
 
 
 def format_table(result: dict, names: list[str]) -> str:

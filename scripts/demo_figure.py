@@ -7,9 +7,9 @@ ROOT is laid out as ``scripts/synthetic/table.sh`` leaves it: ``ROOT/pspnet50_te
 ``ROOT/<student row>/seed<k>/eval/<EVAL>/``, each with ``metrics.json`` and ``gray/<id>.png`` (class indices).
 Top: one line per chosen val image (the N with the most foreground classes in the ground truth, ties in list
 order), columns image, ground truth, teacher and the four student rows of one seed (``--seed``, default the
-smallest found), in the VOC palette, scaled by an integer factor with nearest neighbour. Bottom: per-class IoU
-in % of every row (students averaged over all their seeds) coloured white -> dark green, and mIoU. Rows with no
-runs are left out with a note on stderr. PIL and numpy only.
+smallest found), in the palette of the runs' data.dataset (VOC's without one), scaled by an integer factor with
+nearest neighbour. Bottom: per-class IoU in % of every row (students averaged over all their seeds) coloured white
+-> dark green, and mIoU. Rows with no runs are left out with a note on stderr. PIL and numpy only.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 from data.dataset import read_image, read_label, read_list  # noqa: E402
+from data.datasets import get_dataset  # noqa: E402
 from data.palette import colorize  # noqa: E402
 from util.errors import SegKDError  # noqa: E402
 
@@ -106,19 +107,19 @@ def cell_dims(h: int, w: int, side: int, scale: Optional[int]) -> tuple[int, int
 
 
 def sample_cells(sample: tuple[str, str], pred_dirs: list[str], scale: Optional[int],
-                 side: int, absent: set[str]) -> list[Image.Image]:
+                 side: int, absent: set[str], palette: Optional[list[int]] = None) -> list[Image.Image]:
     """The image, its ground truth and each prediction (``pred_dirs[i]/gray/<id>.png``), resized for the grid."""
     image_path, label_path = sample
     image, label = read_image(image_path), read_label(label_path)
     dims = cell_dims(label.shape[0], label.shape[1], side, scale)
     shrink = dims[0] < label.shape[1]
     cells = [Image.fromarray(image).resize(dims, Image.BOX if shrink else Image.NEAREST),
-             colorize(label).convert("RGB").resize(dims, Image.NEAREST)]
+             colorize(label, palette).convert("RGB").resize(dims, Image.NEAREST)]
     stem = os.path.splitext(os.path.basename(image_path))[0]
     for pred_dir in pred_dirs:
         path = os.path.join(pred_dir, "gray", stem + ".png")
         if os.path.isfile(path):
-            cells.append(colorize(read_label(path)).convert("RGB").resize(dims, Image.NEAREST))
+            cells.append(colorize(read_label(path), palette).convert("RGB").resize(dims, Image.NEAREST))
         else:
             absent.add(os.path.join(pred_dir, "gray"))
             cells.append(Image.new("RGB", dims, MISSING))
@@ -136,11 +137,11 @@ def put_text(draw: ImageDraw.ImageDraw, x: float, y: float, text: str, font: Ima
 
 
 def draw_grid(samples: list[tuple[str, str]], columns: list[tuple[str, str]],
-              scale: Optional[int], font: ImageFont.ImageFont) -> Image.Image:
+              scale: Optional[int], font: ImageFont.ImageFont, palette: Optional[list[int]] = None) -> Image.Image:
     """Column titles over one line of cells per sample; ``columns`` are (title, eval dir) after image and GT."""
     side = max(max(read_label(label).shape) for _, label in samples)
     absent: set[str] = set()
-    lines = [sample_cells(s, [d for _, d in columns], scale, side, absent) for s in samples]
+    lines = [sample_cells(s, [d for _, d in columns], scale, side, absent, palette) for s in samples]
     cell_w = max(c.width for line in lines for c in line)
     cell_h = max(c.height for line in lines for c in line)
     titles = ["image", "ground truth"] + [t for t, _ in columns]
@@ -207,6 +208,12 @@ def gather(root: str, eval_name: str, seed: Optional[int]) -> tuple[list[tuple[s
     return rows, (seed if seed is not None else (seeds[0] if seeds else None))
 
 
+def run_palette(metrics: dict) -> Optional[list[int]]:
+    """The colours of the run's ``data.dataset`` (from the config its metrics.json records), VOC's without one."""
+    dataset = ((metrics.get("config") or {}).get("data") or {}).get("dataset")
+    return get_dataset(dataset).palette() if dataset else None
+
+
 def build(args: argparse.Namespace) -> Image.Image:
     for name, value in (("images", args.images), ("scale", args.scale)):
         if value is not None and value < 1:
@@ -226,7 +233,7 @@ def build(args: argparse.Namespace) -> Image.Image:
     lines = [(labels[key] + ("" if key == TEACHER else f" (n={len(ms)})"), *row_scores(ms, names))
              for key, ms in metrics]
     font = load_font()
-    grid = draw_grid(samples, columns, args.scale, font)
+    grid = draw_grid(samples, columns, args.scale, font, run_palette(metrics[0][1][0]))
     caption = (f"per-class IoU (%), eval {args.eval}; students: mean over their seeds"
                + (f"; images: student seed {seed}" if seed is not None else ""))
     table = draw_table(lines, names, caption, font)

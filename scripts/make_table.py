@@ -72,7 +72,7 @@ def relative(target: str, base_dir: str) -> str:
 
 def config_paths(row: Row, config: Optional[str], config_dir: Optional[str]) -> tuple[Optional[str], Optional[str]]:
     """(experiment YAML from --config or --config-dir/<row>.yaml, the first run's resolved config.yaml)."""
-    experiment = config or (os.path.join(config_dir, row.key + ".yaml") if config_dir else None)
+    experiment = config or (os.path.join(config_dir, (row.name or row.key) + ".yaml") if config_dir else None)
     resolved = os.path.join(row.runs[0].run_dir, "config.yaml") if row.runs else None
     return (experiment if experiment and os.path.isfile(experiment) else None,
             resolved if resolved and os.path.isfile(resolved) else None)

@@ -12,6 +12,9 @@ METHOD_ROWS="pspnet18_kd_aux_cwd pspnet18_kd_aux_dist pspnet18_kd_aux_kl_std psp
     pspnet18_kd_at pspnet18_kd_skd pspnet18_kd_ifvd pspnet18_kd_cirkd pspnet18_kd_sphere pspnet18_kd_rkd pspnet18_kd_afd
     pspnet18_kd_ssld"
 CHAIN_ASSISTANT=pspnet34_kd CHAIN_STUDENT=pspnet18_kd_ta     # CHAIN="<teacher depth> 34 18": their configs
+# The rows' names: the teacher's and the students' prefix. The CIRKD tables (scripts/cityscapes|ade20k|camvid) set
+# deeplabv3_r101_teacher and deeplabv3_r18 (their rows deeplabv3_r18_baseline, deeplabv3_r18_kd, ...).
+TABLE_TEACHER_ROW=${TABLE_TEACHER_ROW:-pspnet50_teacher} TABLE_STUDENT=${TABLE_STUDENT:-pspnet18}
 CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the CPU configs say 150)
 # SCALE=demo: the CPU configs' schedule shortened to fit 30 minutes on the slowest 2-vCPU VM seen (docs/TABLES.md):
 # teacher 250 iterations (the configs say 500), students 60 (150), warmups cut in proportion; 8 val images through
@@ -274,12 +277,15 @@ segkd_student() {
 # logits in $RUNS/DATASET/teacher_cache.
 segkd_table() {
     local ds=$1 cfgdir=config/$1 root=$RUNS/$1 seed row k=1 chain=0
-    local teacher_dir=$root/pspnet50_teacher
+    local teacher_row=$TABLE_TEACHER_ROW teacher_dir=$RUNS/$1/$TABLE_TEACHER_ROW
     local common=(${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
     local n_seeds n_rows total
     n_seeds=$(wc -w <<< "$SEEDS") n_rows=$(wc -w <<< "$ROWS")
     local known
     known=$(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS)  # one line, one space apart
+    if [ "$TABLE_STUDENT" != pspnet18 ]; then  # the same rows by another name; no mutual-learning configs there
+        known=$(echo $STUDENT_ROWS $METHOD_ROWS | sed "s/pspnet18_/${TABLE_STUDENT}_/g")
+    fi
     for row in $ROWS; do
         case " $known " in *" $row "*) ;; *) segkd_die "ROWS: $row is not one of: $known" ;; esac
         [ -f "$cfgdir/$row.yaml" ] || segkd_die "ROWS: $row has no config $cfgdir/$row.yaml"
@@ -288,7 +294,7 @@ segkd_table() {
                 "tools.synthetic --out <new folder> --preset cpu --unlabeled 2000, then DATA=<that folder>)"
         fi
     done
-    EVAL=$(segkd_probe "$cfgdir/pspnet50_teacher.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1
+    EVAL=$(segkd_probe "$cfgdir/$teacher_row.yaml" "${common[@]}" ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}) || exit 1
     EVAL=${EVAL% *}
     local teacher_kd=() layers=50
     if [ -n "${TEACHER:-}" ]; then
@@ -299,11 +305,14 @@ segkd_table() {
         echo "table $ds: runs in $root, seeds $SEEDS (teacher seed $TEACHER_SEED), eval/$EVAL, NPROC=$NPROC"
     fi
     segkd_check_chain "$layers"
+    if [ -n "${CHAIN//[[:space:]]/}" ] && [ "$TABLE_STUDENT" != pspnet18 ]; then
+        segkd_die "CHAIN=\"$CHAIN\": $cfgdir has no teacher-assistant configs"
+    fi
     if [ -n "${CHAIN:-}" ] && [ -n "${CHAIN//[[:space:]]/}" ]; then chain=2; echo "chain R$layers -> R34 -> R18 for every seed"; fi
     total=$((1 + n_seeds * (n_rows + chain)))
     STUDENT_SECONDS=0 STUDENTS_TIMED=0 STUDENTS_LEFT=$((n_seeds * (n_rows + chain)))
-    segkd_progress $k $total pspnet50_teacher
-    segkd_run pspnet50_teacher "$cfgdir/pspnet50_teacher.yaml" "$teacher_dir" "$root/logs/pspnet50_teacher" \
+    segkd_progress $k $total "$teacher_row"
+    segkd_run "$teacher_row" "$cfgdir/$teacher_row.yaml" "$teacher_dir" "$root/logs/$teacher_row" \
         "${common[@]}" ${TEACHER_ARGS[@]+"${TEACHER_ARGS[@]}"} "train.seed=$TEACHER_SEED"
     local kd=("teacher.checkpoint=$teacher_dir/model/final.pth" ${teacher_kd[@]+"${teacher_kd[@]}"})
     if [ "${TEACHER_CACHE:-${PRESET_TEACHER_CACHE:-0}}" = 1 ]; then
@@ -312,7 +321,7 @@ segkd_table() {
     for seed in $SEEDS; do
         for row in $ROWS; do
             case $row in
-                pspnet18_baseline | dml_*) segkd_student "$row" "$seed" ;;  # no teacher
+                *_baseline | dml_*) segkd_student "$row" "$seed" ;;  # no teacher
                 *) segkd_student "$row" "$seed" "${kd[@]}" ;;
             esac
         done

@@ -78,6 +78,7 @@ class Row:
     label: str
     runs: list[Run] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    name: Optional[str] = None  # the runs' folder (and config) name when it is not ``key``: see :func:`canonical`
 
 
 def find_metrics(paths: list[str], eval_name: str) -> list[str]:
@@ -153,6 +154,16 @@ def row_name(run: Run) -> str:
     return os.path.basename(os.path.dirname(run.run_dir)) if re.fullmatch(r"seed\d+", base) else base
 
 
+def canonical(name: str) -> str:
+    """The row a folder name stands for: the tables of scripts/<cityscapes|ade20k|camvid>/table.sh name their rows by
+    architecture (``deeplabv3_r101_teacher``, ``deeplabv3_r18_kd_cirkd``), each the row of the same role above
+    (:data:`TEACHER_ROW`, ``pspnet18_kd_cirkd``) and checked as it is; any other name is its own row."""
+    if re.fullmatch(r"(?:pspnet|deeplabv3)_r\d+_teacher", name):
+        return TEACHER_ROW
+    m = re.fullmatch(r"(?:pspnet|deeplabv3)_r18_((?:baseline|kd)\w*)", name)
+    return f"pspnet18_{m.group(1)}" if m else name
+
+
 def signature(run: Run) -> tuple[Any, Any, Any, Any]:
     """(mode, layers, feat_loss, distill.terms as a tuple; both None unless distilled): what decides which labelled
     row a run can be. A run recorded before distill.terms existed had none. ``layers`` is the ResNet depth, or the
@@ -179,7 +190,7 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
     """Rows in table order: the paper's five (when any is present and not grouping by a key), then the rest."""
     rows: dict[str, Row] = {}
     paper = {name: (label, sig) for name, label, sig in PAPER_ROWS + EXTRA_ROWS}
-    if group_by is None and any(row_name(r) in paper for r in runs):
+    if group_by is None and any(canonical(row_name(r)) in paper for r in runs):
         rows = {name: Row(name, label) for name, label, _ in PAPER_ROWS}
     for run in runs:
         if group_by is not None:
@@ -189,7 +200,8 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
             key = f"{group_by}={value}"
             label = key
         else:
-            key = row_name(run)
+            name = row_name(run)
+            key = canonical(name)
             if key == TEACHER_ROW and signature(run)[0] == "supervised":
                 layers = run.metrics.get("layers")
                 rows[key] = rows.get(key) or Row(key, "")
@@ -200,6 +212,11 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
                                  f"(expected {describe(paper[key][1])})")
             label = rows[key].label if key == TEACHER_ROW and key in rows else (
                 paper[key][0] if key in paper else f"{key} ({describe(signature(run))})")
+            if name != key and key != TEACHER_ROW:  # e.g. Student DeepLabV3-R18 baseline
+                label = label.replace("PSPNet", ARCH_NAMES.get(run.metrics.get("arch", "pspnet"), "PSPNet"))
+            if name != key:
+                rows.setdefault(key, Row(key, label)).name = name
+                rows[key].label = label
         rows.setdefault(key, Row(key, label)).runs.append(run)
     for row in rows.values():
         single = row.key in SINGLE_SEED_ROWS and group_by is None
@@ -327,7 +344,7 @@ def row_numbers(row: Row) -> dict[str, Any]:
     if len(cost) > 1:
         row.notes.append("params/GFLOPs differ across runs: first run shown")
     params, flops, crop = cost[0] if cost else (None, None, None)
-    rec: dict[str, Any] = {"row": row.key, "label": row.label, "n": len(row.runs),
+    rec: dict[str, Any] = {"row": row.name or row.key, "label": row.label, "n": len(row.runs),
                            "seeds": " ".join(str(r.seed) for r in row.runs), "notes": "; ".join(row.notes),
                            "params_M": params / 1e6 if params else None, "gflops": flops,
                            "gflops_crop_size": crop, "iter_span": span, "iters": fmt_iters(span)}

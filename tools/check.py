@@ -4,7 +4,8 @@
     python -m tools.check --config config/voc2012/pspnet50_teacher.yaml data.root=/data/voc --max-problems 5
 
 For the train and val lists of the config it reports sample
-counts, the label modes (P palette / L index; RGB colour labels are an error), the label value histogram, image
+counts, the label modes (P palette / L index; RGB colour labels are an error), the label value histogram (each value
+with its class name from ``data.dataset`` or ``data.names``, which must agree with ``data.*``), image
 size statistics and one line per problem naming ``list:line`` and the file: missing or unreadable (e.g.
 truncated) files, duplicate entries, label values outside ``0..classes-1`` that are not ``ignore_label``,
 image/label size mismatches. Exit status 0 when clean, 1 when there are problems, 2 on a bad config.
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from data.dataset import check_label, parse_line, read_image, read_label, resolve_list
+from data.datasets import class_names
 from util.config import load_config
 from util.errors import SegKDError
 
@@ -174,8 +176,13 @@ def _size_stats(sizes: Counter) -> list[str]:
     return lines + [f"most common HxW: {common}"]
 
 
-def format_report(report: Report, max_problems: int = 50) -> str:
-    """The summary table, per-split statistics and the first ``max_problems`` problems."""
+def _name(value: int, names: Optional[list[str]]) -> str:
+    return f" {names[value]}" if names is not None and value < len(names) else ""
+
+
+def format_report(report: Report, max_problems: int = 50, names: Optional[list[str]] = None) -> str:
+    """The summary table, per-split statistics (the label histogram with each class's name from ``names``) and the
+    first ``max_problems`` problems."""
     rows = [f"{'split':<10} {'samples':>8} {'problems':>9}  {'label modes':<24} list"]
     for s in report.splits:
         modes = " ".join(f"{m}:{c}" for m, c in sorted(s.label_modes.items())) or "-"
@@ -183,7 +190,8 @@ def format_report(report: Report, max_problems: int = 50) -> str:
     for s in report.splits:
         rows.append(f"{s.name}: images " + "; ".join(_size_stats(s.sizes)))
         total = sum(s.label_values.values()) or 1
-        values = ", ".join(f"{v}: {c} ({100 * c / total:.2f}%)" for v, c in sorted(s.label_values.items()))
+        values = ", ".join(f"{v}{_name(v, names)}: {c} ({100 * c / total:.2f}%)"
+                           for v, c in sorted(s.label_values.items()))
         rows.append(f"{s.name}: label pixels per value: {values or '-'}")
     problems = report.problems
     if problems:
@@ -204,12 +212,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         data = load_config(args.config, args.overrides).data
         if data.root is None:
             raise SegKDError(f"{args.config}: data.root is not set (add data.root=PATH)")
+        names = class_names(data)  # data.dataset's (or data.names'), after checking they agree with data.*
         lists = {"train": data.train_list, "val": data.val_list}
         report = check_dataset(data.root, lists, data.classes, data.ignore_label, args.workers)
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_report(report, args.max_problems))
+    print(format_report(report, args.max_problems, names))
     return 1 if report.problems else 0
 
 

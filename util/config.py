@@ -42,6 +42,7 @@ DEFAULTS_PATH = os.path.join(REPO_ROOT, "config", "defaults.yaml")
 # Types of keys whose default is null, or that accept more than one type.
 NULL_TYPES: dict[str, tuple[type, ...]] = {
     "data.root": (str,),
+    "data.dataset": (str,),
     "data.names": (str,),
     "data.unlabeled_list": (str,),
     "model.pretrained": (bool, str),
@@ -74,7 +75,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # What a value must be, beyond its type: key -> (test, what the message says it must be).
 _AT_LEAST_1 = (lambda v: v is None or v >= 1, "at least 1")
+# data.dataset's names: data/datasets registers them (the library floor; tests/test_datasets.py keeps the two equal).
+DATASET_NAMES = ("voc2012", "cityscapes", "ade20k", "camvid")
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.dataset": (lambda v: v is None or v in DATASET_NAMES, f"null or one of {', '.join(DATASET_NAMES)}"),
     "data.classes": (lambda v: v >= 2, "at least 2 (classes)"),
     "data.opencv_threads": (lambda v: v >= -1, "-1 (OpenCV's default pool) or a thread count (0: one thread)"),
     "data.unlabeled_ratio": (lambda v: 0 <= v < 1, "in [0, 1): the share of each batch from data.unlabeled_list"),
