@@ -240,11 +240,13 @@ def test_seconds_summary_is_the_median_and_quartiles():
 
 @pytest.mark.slow
 def test_cost_command_measures_two_rows_and_the_schedule_reads_it(tmp_path):
-    out = tmp_path / "cost.json"
+    folder = str(tmp_path / "cost") + os.sep  # a folder: the file is named after this machine kind
+    out = tmp_path / "cost" / (ec.slug(ec.this_machine("cpu")) + ".json")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "tools.cost", "--rows", "pspnet18_baseline pspnet18_kd", "--iters", "2",
                         "--warmup", "0", "--rounds", "2", "train.batch_size=2", "train.crop_size=33",
-                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+                        "train.device=cpu", "--out", folder], cwd=REPO, capture_output=True, text=True, env=env,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     cost = ec.load_cost(str(out))  # the schema holds
     assert cost["machine_label"] == ec.this_machine("cpu") and cost["settings"]["rounds"] == 2
@@ -254,7 +256,7 @@ def test_cost_command_measures_two_rows_and_the_schedule_reads_it(tmp_path):
     assert kd["flops"] == base["flops"] + kd["teacher_forward_flops"]  # KL on logits adds no counted FLOPs
     assert kd["extra_params"] == 0 and base["peak_memory_mib"] > 0 and kd["batch_size"] == 2
     assert kd["config"] == "config/synthetic_cpu/pspnet18_kd.yaml"
-    again = subprocess.run([sys.executable, "-m", "tools.cost", "--rows", "pspnet18_baseline", "--out", str(out)],
+    again = subprocess.run([sys.executable, "-m", "tools.cost", "--rows", "pspnet18_baseline", "--out", folder],
                            cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
     ec.check_machine(cost, ec.this_machine("cpu"), str(out))

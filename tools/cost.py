@@ -1,6 +1,7 @@
 """Training cost of the instrument's rows: seconds per iteration, FLOPs, peak memory and extra trainable parameters.
 
-    python -m tools.cost --rows all --out docs/results/cost/<machine>.json   # every instrument row (the file to commit)
+    python -m tools.cost --rows all --out docs/results/cost/   # every instrument row: the file to commit, named
+                                                               # after this machine kind (tools.equal_cost.cost_path)
     python -m tools.cost --config config/synthetic_cpu/pspnet18_kd.yaml --config config/voc2012/pspnet18_kd.yaml
     python -m tools.cost --rows "pspnet18_baseline pspnet18_kd" --iters 3 --warmup 1 --rounds 1     # a smoke run
 
@@ -47,7 +48,7 @@ from engine.rundir import git_commit
 from engine.setup import build_mutual, prepare_methods, prepare_models
 from model.distiller import Distiller
 from tools.benchmark import build_networks, sync, training_step
-from tools.equal_cost import CONFIG_DIR, INSTRUMENT_ROWS, REPO, SCHEMA, check_cost
+from tools.equal_cost import CONFIG_DIR, INSTRUMENT_ROWS, REPO, SCHEMA, check_cost, cost_path, this_machine
 from util.config import UNLABELED_LABEL, Config, load_config, unlabeled_per_process
 from util.distributed import DistInfo, pick_device
 from util.errors import SegKDError
@@ -254,7 +255,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first, in each round")
     p.add_argument("--iters", type=int, default=20, help="timed steps per row and round")
     p.add_argument("--rounds", type=int, default=3, help="fresh processes per row, the rows in turn")
-    p.add_argument("--out", default=None, help="write the cost file here (an existing file is not overwritten)")
+    p.add_argument("--out", default=None, help="write the cost file here, or into this folder (ending in /) named "
+                                               "after the machine kind; an existing file is not overwritten")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one --config in-process
     return p.parse_intermixed_args(argv)
 
@@ -269,6 +271,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             with open(args.one, "w", encoding="utf-8") as f:
                 json.dump(measure_row(args.config[0], args.overrides, args.warmup, args.iters), f)
             return 0
+        if args.out and (args.out.endswith(("/", os.sep)) or os.path.isdir(args.out)):  # a folder: the machine's file
+            first = row_config(next(iter(row_paths(args).values())), args.overrides)
+            device = pick_device(first.train.device, 0).type
+            args.out = os.path.join(args.out, os.path.basename(cost_path(this_machine(device))))
         if args.out and os.path.exists(args.out):
             raise SegKDError(f"{args.out}: already exists; remove it or choose another --out")
         cost = run(args, lambda line: print(line, file=sys.stderr, flush=True))
