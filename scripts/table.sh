@@ -368,4 +368,8 @@ segkd_table() {
     "$PYTHON" scripts/make_table.py "$root" --seeds "$SEEDS" --eval "$EVAL" --config-dir "$cfgdir" \
         --out-md "$root/table.md" --out-csv "$root/table.csv"
     echo "wrote $root/table.md and $root/table.csv ($(segkd_clock "$SECONDS") since the script started)"
+    if [ -n "${MATCH:-}" ]; then
+        echo "beside the iteration-matched runs: $PYTHON scripts/make_table.py <their table folder> --equal-cost $root" \
+            "--config-dir $cfgdir (docs/TABLES.md, Equal-cost comparisons)"
+    fi
 }
