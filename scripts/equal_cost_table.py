@@ -17,8 +17,7 @@ import json
 import os
 from typing import Any, Optional
 
-from paired_stats import paired_interval
-from table_stats import BASELINE_ROW, TEACHER_ROW, Row, find_metrics, group_runs, load_run
+from table_stats import BASELINE_ROW, TEACHER_ROW, Row, find_metrics, group_runs, load_run, paired_difference
 
 from tools.equal_cost import BUDGET_ROW, REPO, check_machine, load_cost, scaled_iters
 from util.errors import SegKDError
@@ -107,10 +106,9 @@ def paired(row: Optional[Row], base: Optional[Row]) -> dict[str, Any]:
     if row is None or base is None or row is base or not row.runs:
         return {"mean": None, "low": None, "high": None, "pairs": 0, "above": None, "excludes_zero": None,
                 "values": []}
-    mine, theirs = ({r.seed: r.metrics["mIoU"] for r in x.runs} for x in (row, base))
-    values = [100.0 * (mine[s] - theirs[s]) for s in mine if s in theirs]
-    ci = paired_interval(values)
-    return {**ci, "pairs": len(values), "values": values}
+    d = paired_difference(row, base)  # the table's own pairing
+    return {"mean": d["d_mIoU"], "low": d["d_ci95_low"], "high": d["d_ci95_high"], "pairs": d["d_pairs"],
+            "above": d["d_above_zero"], "excludes_zero": d["d_resolved"], "values": d["d_values"]}
 
 
 def verdict(mean: Optional[float], excludes_zero: Optional[bool], pairs: int) -> str:
