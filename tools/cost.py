@@ -15,15 +15,16 @@ is part of every distilled row's step: no teacher cache (docs/TABLES.md, "Equal-
 instrument's cache counts). The data loader is not timed: it runs in its own worker process in training, the same
 for every row but SSLD's doubled batch.
 
-For each row: the median seconds of one step and its interquartile range, over ``--rounds`` × ``--iters`` steps,
-each round a fresh process that runs ``--warmup`` untimed steps first; the rows are measured in turn within a round,
-so a slow spell of the machine falls on every row. FLOPs of one step (forward and backward, teacher forward
-included; ``torch.utils.flop_counter.FlopCounterMode``, which counts matrix products and convolutions: shapes only,
-so deterministic) and of the teacher's forward alone; the peak memory (CPU: the peak resident set of the row's
-process, ``resource.getrusage`` ``ru_maxrss``, minus its resident set after imports and before the networks are
-built; CUDA: ``torch.cuda.max_memory_allocated``); the trainable parameters beyond the evaluated student (the methods'
-connectors, AFD's attention, a mutual row's other peers). The file names the machine (util/machine.py), the
-commit and the settings; tools/equal_cost.py reads it.
+For each row: the median seconds of one step and its interquartile range, over ``--rounds`` × ``--iters`` steps, each
+round a fresh process that runs ``--warmup`` untimed steps first; the rows are measured in turn within a round, so a
+slow spell of the machine falls on every row; ``--before`` / ``--after`` run around each (tools/speed.py's hooks, e.g.
+pausing other jobs), and rows whose round medians lie more than 5% apart are named under the table. FLOPs of one step
+(forward and backward, teacher forward included; ``torch.utils.flop_counter.FlopCounterMode``, which counts matrix
+products and convolutions: shapes only, so deterministic) and of the teacher's forward alone; the peak memory (CPU:
+the peak resident set of the row's process, ``resource.getrusage`` ``ru_maxrss``, minus its resident set after imports
+and before the networks are built; CUDA: ``torch.cuda.max_memory_allocated``); the trainable parameters beyond the
+evaluated student (the methods' connectors, AFD's attention, a mutual row's other peers). The file names the machine
+(util/machine.py), the commit and the settings; tools/equal_cost.py reads it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from engine.setup import build_mutual, prepare_methods, prepare_models
 from model.distiller import Distiller
 from tools.benchmark import build_networks, sync, training_step
 from tools.equal_cost import CONFIG_DIR, INSTRUMENT_ROWS, REPO, SCHEMA, check_cost, cost_path, this_machine
+from tools.speed import hooks
 from util.config import UNLABELED_LABEL, Config, load_config, unlabeled_per_process
 from util.distributed import DistInfo, pick_device
 from util.errors import SegKDError
@@ -57,6 +59,7 @@ from util.machine import machine, machine_label
 MEMORY_CPU = ("peak resident set of the row's own process (resource.getrusage ru_maxrss) minus its resident set "
               "after imports, before the networks are built")
 MEMORY_CUDA = "torch.cuda.max_memory_allocated over the row's steps"
+UNSTEADY = 0.05  # round medians further apart than this: a warning under the table
 
 
 def row_config(path: str, overrides: list[str]) -> Config:
@@ -168,6 +171,12 @@ def seconds_summary(times: list[float], rounds: list[list[float]]) -> dict[str, 
             "round_medians": [statistics.median(r) for r in rounds]}
 
 
+def round_spread(seconds: dict[str, Any]) -> float:
+    """How far apart a row's round medians are: largest / smallest - 1 (0 with one round)."""
+    medians = seconds["round_medians"]
+    return max(medians) / min(medians) - 1.0
+
+
 def measure_in_process(path: str, overrides: list[str], warmup: int, iters: int) -> dict[str, Any]:
     """:func:`measure_row` in a fresh Python process (its own peak memory, allocator and threads)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,7 +225,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     start = time.time()
     for k in range(args.rounds):
         for name, path in paths.items():
-            measured[name].append(measure_in_process(path, args.overrides, args.warmup, args.iters))
+            with hooks(args):  # --before / --after: e.g. other jobs paused while the row is measured
+                measured[name].append(measure_in_process(path, args.overrides, args.warmup, args.iters))
             med = statistics.median(measured[name][-1]["times"])
             log(f"round {k + 1}/{args.rounds} {name}: {med:.3f} s per iteration ({time.time() - start:.0f} s so far)")
     device = measured[next(iter(paths))][0]["device"]
@@ -237,12 +247,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
 def format_rows(cost: dict[str, Any]) -> str:
     lines = [f"{cost['machine_label']}, commit {cost['commit']}, {cost['settings']['threads']} threads",
-             "| row | s / iter | IQR | GFLOPs / iter | teacher GFLOPs | peak MiB | extra params |",
-             "|---|---|---|---|---|---|---|"]
+             "| row | s / iter | IQR | rounds apart | GFLOPs / iter | teacher GFLOPs | peak MiB | extra params |",
+             "|---|---|---|---|---|---|---|---|"]
+    unsteady = []
     for name, r in cost["rows"].items():
         s = r["seconds"]
-        lines.append(f"| {name} | {s['median']:.3f} | {s['iqr']:.3f} | {r['flops'] / 1e9:.2f} "
+        spread = round_spread(s)
+        unsteady += [name] if spread > UNSTEADY else []
+        lines.append(f"| {name} | {s['median']:.3f} | {s['iqr']:.3f} | {100 * spread:.1f}% | {r['flops'] / 1e9:.2f} "
                      f"| {r['teacher_forward_flops'] / 1e9:.2f} | {r['peak_memory_mib']:.0f} | {r['extra_params']:,} |")
+    if unsteady:
+        lines += ["", f"warning: the round medians of {', '.join(unsteady)} are more than {100 * UNSTEADY:.0f}% apart: "
+                      "the machine was not quiet (or too few --iters); measure again before committing the file"]
     return "\n".join(lines)
 
 
@@ -257,6 +273,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="fresh processes per row, the rows in turn")
     p.add_argument("--out", default=None, help="write the cost file here, or into this folder (ending in /) named "
                                                "after the machine kind; an existing file is not overwritten")
+    p.add_argument("--before", default=None, help="shell command run right before each row's process (tools.speed's)")
+    p.add_argument("--after", default=None, help="shell command run right after it (also when it fails)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one --config in-process
     return p.parse_intermixed_args(argv)
 

@@ -235,7 +235,7 @@ def format_table(cost: dict[str, Any], path: str, rows: list[str], reference: Re
     each matching."""
     by = {m: schedule(cost, rows, m, reference, path) for m in MATCHES}
     lines = [f"Cost file {os.path.basename(path)}: {cost['machine_label']}, commit {cost['commit']}, {cost['date']}",
-             "", "| row | s / iter [IQR] | × KD (s) | GFLOPs / iter | × KD (FLOPs) | extra params | peak MiB "
+             "", "| row | s / iter [quartiles] | × KD (s) | GFLOPs / iter | × KD (FLOPs) | extra params | peak MiB "
              "| iters, wall-clock matched | iters, FLOPs matched |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         rec = cost["rows"][row]
