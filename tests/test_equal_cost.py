@@ -260,3 +260,15 @@ def test_cost_command_measures_two_rows_and_the_schedule_reads_it(tmp_path):
                            cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
     ec.check_machine(cost, ec.this_machine("cpu"), str(out))
+
+
+def test_rows_measured_unsteadily_are_named():
+    from tools.cost import format_rows
+
+    cost = cost_file()
+    cost["settings"]["threads"] = 2
+    cost["rows"]["pspnet18_kd"]["seconds"]["round_medians"] = [0.40, 0.43, 0.41]  # 7.5% apart
+    text = format_rows(cost)
+    assert "| pspnet18_kd | 0.400 | 0.020 | 7.5% | 96.00 |" in text
+    assert "warning: the round medians of pspnet18_kd are more than 5% apart" in text
+    assert "pspnet18_baseline," not in text.splitlines()[-1]  # steady rows are not named
