@@ -175,3 +175,33 @@ def test_tiny_table_at_equal_cost(tmp_path):
     assert json.loads((root / "equal_cost.json").read_text()) == schedule  # nothing overwritten
     r = table(SCALE="demo")
     assert r.returncode != 0 and "MATCH=cost: only with SCALE=cpu-paired" in r.stderr
+
+
+def test_instrument_blocks_puts_equal_cost_rows_beside_the_committed_instrument(tmp_path):
+    """scripts/instrument_blocks.py --equal-cost: the committed iteration-matched Δ beside fabricated equal-cost runs
+    (AMD seeds 5 and 6, the machine of the committed seeds 5-10)."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import instrument_blocks
+
+    cost = tmp_path / "cost.json"
+    cost.write_text(json.dumps(cost_file(AMD, {"pspnet18_baseline": row(0.30, 66.0), "pspnet18_kd": row(0.40, 96.0)})))
+    equal = tmp_path / "equal"
+    fill(equal, {"pspnet18_baseline": [0.40, 0.43], "pspnet18_kd": [0.41, 0.445]},
+         {"pspnet18_baseline": 200, "pspnet18_kd": 150}, AMD)
+    for name in ("pspnet18_baseline", "pspnet18_kd"):  # seeds 5 and 6
+        for old, new in ((2, 6), (1, 5)):
+            os.rename(equal / name / f"seed{old}", equal / name / f"seed{new}")
+            path = equal / name / f"seed{new}" / "eval" / "ss" / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics["config"]["train"]["seed"] = new
+            path.write_text(json.dumps(metrics))
+    ref = {r: {"iters": 150, "warmup_iters": 20, "batch_size": 8, "crop_size": 65}
+           for r in ("pspnet18_baseline", "pspnet18_kd")}
+    ec.record(str(equal / "equal_cost.json"),
+              ec.plan_for(ec.load_cost(str(cost)), str(cost), "seconds", list(ref), ref))
+    text, recs = instrument_blocks.equal_cost(equal=str(equal))
+    kd = next(r for r in recs if r["row"] == "pspnet18_kd")
+    assert kd["verdict_iters"] == "above" and kd["i_pairs"] == 10  # the committed instrument's +2.10 over 10 pairs
+    assert "| R18 + logit KD | 150 / 150 | 1.00 | 1.00 | **+2.10 [+0.71, +3.49]** | +1.25 [" in text
+    assert kd["e_pairs"] == 2 and kd["verdict_cost"] == "not resolved"
+    assert "| above → not resolved |" in text
