@@ -272,3 +272,32 @@ def test_rows_measured_unsteadily_are_named():
     assert "| pspnet18_kd | 0.400 | 0.020 | 7.5% | 96.00 |" in text
     assert "warning: the round medians of pspnet18_kd are more than 5% apart" in text
     assert "pspnet18_baseline," not in text.splitlines()[-1]  # steady rows are not named
+
+
+@pytest.mark.slow
+def test_every_instrument_row_builds_and_counts():
+    """tools.cost's trainee for every instrument row (distilled, methods, SSLD, chain, mutual) steps once and has a
+    FLOP count: the full measurement cannot fail on a row halfway through."""
+    from tools.cost import build_trainee, extra_parameters, random_batch, row_config, step_flops, teacher_flops
+    from util.config import UNLABELED_LABEL
+    from util.distributed import DistInfo
+
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    counts = {}
+    for name in ec.INSTRUMENT_ROWS:
+        cfg = row_config(os.path.join(ec.CONFIG_DIR, name + ".yaml"), ["train.batch_size=2", "train.crop_size=33"])
+        torch.manual_seed(0)
+        trainee = build_trainee(cfg, info)
+        x, y = random_batch(cfg, info.device)
+        counts[name] = (step_flops(trainee, x, y), teacher_flops(trainee, x), sum(extra_parameters(trainee).values()))
+    base, kd = counts["pspnet18_baseline"], counts["pspnet18_kd"]
+    assert base[1] == 0 and kd[1] > 0 and kd[0] == base[0] + kd[1]
+    assert counts["pspnet18_kd_ta"][1] < kd[1]  # an R34 assistant's forward is cheaper than the R50 teacher's
+    assert counts["dml_pspnet50_pspnet18"][2] > 20e6 and counts["dml_pspnet18_pspnet18"][1] == 0  # the R50 peer
+    assert counts["pspnet18_kd_fitnet"][2] > 0 and counts["pspnet18_kd_afd"][2] > 0 and kd[2] == 0
+    assert counts["pspnet18_kd_ssld"][0] == kd[0]  # batch 2 here too (its config: 16), one of them unlabelled:
+    ssld = row_config(os.path.join(ec.CONFIG_DIR, "pspnet18_kd_ssld.yaml"), ["train.batch_size=2"])
+    _, y = random_batch(ssld, info.device)
+    assert (y[1] == UNLABELED_LABEL).all() and (y[0] < 8).all()
+    for name in ("pspnet18_kd_at", "pspnet18_kd_cirkd", "pspnet18_kd_skd", "pspnet18_kd_ifvd"):
+        assert counts[name][0] >= kd[0], name
