@@ -6,7 +6,8 @@
 #   EVAL=ss_flip scripts/collect_results.sh RUNS/TABLE DEST
 #   SEEDS="1 2 3" scripts/collect_results.sh RUNS/TABLE DEST     # only these seeds' runs (and the teacher's)
 #
-# Keeps the layout (<row>/seed<k>/eval/<EVAL>/metrics.json, the teacher's <row>/eval/<EVAL>/metrics.json), so
+# Keeps the layout (<row>/seed<k>/eval/<EVAL>/metrics.json, the teacher's <row>/eval/<EVAL>/metrics.json, and the
+# equal_cost.json of a MATCH=cost table), so
 #   python scripts/make_table.py DEST --config-dir config/synthetic_cpu
 # rebuilds the table without retraining (each metrics.json names its checkpoint relative to itself). Files already
 # in DEST are kept: an identical one is skipped, a different one is an error and nothing is copied, so runs from
@@ -24,6 +25,7 @@ src=$1 dest=$2 eval=${EVAL:-ss}
 mapfile -t metrics < <(cd "$src" && find . -path "*/eval/$eval/metrics.json" -not -path "./logs/*" | sort)
 [ "${#metrics[@]}" -gt 0 ] || { echo "error: $src: no */eval/$eval/metrics.json" >&2; exit 1; }
 files=()
+if [ -f "$src/equal_cost.json" ]; then files+=(./equal_cost.json); fi  # MATCH=cost runs: the schedule they follow
 for f in "${metrics[@]}"; do
     if [ -n "${SEEDS:-}" ] && [[ "$f" =~ /seed([0-9]+)/eval/ ]] && [[ " $SEEDS " != *" ${BASH_REMATCH[1]} "* ]]; then
         continue

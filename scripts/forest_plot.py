@@ -20,6 +20,7 @@ MISSING_MATPLOTLIB = "the figure needs matplotlib: pip install matplotlib (requi
 XLABEL = "Δ mIoU vs baseline (points)"
 # Rows whose interval excludes zero: above the baseline blue, below red; the others grey.
 ABOVE, BELOW, NEITHER, BAND = "#1f5fa8", "#c0392b", "#6b6b6b", "#e3e3e3"
+SECOND, SECOND_OFFSET = "#d35400", 0.28  # the second view (equal cost): its colour, and how far below the row
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ def forest_rows(records: Sequence[Mapping[str, Any]], bands: Mapping[int, float]
     return rows
 
 
+def equal_cost_rows(records: Sequence[Mapping[str, Any]]) -> dict[str, ForestRow]:
+    """{label: the row's equal-cost Δ vs the equal-cost baseline} from scripts/equal_cost_table.py's records (the
+    second marker of :func:`draw`); rows without a pair left out."""
+    return {rec["label"]: ForestRow(rec["label"], rec["e_mIoU"], rec.get("e_ci95_low"), rec.get("e_ci95_high"),
+                                    tuple(rec["e_values"]), bool(rec.get("e_resolved")), None)
+            for rec in records if rec.get("e_values")}
+
+
 def colour(row: ForestRow) -> str:
     return NEITHER if not row.resolved else (ABOVE if row.mean > 0 else BELOW)
 
@@ -70,10 +79,13 @@ def band_label(rows: Sequence[ForestRow]) -> Optional[str]:
     return "resolution: the 95% half-width at each row's pairs (pooled std)"
 
 
-def draw(rows: Sequence[ForestRow], path: str, title: str, width: float = 9.0, dpi: int = 100) -> None:
+def draw(rows: Sequence[ForestRow], path: str, title: str, width: float = 9.0, dpi: int = 100,
+         second: Optional[Mapping[str, ForestRow]] = None) -> None:
     """Write the forest plot of ``rows`` (top to bottom in their order) to the PNG ``path``: ``width`` inches at
-    ``dpi`` (900 px by default, the README's width). The rows are stored in the PNG's ``Description`` as JSON, the
-    matplotlib version in its ``Software`` (matplotlib's default)."""
+    ``dpi`` (900 px by default, the README's width). ``second``: a second view of some rows by label (the equal-cost
+    Δ, :func:`equal_cost_rows`), drawn just below each as a hollow circle with its interval in orange. The rows are
+    stored in the PNG's ``Description`` as JSON (``{"rows", "second"}`` with a second view), the matplotlib
+    version in its ``Software`` (matplotlib's default)."""
     if not rows:
         raise SegKDError("--figure: no row has a paired Δ mIoU (no baseline to pair with?)")
     try:
@@ -99,11 +111,19 @@ def draw(rows: Sequence[ForestRow], path: str, title: str, width: float = 9.0, d
             ax.plot([row.low, row.high], [y, y], color=c, linewidth=2.6 if row.resolved else 1.4,
                     solid_capstyle="butt", zorder=3)
         ax.plot([row.mean], [y], marker="D", markersize=6, color=c, markeredgecolor="white", zorder=4)
+        other = (second or {}).get(row.label)
+        if other is not None:
+            if other.low is not None:
+                ax.plot([other.low, other.high], [y + SECOND_OFFSET] * 2, color=SECOND,
+                        linewidth=2.6 if other.resolved else 1.4, solid_capstyle="butt", zorder=3)
+            ax.plot([other.mean], [y + SECOND_OFFSET], marker="o", markersize=6, color="white",
+                    markeredgecolor=SECOND, markeredgewidth=1.6, zorder=4)
     ax.axvline(0.0, color="black", linewidth=0.9, zorder=1)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # the table's first row on top
     ax.set_yticks(ys, [r.label for r in rows], fontsize=9)
     right = ax.secondary_yaxis("right")
-    right.set_yticks(ys, [interval_text(r) for r in rows], fontsize=9)
+    right.set_yticks(ys, [interval_text(r) + (f"  · cost {interval_text(second[r.label])}"
+                                              if second and r.label in second else "") for r in rows], fontsize=9)
     for ticks in (ax.get_yticklabels(), right.get_yticklabels()):
         for label, row in zip(ticks, rows):
             label.set_color(colour(row))
@@ -124,8 +144,14 @@ def draw(rows: Sequence[ForestRow], path: str, title: str, width: float = 9.0, d
     band = band_label(rows)
     if band:
         handles.append(Patch(color=BAND, label=band))
+    if second:
+        handles.append(Line2D([], [], marker="o", color=SECOND, markerfacecolor="white", linewidth=1.4,
+                              label="at equal cost (logit KD's): Δ vs the equal-cost baseline, 95% interval"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8.5, frameon=False)
-    fig.savefig(path, dpi=dpi, metadata={"Description": json.dumps([asdict(r) for r in rows])})
+    stored: Any = [asdict(r) for r in rows]
+    if second:
+        stored = {"rows": stored, "second": [asdict(second[r.label]) for r in rows if r.label in second]}
+    fig.savefig(path, dpi=dpi, metadata={"Description": json.dumps(stored)})
     plt.close(fig)
 
 
@@ -135,4 +161,6 @@ def rows_in_png(path: str) -> list[ForestRow]:
 
     with Image.open(path) as image:
         stored = json.loads(image.text["Description"])
+    if isinstance(stored, dict):  # drawn with a second view
+        stored = stored["rows"]
     return [ForestRow(**{**r, "pairs": tuple(r["pairs"])}) for r in stored]

@@ -3,6 +3,8 @@
     python scripts/instrument_blocks.py                 # print both blocks
     python scripts/instrument_blocks.py --write         # replace them between the instrument markers in place
     python scripts/instrument_blocks.py --figure        # the forest plot, docs/img/instrument_forest.png
+    python scripts/instrument_blocks.py --equal-cost    # the equal-cost rows (docs/results/cpu-paired-equal-cost)
+    python scripts/instrument_blocks.py --equal-cost --figure PNG   # the forest plot with their second marker
 
 README's block: one line per row (mIoU, the paired Δ with its 95% interval, bold when it excludes zero, and the
 pairs above zero), the resolution and the Trained-on lines of the full table (docs/results/cpu-paired/table.md,
@@ -29,6 +31,7 @@ from util.errors import SegKDError  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(REPO, "docs", "results", "cpu-paired")
+EQUAL_COST = os.path.join(REPO, "docs", "results", "cpu-paired-equal-cost")  # MATCH=cost's runs, once committed
 BEGIN, END = "<!-- instrument:begin -->", "<!-- instrument:end -->"
 FIGURE = os.path.join(REPO, "docs", "img", "instrument_forest.png")
 TARGETS = {"README.md": False, os.path.join("docs", "TABLES.md"): True}  # file -> with the per-seed table
@@ -81,14 +84,26 @@ def table(results: str = RESULTS, config_dir: Optional[str] = None) -> tuple[str
     return make_table.build(args)
 
 
-def figure(path: str = FIGURE, results: str = RESULTS) -> list[ForestRow]:
-    """The instrument's forest plot written to ``path``; returns the rows drawn."""
+def equal_cost(results: str = RESULTS, equal: str = EQUAL_COST) -> tuple[str, list[dict]]:
+    """(markdown, records) of the equal-cost rows beside the committed instrument (scripts/equal_cost_table.py)."""
+    import equal_cost_table
+
+    if not os.path.isdir(equal):
+        raise SegKDError(f"{equal}: no equal-cost results committed yet (docs/TABLES.md, Equal-cost comparisons)")
+    _, records = table(results)
+    return equal_cost_table.section([equal], "ss", None, records)
+
+
+def figure(path: str = FIGURE, results: str = RESULTS, equal: Optional[str] = None) -> list[ForestRow]:
+    """The instrument's forest plot written to ``path``, with the equal-cost Δ of the runs under ``equal`` as a
+    second marker when given; returns the rows drawn."""
     _, records = table(results)
     rows = [rec for rec in records if rec.get("d_values")]
     seeds = sorted({len(rec["d_values"]) for rec in rows})
     title = (f"The instrument (synthetic CPU tier, SCALE=cpu-paired): {len(rows)} rows vs the R18 baseline, "
              f"{' or '.join(map(str, seeds))} paired seeds")
-    return make_table.figure(records, path, title)
+    second = make_table.equal_cost_rows(equal_cost(results, equal)[1]) if equal else None
+    return make_table.figure(records, path, title, second)
 
 
 def blocks(results: str = RESULTS, config_dir: Optional[str] = None) -> dict[bool, str]:
@@ -113,10 +128,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--write", action="store_true", help="replace the blocks in README.md and docs/TABLES.md")
     parser.add_argument("--figure", nargs="?", const=FIGURE, metavar="PNG",
                         help=f"write the forest plot (default {os.path.relpath(FIGURE, REPO)}); with --write, both")
+    parser.add_argument("--equal-cost", action="store_true",
+                        help="print the equal-cost rows beside the instrument's (with --figure: their second marker)")
     args = parser.parse_args(argv)
     try:
+        if args.equal_cost and not args.figure:
+            print(equal_cost()[0], end="")
+            return 0
         if args.figure:
-            rows = figure(args.figure)
+            rows = figure(args.figure, equal=EQUAL_COST if args.equal_cost else None)
             print(f"wrote the forest plot of {len(rows)} rows to {args.figure}")
             if not args.write:
                 return 0

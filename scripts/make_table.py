@@ -18,8 +18,11 @@ mean ± sample standard deviation (n - 1) over seeds; the CSV holds the same num
 also shows its paired difference to the baseline (``pspnet18_baseline``, or the runs of ``--baseline``): the mean
 ± sample std over the seeds both have of row mIoU - baseline mIoU, in points, and its training iterations; the
 chained student's notes also pair it with the direct R50 -> R18 row (``pspnet18_kd``).
-``--figure PATH`` also draws the paired differences as a forest plot (scripts/forest_plot.py, matplotlib): every
-row with a paired Δ, its 95% interval and pairs, the zero line and the Resolution line's half-width as a band.
+``--equal-cost RUNS`` adds the same rows trained at equal cost below the table (scripts/equal_cost_table.py: their
+iterations, relative cost, Δ vs the equal-cost baseline and logit KD, the change in verdict) and a second marker per
+row in the figure. ``--figure PATH`` also draws the paired differences as a forest plot (scripts/forest_plot.py,
+matplotlib): every row with a paired Δ, its 95% interval and pairs, the zero line and the Resolution line's
+half-width as a band.
 Standard library and numpy; scipy for the intervals and matplotlib for the figure, both imported only when needed
 (requirements-dev.txt; without them a one-line error). The runs, rows and their numbers are scripts/table_stats.py;
 this file is the command and renders them (markdown table with its caption and links, CSV, figure).
@@ -36,7 +39,7 @@ from typing import Any, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # run as a script from anywhere: the repo (util/) and table_stats
-from forest_plot import ForestRow, draw, forest_rows  # noqa: E402
+from forest_plot import ForestRow, draw, equal_cost_rows, forest_rows  # noqa: E402
 from paired_stats import pooled_std, resolution  # noqa: E402
 from table_stats import (  # noqa: E402
     BASELINE_ROW,
@@ -139,13 +142,15 @@ def resolution_line(records: list[dict[str, Any]]) -> Optional[str]:
             "noise at this n.")
 
 
-def figure(records: list[dict[str, Any]], path: str, title: str) -> list[ForestRow]:
+def figure(records: list[dict[str, Any]], path: str, title: str,
+           second: Optional[dict[str, ForestRow]] = None) -> list[ForestRow]:
     """The forest plot of the table's paired differences (scripts/forest_plot.py) written to ``path``: the rows
-    with a paired Δ, and the resolution band at each row's number of pairs. Returns the rows drawn."""
+    with a paired Δ, and the resolution band at each row's number of pairs; ``second``: each row's equal-cost Δ by
+    label, drawn as a second marker. Returns the rows drawn."""
     numbers = resolution_numbers(records)
     rows = forest_rows(records, {n: half for n, (half, _) in numbers[3].items()} if numbers else {})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    draw(rows, path, title)
+    draw(rows, path, title, second=second)
     return rows
 
 
@@ -244,12 +249,14 @@ def baseline_phrase(base: Optional[Row], base_dir: str) -> Optional[str]:
             f"seeds {' '.join(str(r.seed) for r in base.runs)})")
 
 
-def write_csv(path: str, records: list[dict[str, Any]]) -> None:
+def write_csv(path: str, records: list[dict[str, Any]], fields: Optional[list[str]] = None) -> None:
+    fields = fields or CSV_FIELDS
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for rec in records:
-            writer.writerow({k: ("" if rec.get(k) is None else rec[k]) for k in CSV_FIELDS})
+            writer.writerow({k: ("" if rec.get(k) is None else rec[k]) for k in fields})
 
 
 def parse_seeds(text: Optional[str]) -> Optional[list[int]]:
@@ -303,11 +310,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out-csv", help="write the CSV here")
     parser.add_argument("--figure", help="write the forest plot of the paired differences here (PNG; matplotlib)")
     parser.add_argument("--figure-title", help="its title (default: the baseline, how many rows and seeds)")
+    parser.add_argument("--equal-cost", action="append", metavar="RUNS",
+                        help="the same rows trained at equal cost (MATCH=cost scripts/synthetic/table.sh): their Δ "
+                             "below the table, and a second marker per row in the figure (scripts/equal_cost_table.py)")
+    parser.add_argument("--out-equal-cost-csv", help="write the equal-cost records here (with --equal-cost)")
     args = parser.parse_args(argv)
     try:
         text, records = build(args)
+        second = None
+        if args.equal_cost:
+            import equal_cost_table
+
+            section, eq_records = equal_cost_table.section(args.equal_cost, args.eval, parse_seeds(args.seeds),
+                                                           records)
+            text += "\n" + section
+            second = equal_cost_rows(eq_records)
         if args.figure:
-            figure(records, args.figure, args.figure_title or default_title(records))
+            figure(records, args.figure, args.figure_title or default_title(records), second)
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -318,6 +337,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.out_csv:
         os.makedirs(os.path.dirname(os.path.abspath(args.out_csv)), exist_ok=True)
         write_csv(args.out_csv, records)
+    if args.equal_cost and args.out_equal_cost_csv:
+        write_csv(args.out_equal_cost_csv, eq_records, equal_cost_table.CSV_FIELDS)
     print(text, end="")
     return 0
 

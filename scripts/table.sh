@@ -68,6 +68,47 @@ segkd_synthetic_preset() {
                 test.base_size=80 test.crop_size=65" ;;
         *) segkd_die "SCALE=$SCALE: expected full, demo, cpu-long, cpu-paired or tiny" ;;
     esac
+    # MATCH=cost (or flops): the equal-cost schedule of docs/TABLES.md in a runs folder of its own, never mixed
+    case "${MATCH:-}" in
+        "") ;;
+        cost | flops)
+            case "${SCALE:-full}" in
+                cpu-paired | tiny) PRESET_RUNS=$PRESET_RUNS-equal-$MATCH ;;
+                *) segkd_die "MATCH=$MATCH: only with SCALE=cpu-paired (the instrument, whose rows have measured costs)" ;;
+            esac ;;
+        *) segkd_die "MATCH=$MATCH: expected cost (wall-clock matched), flops (FLOPs matched) or unset (iterations)" ;;
+    esac
+}
+
+# ROOT CFGDIR OVERRIDES...: with MATCH=cost or flops, each row's train.iters and train.warmup_iters for the cost of
+# logit KD at its configured schedule (python -m tools.equal_cost), from COST_FILE (default: this machine kind's
+# docs/results/cost/<machine>.json; another machine's is refused), recorded in ROOT/equal_cost.json, where another
+# schedule is refused. Fills SCHEDULE[row]; empty without MATCH.
+declare -A SCHEDULE=()
+segkd_equal_cost() {
+    local root=$1 cfgdir=$2 device=cpu match=seconds cost out row args rows=$ROWS
+    shift 2
+    SCHEDULE=()
+    if [ -z "${MATCH:-}" ]; then
+        [ ! -f "$root/equal_cost.json" ] || segkd_die "$root holds equal-cost runs ($root/equal_cost.json): set MATCH" \
+            "as they were trained, or another RUNS for iteration-matched runs (nothing was overwritten)"
+        return 0
+    fi
+    if [ "$MATCH" = flops ]; then match=flops; fi
+    if [ "$NPROC" -gt 0 ]; then device=cuda; fi
+    if [ -n "${CHAIN:-}" ] && [ -n "${CHAIN//[[:space:]]/}" ]; then rows="$rows $CHAIN_ASSISTANT $CHAIN_STUDENT"; fi
+    cost=${COST_FILE:-}
+    if [ -z "$cost" ]; then
+        cost=$("$PYTHON" -c 'import sys; from tools.equal_cost import cost_path, this_machine
+print(cost_path(this_machine(sys.argv[1])))' "$device") || exit 1
+    else
+        cost=$(segkd_abspath "$cost")
+    fi
+    out=$("$PYTHON" -m tools.equal_cost --cost "$cost" --rows "$rows" --match "$match" --this-machine "$device" \
+        --config-dir "$cfgdir" --lines --record "$root/equal_cost.json" -- "$@") || exit 1
+    while read -r row args; do SCHEDULE[$row]=$args; done <<< "$out"
+    echo "equal cost, $match matched ($cost): ${#SCHEDULE[@]} rows, each for the cost of logit KD's schedule" \
+        "(recorded in $root/equal_cost.json)"
 }
 
 # PYTHON, RUNS, DATA (absolute), NPROC, the override arrays; then cd to the repo root.
@@ -259,12 +300,13 @@ segkd_check_chain() {
 # ROW SEED OVERRIDES...: the progress line, then train and test one student run into $root/ROW/seed<SEED> with
 # config $cfgdir/ROW.yaml, timed for the ETA (k, total, cfgdir, root and common are segkd_table's locals).
 segkd_student() {
-    local row=$1 seed=$2 start=$SECONDS
+    local row=$1 seed=$2 start=$SECONDS sched=()
     shift 2
     k=$((k + 1))
-    segkd_progress $k $total "$row seed$seed"
+    if [ -n "${SCHEDULE[$row]+x}" ]; then read -r -a sched <<< "${SCHEDULE[$row]}"; fi  # MATCH: its iterations
+    segkd_progress $k $total "$row seed$seed${sched[*]:+ (${sched[*]})}"
     segkd_run "$row seed$seed" "$cfgdir/$row.yaml" "$root/$row/seed$seed" "$root/logs/${row}_seed$seed" \
-        "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"} "$@" "train.seed=$seed"
+        "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"} "$@" ${sched[@]+"${sched[@]}"} "train.seed=$seed"
     STUDENTS_LEFT=$((STUDENTS_LEFT - 1))
     if [ "$RAN" = 1 ]; then
         STUDENT_SECONDS=$((STUDENT_SECONDS + SECONDS - start)) STUDENTS_TIMED=$((STUDENTS_TIMED + 1))
@@ -308,6 +350,7 @@ segkd_table() {
     if [ -n "${CHAIN//[[:space:]]/}" ] && [ "$TABLE_STUDENT" != pspnet18 ]; then
         segkd_die "CHAIN=\"$CHAIN\": $cfgdir has no teacher-assistant configs"
     fi
+    segkd_equal_cost "$root" "$cfgdir" "${common[@]}" ${STUDENT_ARGS[@]+"${STUDENT_ARGS[@]}"}
     if [ -n "${CHAIN:-}" ] && [ -n "${CHAIN//[[:space:]]/}" ]; then chain=2; echo "chain R$layers -> R34 -> R18 for every seed"; fi
     total=$((1 + n_seeds * (n_rows + chain)))
     STUDENT_SECONDS=0 STUDENTS_TIMED=0 STUDENTS_LEFT=$((n_seeds * (n_rows + chain)))
@@ -334,4 +377,8 @@ segkd_table() {
     "$PYTHON" scripts/make_table.py "$root" --seeds "$SEEDS" --eval "$EVAL" --config-dir "$cfgdir" \
         --out-md "$root/table.md" --out-csv "$root/table.csv"
     echo "wrote $root/table.md and $root/table.csv ($(segkd_clock "$SECONDS") since the script started)"
+    if [ -n "${MATCH:-}" ]; then
+        echo "beside the iteration-matched runs: $PYTHON scripts/make_table.py <their table folder> --equal-cost $root" \
+            "--config-dir $cfgdir (docs/TABLES.md, Equal-cost comparisons)"
+    fi
 }

@@ -11,7 +11,7 @@ LIBRARY = ("data", "model", "util", "engine")
 # (the tool, an option only that tool has); the old paths data.check, data.prepare_voc, data.synthetic and
 # util.benchmark were removed
 TOOLS = [("tools.check", "--max-problems"), ("tools.prepare_voc", "--voc-tar"), ("tools.synthetic", "--preset"),
-         ("tools.benchmark", "--peak-tflops")]
+         ("tools.benchmark", "--peak-tflops"), ("tools.cost", "--rounds"), ("tools.equal_cost", "--match")]
 OLD = ["data/check.py", "data/prepare_voc.py", "data/synthetic.py", "util/benchmark.py"]
 
 

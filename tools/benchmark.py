@@ -86,12 +86,20 @@ def make_step(mode: str, cfg: Config, info: DistInfo, batch: int, crop: int) -> 
     student, teacher = prepare_models(student, teacher, cfg, info)
     distiller = Distiller.from_config(student, teacher, cfg).train()
     distiller.methods.to(device)
+    y = torch.randint(0, cfg.data.classes, (batch, crop, crop), device=device)
+    return training_step(distiller, cfg, x, y)
+
+
+def training_step(distiller: nn.Module, cfg: Config, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """A closure running one training step of ``distiller`` (a Distiller or MutualLearner, prepared on the device)
+    on the batch ``x``, ``y``: the optimizer (``engine.setup.build_optimizer``, the methods' connectors in it) and
+    the step as training's; tools/cost.py times this too."""
     optimizer = build_optimizer(distiller.student, cfg, distiller.trainable_parameters())
     t = cfg.train
-    scaler = torch.amp.GradScaler(device.type, enabled=t.amp and t.amp_dtype == "float16")
+    scaler = torch.amp.GradScaler(x.device.type, enabled=t.amp and t.amp_dtype == "float16")
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, cfg.data.classes, (batch, crop, crop), device=device)
+    device = x.device
 
     def step() -> None:  # engine.trainer.Trainer.step without the learning-rate schedule and the loss log
         amp = torch.autocast(device.type, dtype=AMP_DTYPES[t.amp_dtype]) if t.amp else contextlib.nullcontext()
