@@ -18,6 +18,11 @@ the contract dilation: ``model.stem=torchvision model.dilation=contract``), so t
 is ``backbone.*`` -> ``backbone.*``, ``classifier.0.convs.i`` -> ``aspp.branches.i`` (i = 0..4),
 ``classifier.0.project`` -> ``aspp.project``, ``classifier.1/2/4`` -> ``head.0/1/4`` (the 3x3 conv, BN,
 classifier) and ``aux_classifier.*`` -> ``aux_head.*``.
+
+``head="cirkd"`` (``model.head``) is CIRKD's DeepLabV3 (winycg/CIRKD ``models/deeplabv3.py``): the same module
+layout at other widths, ASPP branches and projection and the head's 3x3 conv of 512 channels, the aux head
+(CIRKD's ``_FCNHead``) of layer3's channels / 4 (256 for R50/101, 64 for R18/34), element-wise Dropout in both
+heads (Dropout2d here otherwise). tools/import_weights.py holds the key map from CIRKD's files.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from torch import Tensor, nn
 
 from model.backbone import ResNetBackbone
 from model.pspnet import Segmentor, _check_args, _head
+from util.errors import SegKDError
 
 RATES = (12, 24, 36)  # output stride 8
+HEADS = ("segkd", "cirkd")  # model.head
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
@@ -70,14 +77,22 @@ class DeepLabV3(Segmentor):
         dropout: Dropout2d probability before both classifiers.
         align_corners: of evaluation's logit zoom (the ASPP's only upsampling, of its pooled 1 x 1 map, is the
             same either way).
+        head: ``"segkd"`` (256 channels, aux head 256) or ``"cirkd"`` (CIRKD's widths, above).
     """
 
     def __init__(self, backbone: nn.Module, classes: int, rates: Sequence[int] = RATES, dropout: float = 0.1,
-                 align_corners: bool = True):
+                 align_corners: bool = True, head: str = "segkd"):
         super().__init__(backbone, classes, dropout, align_corners)
-        self.aspp = ASPP(backbone.channels["layer4"], rates)
-        self.head = _head(self.aspp.out_channels, 256, classes, dropout)
-        self.aux_head = _head(backbone.channels["layer3"], 256, classes, dropout)
+        if head not in HEADS:
+            raise SegKDError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}")
+        c3 = backbone.channels["layer3"]
+        width, aux_width = (512, c3 // 4) if head == "cirkd" else (256, 256)
+        self.aspp = ASPP(backbone.channels["layer4"], rates, width)
+        self.head = _head(self.aspp.out_channels, width, classes, dropout)
+        self.aux_head = _head(c3, aux_width, classes, dropout)
+        if head == "cirkd":  # CIRKD's heads drop single activations (nn.Dropout), not whole channels
+            self.head[3] = nn.Dropout(dropout)
+            self.aux_head[3] = nn.Dropout(dropout)
 
     def context(self, x: Tensor) -> Tensor:
         """layer4 N x C4 x h x w -> ASPP output N x 256 x h x w."""
@@ -94,11 +109,15 @@ def build_deeplabv3(
     stem: str = "torchvision",
     dilation: str = "semseg",
     align_corners: bool = True,
+    head: str = "segkd",
 ) -> DeepLabV3:
-    """DeepLabV3 on a dilated ResNet-``layers``; the arguments as :func:`model.pspnet.build_pspnet`'s."""
+    """DeepLabV3 on a dilated ResNet-``layers``; the arguments as :func:`model.pspnet.build_pspnet`'s, ``head``
+    as :class:`DeepLabV3`'s."""
     _check_args(classes, dropout)
+    if head not in HEADS:  # before a possibly slow weight load
+        raise SegKDError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}")
     backbone = ResNetBackbone(layers, pretrained, weights, zero_init_residual, stem, dilation)
-    return DeepLabV3(backbone, classes, dropout=dropout, align_corners=align_corners)
+    return DeepLabV3(backbone, classes, dropout=dropout, align_corners=align_corners, head=head)
 
 
-__all__ = ["ASPP", "DeepLabV3", "RATES", "build_deeplabv3"]
+__all__ = ["ASPP", "DeepLabV3", "HEADS", "RATES", "build_deeplabv3"]
