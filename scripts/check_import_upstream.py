@@ -165,13 +165,15 @@ def check_torchvision(folder: str, classes: int = 21) -> bool:
     return all(results)
 
 
-# CIRKD's published ResNet DeepLabV3 files (README): (depth, classes) of the teachers (Cityscapes, ADE20K, VOC)
-# and of the ResNet-18 students (Cityscapes, ADE20K)
+# CIRKD's published ResNet DeepLabV3 files (its README), as (depth, classes, file name): the DeepLabV3-R101
+# teachers (Cityscapes, ADE20K, VOC, COCO-Stuff-164K) and the DeepLabV3-R18 students (Cityscapes, ADE20K, COCO-Stuff)
 CIRKD_FILES = ((101, 19, "deeplabv3_resnet101_citys_best_model.pth"),
                (101, 150, "deeplabv3_resnet101_ade20k_best_model.pth"),
                (101, 21, "deeplabv3_resnet101_voc_best_model.pth"),
+               (101, 182, "deeplabv3_resnet101_coco_stuff_164k_best_model.pth"),
                (18, 19, "kd_deeplabv3_resnet18_citys_best_model.pth"),
-               (18, 150, "kd_deeplabv3_resnet18_ade20k_best_model.pth"))
+               (18, 150, "kd_deeplabv3_resnet18_ade20k_best_model.pth"),
+               (18, 182, "kd_deeplabv3_resnet18_coco_stuff_164k_best_model.pth"))
 
 
 def calibrate(net: nn.Module, batch: torch.Tensor, seed: int = 0) -> nn.Module:
@@ -215,6 +217,7 @@ def check_cirkd(repo: str, folder: str) -> bool:
     mine = normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
     results = []
     for layers, classes, name in CIRKD_FILES:
+        torch.manual_seed(0)  # its random init (kaiming) too is seeded
         net = get_deeplabv3(backbone=f"resnet{layers}", pretrained="None", pretrained_base="None",
                             num_class=classes, aux=True, norm_layer=nn.BatchNorm2d)
         net = calibrate(net, theirs)
