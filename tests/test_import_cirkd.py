@@ -10,6 +10,7 @@ The reference network below is written from winycg/CIRKD's model code (``models/
 """
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -345,3 +346,27 @@ def test_head_and_input_keys_train_and_are_checked():
         load_config(None, ["model.input=bgr"])
     default = build_model(load_config(None, ["data.classes=4"]))
     assert isinstance(default.input_transform, nn.Identity)
+
+
+# ---------------------------------------------------------------- end to end: a student distils from it
+@pytest.mark.slow
+def test_a_segkd_student_distils_from_an_imported_cirkd_teacher(tiny_data, tmp_path):
+    """A DeepLabV3-R18 in CIRKD's format (4 classes) imported, then 2 iterations of a PSPNet-R18 student with KD,
+    CWD on the aux logits and FitNets (out_feat 512 -> 512), and test.py with the imported file itself."""
+    from tests.conftest import TINY_CLASSES, run_cli, tiny_overrides
+
+    torch.manual_seed(0)
+    src, teacher = str(tmp_path / "kd_deeplabv3_resnet18_x.pth"), str(tmp_path / "teacher.pth")
+    torch.save(CirkdDeepLabV3(18, TINY_CLASSES).state_dict(), src)
+    r = run_cli("-m", "tools.import_weights", "--format", "cirkd", src, teacher, "--classes", str(TINY_CLASSES))
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "run"
+    r = run_cli("train.py", "--config", "config/synthetic/pspnet18_kd.yaml", *tiny_overrides(tiny_data, str(run_dir)),
+                "train.iters=2", f"teacher.checkpoint={teacher}", "teacher.layers=18", "distill.feat_loss=cwd",
+                "distill.terms=fitnet", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"kd \d+\.\d+ .*feat \d+\.\d+ .*fitnet \d+\.\d+", r.stdout), r.stdout[-2000:]
+    r = run_cli("test.py", "--config", "config/synthetic/pspnet18_kd.yaml", *tiny_overrides(tiny_data, str(run_dir)),
+                f"test.checkpoint={teacher}", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(tmp_path / "eval" / "ss" / "metrics.json")
