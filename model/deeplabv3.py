@@ -95,7 +95,7 @@ class DeepLabV3(Segmentor):
             self.aux_head[3] = nn.Dropout(dropout)
 
     def context(self, x: Tensor) -> Tensor:
-        """layer4 N x C4 x h x w -> ASPP output N x 256 x h x w."""
+        """layer4 N x C4 x h x w -> ASPP output N x 256 x h x w (512 with ``head="cirkd"``)."""
         return self.aspp(x)
 
 
