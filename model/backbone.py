@@ -29,11 +29,15 @@ _BUILDERS = {
 }
 
 STEMS = ("torchvision", "semseg", "mmseg")
-DILATIONS = ("semseg", "contract")
+DILATIONS = ("semseg", "contract", "cirkd")
 # Deep stems: three 3x3 convs (the first at stride 2), each with BN and ReLU, then the same maxpool.
 _DEEP_STEMS = {"semseg": (64, 64, 128), "mmseg": (32, 32, 64)}
 # (first block, other blocks) dilation of layer3 and layer4 under each convention.
-_DILATION = {"semseg": ((2, 2), (4, 4)), "contract": ((1, 2), (2, 4))}
+_DILATION = {"semseg": ((2, 2), (4, 4)), "contract": ((1, 2), (2, 4)), "cirkd": ((1, 2), (2, 4))}
+# CIRKD's ResNetV1b (from PyTorch-Encoding) builds a dilated layer's first BasicBlock with its second 3x3 conv at
+# the layer's own dilation (``previous_dilation``); contract keeps both at the previous layer's. One 3x3 conv per
+# Bottleneck: cirkd and contract are the same network at depth 50/101.
+_SECOND_CONV_FULL = {"cirkd"}
 
 # The backbone keeps torchvision's module names (conv1, bn1, layer1..layer4), so a torchvision ResNet state
 # dict loads key for key: the key map is the identity and there is none to apply. ``fc`` (the ImageNet
@@ -67,7 +71,9 @@ class ResNetBackbone(nn.Module):
             64/64/128 channels, so layer1 takes 128) or ``"mmseg"`` (mmsegmentation's ResNetV1c, 32/32/64).
         dilation: ``"semseg"`` (every block of layer3 at dilation 2, of layer4 at 4) or ``"contract"`` (the
             first block of each keeps the previous dilation: layer3 1, 2, 2, ...; layer4 2, 4, 4, ...; as
-            torchvision's ``replace_stride_with_dilation`` and mmseg's ``contract_dilation``).
+            torchvision's ``replace_stride_with_dilation`` and mmseg's ``contract_dilation``) or ``"cirkd"``
+            (contract, but the first BasicBlock's conv2 at the layer's dilation: layer3 (1, 2), 2, ...; layer4
+            (2, 4), 4, ...; CIRKD's ResNetV1b; at depth 50/101 the same as contract).
 
     A deep stem's modules are ``conv1, bn1, conv2, bn2, conv3, bn3`` (ReLU after each BN, then ``maxpool``),
     the names semseg's own ResNet (``initmodel/resnet*_v2.pth``) uses. Its trained PSPNet groups them as
@@ -106,8 +112,8 @@ class ResNetBackbone(nn.Module):
         # trained from scratch learn from the first iterations; loaded weights replace it.
         resnet = builder(weights=None, zero_init_residual=zero_init_residual)
         (first3, rest3), (first4, rest4) = _DILATION[dilation]
-        _dilate_layer(resnet.layer3, rest3, first3)
-        _dilate_layer(resnet.layer4, rest4, first4)
+        _dilate_layer(resnet.layer3, rest3, first3, dilation in _SECOND_CONV_FULL)
+        _dilate_layer(resnet.layer4, rest4, first4, dilation in _SECOND_CONV_FULL)
         expansion = 4 if bottleneck else 1
         self.channels: dict[str, int] = {f"layer{i + 1}": c * expansion for i, c in enumerate((64, 128, 256, 512))}
         self.stem = stem
@@ -161,7 +167,7 @@ class ResNetBackbone(nn.Module):
         return out
 
 
-def _dilate_layer(layer: nn.Sequential, dilation: int, first: int | None = None) -> None:
+def _dilate_layer(layer: nn.Sequential, dilation: int, first: int | None = None, second_full: bool = False) -> None:
     """Remove the stride of a ResNet layer and dilate the 3x3 convs of its blocks, in place: the first block's
     at ``first`` (default ``dilation``), every other block's at ``dilation``.
 
@@ -170,16 +176,21 @@ def _dilate_layer(layer: nn.Sequential, dilation: int, first: int | None = None)
     dilation: 1 for layer3, 2 for layer4) is torchvision's ``replace_stride_with_dilation``, whose BasicBlock
     refuses dilation > 1 in its constructor, hence the edit in place for every depth. padding = dilation keeps
     the spatial size; the 1x1 convs (Bottleneck's conv1/conv3, the downsample) only lose their stride.
+    ``second_full`` (CIRKD's convention): the first block's 3x3 convs after its first one (a BasicBlock's conv2)
+    take ``dilation``, not ``first``.
     """
     for i, block in enumerate(layer):
         d = dilation if i or first is None else first
+        seen = 0
         for conv in block.modules():
             if not isinstance(conv, nn.Conv2d):
                 continue
             conv.stride = (1, 1)
             if conv.kernel_size == (3, 3):
-                conv.dilation = (d, d)
-                conv.padding = (d, d)
+                dd = dilation if second_full and seen else d
+                conv.dilation = (dd, dd)
+                conv.padding = (dd, dd)
+                seen += 1
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:

@@ -6,7 +6,8 @@ import os
 from typing import Any, Optional
 
 from model.backbone import DILATIONS, STEMS
-from model.deeplabv3 import build_deeplabv3
+from model.deeplabv3 import HEADS, build_deeplabv3
+from model.inputs import INPUTS
 from model.mobilenetv3 import VARIANTS
 from model.pspnet import BACKBONES, Segmentor, build_pspnet
 from util.checkpoint import load_checkpoint, load_state_strict
@@ -17,20 +18,29 @@ ARCHS = {"pspnet": ("PSPNet", build_pspnet), "deeplabv3": ("DeepLabV3", build_de
 # The architecture keys of model.* that a checkpoint records, with the value a checkpoint written before
 # they existed was built with (the defaults of config/defaults.yaml).
 ARCH_DEFAULTS: dict[str, Any] = {"arch": "pspnet", "stem": "torchvision", "dilation": "semseg", "align_corners": True,
-                                 "backbone": "resnet"}
+                                 "backbone": "resnet", "head": "segkd", "input": "imagenet"}
 TEACHER_MODES = ("supervised", "mutual")  # trained without a frozen teacher: what teacher.checkpoint takes
 _ARCH_VALUES = {"arch": tuple(ARCHS), "stem": STEMS, "dilation": DILATIONS, "align_corners": (True, False),
-                "backbone": BACKBONES}
+                "backbone": BACKBONES, "head": HEADS, "input": tuple(INPUTS)}
 
 
 def build_network(arch: dict[str, Any], layers: int, classes: int, **kwargs: Any) -> Segmentor:
     """``arch`` (the keys of :data:`ARCH_DEFAULTS`, an absent one at its default) on a ResNet-``layers`` or the
     MobileNetV3 ``arch["backbone"]`` names (``layers`` unused); ``kwargs`` go to the builder (``pretrained``,
     ``weights``, ``dropout``, ``zero_init_residual``)."""
-    arch = arch_of(arch)
+    arch = arch_of(arch)  # a dict without the later keys (backbone, head, input) means their defaults
     build = ARCHS[arch["arch"]][1]
-    return build(layers, classes, stem=arch["stem"], dilation=arch["dilation"], align_corners=arch["align_corners"],
-                 backbone=arch["backbone"], **kwargs)
+    if arch["head"] != "segkd":  # only DeepLabV3 has another head (CIRKD's widths)
+        if arch["arch"] != "deeplabv3":
+            raise SegKDError(f"model.head={arch['head']} is CIRKD's DeepLabV3 head: it needs model.arch=deeplabv3, "
+                             f"got {arch['arch']}")
+        kwargs = {**kwargs, "head": arch["head"]}
+    if arch["input"] not in INPUTS:
+        raise SegKDError(f"model.input must be one of {', '.join(INPUTS)}, got {arch['input']!r}")
+    model = build(layers, classes, stem=arch["stem"], dilation=arch["dilation"],
+                  align_corners=arch["align_corners"], backbone=arch["backbone"], **kwargs)
+    model.input_transform = INPUTS[arch["input"]]()
+    return model
 
 
 def build_model(cfg: Config, layers: Optional[int] = None) -> Segmentor:
@@ -85,6 +95,8 @@ def describe_checkpoint(meta: dict[str, Any]) -> str:
     extras = [f"{arch['stem']} stem"] if arch["stem"] != "torchvision" else []
     extras += [f"{arch['dilation']} dilation"] if arch["dilation"] != "semseg" else []
     extras += ["align_corners false"] if arch["align_corners"] is not True else []
+    extras += [f"{arch['head']} head"] if arch["head"] != "segkd" else []
+    extras += [f"{arch['input']} input"] if arch["input"] != "imagenet" else []
     detail = f" ({', '.join(extras)})" if extras else ""
     return f"a {mode} {network_name({**meta, 'layers': layers})}{detail} with {classes} classes"
 
@@ -134,8 +146,8 @@ def _rebuild(ckpt: dict[str, Any], path: str, classes: int, role: str) -> Segmen
 
 def load_teacher(cfg: Config) -> Segmentor:
     """The frozen teacher of ``teacher.checkpoint``: a supervised run of depth ``teacher.layers`` (a ResNet's; a
-    MobileNetV3 has none), of the architecture (``arch``, ``stem``, ``dilation``, ``align_corners``, ``backbone``)
-    its checkpoint records.
+    MobileNetV3 has none), of the architecture (``arch``, ``stem``, ``dilation``, ``align_corners``, ``backbone``,
+    ``head``, ``input``) its checkpoint records.
 
     A peer of a mutual run (mode ``mutual``, trained without a teacher) teaches as a supervised run does, a
     distilled run only as a teacher assistant (``teacher.assistant``, the middle of a chain). Another distilled

@@ -20,6 +20,11 @@ the contract dilation: ``model.stem=torchvision model.dilation=contract``), so t
 is ``backbone.*`` -> ``backbone.*``, ``classifier.0.convs.i`` -> ``aspp.branches.i`` (i = 0..4),
 ``classifier.0.project`` -> ``aspp.project``, ``classifier.1/2/4`` -> ``head.0/1/4`` (the 3x3 conv, BN,
 classifier) and ``aux_classifier.*`` -> ``aux_head.*``.
+
+``head="cirkd"`` (``model.head``) is CIRKD's DeepLabV3 (winycg/CIRKD ``models/deeplabv3.py``): the same module
+layout at other widths, ASPP branches and projection and the head's 3x3 conv of 512 channels, the aux head
+(CIRKD's ``_FCNHead``) of layer3's channels / 4 (256 for R50/101, 64 for R18/34), element-wise Dropout in both
+heads (Dropout2d here otherwise). tools/import_weights.py holds the key map from CIRKD's files.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from model.pspnet import MOBILE_WIDTH, Segmentor, _check_args, _head, build_backbone
+from util.errors import SegKDError
 
 RATES = (12, 24, 36)  # output stride 8
+HEADS = ("segkd", "cirkd")  # model.head
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
@@ -73,17 +80,27 @@ class DeepLabV3(Segmentor):
             same either way).
         channels: the width of every ASPP branch, its projection and the head's 3x3 conv (``out_feat``).
         aux_channels: the aux head's (``aux_feat``).
+        head: ``"segkd"`` (the widths above) or ``"cirkd"`` (CIRKD's ResNet widths: 512, aux head layer3's / 4,
+            element-wise dropout).
     """
 
     def __init__(self, backbone: nn.Module, classes: int, rates: Sequence[int] = RATES, dropout: float = 0.1,
-                 align_corners: bool = True, channels: int = 256, aux_channels: int = 256):
+                 align_corners: bool = True, channels: int = 256, aux_channels: int = 256, head: str = "segkd"):
         super().__init__(backbone, classes, dropout, align_corners)
+        if head not in HEADS:
+            raise SegKDError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}")
+        c3 = backbone.channels["layer3"]
+        if head == "cirkd":
+            channels, aux_channels = 512, c3 // 4
         self.aspp = ASPP(backbone.channels["layer4"], rates, channels)
         self.head = _head(self.aspp.out_channels, channels, classes, dropout)
-        self.aux_head = _head(backbone.channels["layer3"], aux_channels, classes, dropout)
+        self.aux_head = _head(c3, aux_channels, classes, dropout)
+        if head == "cirkd":  # CIRKD's heads drop single activations (nn.Dropout), not whole channels
+            self.head[3] = nn.Dropout(dropout)
+            self.aux_head[3] = nn.Dropout(dropout)
 
     def context(self, x: Tensor) -> Tensor:
-        """layer4 N x C4 x h x w -> ASPP output N x 256 x h x w."""
+        """layer4 N x C4 x h x w -> ASPP output N x 256 x h x w (512 with ``head="cirkd"``)."""
         return self.aspp(x)
 
 
@@ -98,13 +115,19 @@ def build_deeplabv3(
     dilation: str = "semseg",
     align_corners: bool = True,
     backbone: str = "resnet",
+    head: str = "segkd",
 ) -> DeepLabV3:
     """DeepLabV3 on a dilated ResNet-``layers`` or a MobileNetV3 (CIRKD's ASPP and heads at 128 channels); the
-    arguments as :func:`model.pspnet.build_pspnet`'s."""
+    arguments as :func:`model.pspnet.build_pspnet`'s, ``head`` as :class:`DeepLabV3`'s (ResNets only)."""
     _check_args(classes, dropout)
+    if head not in HEADS:  # before a possibly slow weight load
+        raise SegKDError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}")
+    if head != "segkd" and backbone != "resnet":
+        raise SegKDError(f"model.head={head} is CIRKD's ResNet DeepLabV3 head; model.backbone={backbone} has its "
+                         "own 128-wide heads: leave model.head at segkd")
     net = build_backbone(backbone, layers, pretrained, weights, zero_init_residual, stem, dilation)
     widths = {"channels": MOBILE_WIDTH, "aux_channels": MOBILE_WIDTH} if backbone != "resnet" else {}
-    return DeepLabV3(net, classes, dropout=dropout, align_corners=align_corners, **widths)
+    return DeepLabV3(net, classes, dropout=dropout, align_corners=align_corners, head=head, **widths)
 
 
-__all__ = ["ASPP", "DeepLabV3", "RATES", "build_deeplabv3"]
+__all__ = ["ASPP", "DeepLabV3", "HEADS", "RATES", "build_deeplabv3"]

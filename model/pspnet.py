@@ -92,6 +92,8 @@ class Segmentor(nn.Module):
                             "entries")
         self.backbone = backbone
         self.align_corners = align_corners
+        # model.input: a fixed conversion of segkd's input for a network trained on another (model/inputs.py)
+        self.input_transform: nn.Module = nn.Identity()
 
     def context(self, x: Tensor) -> Tensor:
         """N x C4 x h x w (layer4) -> the head's input N x C x h x w."""
@@ -106,13 +108,15 @@ class Segmentor(nn.Module):
         ``features`` adds named intermediate tensors for the feature losses (model/methods): "layer1"
         (N x C1 x H/4 x W/4), "layer2".."layer4" (N x C x h x w), "out_feat" (N x C x h x w, the main head's
         3x3 conv + BN + ReLU after the context module, before dropout and the classifier: 512 channels in
-        PSPNet, 256 in DeepLabV3) and "aux_feat" (N x 256 x h x w, the same in the aux head; computed even
-        with ``aux=False``); on MobileNetV3 (model/mobilenetv3.py) each head is 128 wide. Asking for none costs
+        PSPNet, 256 in DeepLabV3, 512 with ``model.head=cirkd``) and "aux_feat" (N x 256 x h x w, C3 / 4 with
+        ``model.head=cirkd``: the same in the aux head; computed even with ``aux=False``); on MobileNetV3
+        (model/mobilenetv3.py) each head is 128 wide. Asking for none costs
         nothing: the computation is the same, only more tensors are returned."""
         unknown = set(features) - set(self.feature_channels)
         if unknown:
             raise ValueError(f"unknown feature name(s) {sorted(unknown)}; known: {list(self.feature_channels)}")
         keep = [name for name in features if name in ("layer1", "layer2")]
+        x = self.input_transform(x)
         feats = self.backbone(x, keep=keep) if keep else self.backbone(x)  # an injected backbone needs no `keep`
         out: dict[str, Tensor] = {}
         if "out_feat" in features:

@@ -6,10 +6,16 @@ random weights through a hundred layers can give logits in the thousands).
     python scripts/check_import_upstream.py --semseg /path/to/hszhao/semseg      # a clone of hszhao/semseg
     python scripts/check_import_upstream.py --mmseg                              # mmsegmentation importable
     python scripts/check_import_upstream.py --torchvision                        # the installed torchvision
+    python scripts/check_import_upstream.py --cirkd /path/to/winycg/CIRKD        # a clone of winycg/CIRKD
 
-None of the upstream code is part of segkd: --semseg puts the given clone on sys.path for this process only,
---mmseg needs mmsegmentation, mmengine and mmcv (or mmcv-lite) installed beside segkd. docs/VOC.md records what
-this printed here. Exit status 1 if any check fails.
+None of the upstream code is part of segkd: --semseg and --cirkd put the given clone on sys.path for this process
+only, --mmseg needs mmsegmentation, mmengine and mmcv (or mmcv-lite) installed beside segkd. docs/VOC.md records
+what this printed here, docs/USAGE.md ("Import a published teacher") the --cirkd lines. Exit status 1 if any check
+fails.
+
+--cirkd feeds both networks the same image, each as its own loader prepares it (segkd: RGB, ImageNet mean/std;
+CIRKD: BGR minus the Caffe mean, its dataset/*.py), and its networks' BN statistics are those of that input (one
+pass in train mode), so their logits are of order 1 and its tolerance is absolute: 1e-4.
 """
 
 from __future__ import annotations
@@ -159,20 +165,104 @@ def check_torchvision(folder: str, classes: int = 21) -> bool:
     return all(results)
 
 
+# CIRKD's published ResNet DeepLabV3 files (its README), as (depth, classes, file name): the DeepLabV3-R101
+# teachers (Cityscapes, ADE20K, VOC, COCO-Stuff-164K) and the DeepLabV3-R18 students (Cityscapes, ADE20K, COCO-Stuff)
+CIRKD_FILES = ((101, 19, "deeplabv3_resnet101_citys_best_model.pth"),
+               (101, 150, "deeplabv3_resnet101_ade20k_best_model.pth"),
+               (101, 21, "deeplabv3_resnet101_voc_best_model.pth"),
+               (101, 182, "deeplabv3_resnet101_coco_stuff_164k_best_model.pth"),
+               (18, 19, "kd_deeplabv3_resnet18_citys_best_model.pth"),
+               (18, 150, "kd_deeplabv3_resnet18_ade20k_best_model.pth"),
+               (18, 182, "kd_deeplabv3_resnet18_coco_stuff_164k_best_model.pth"))
+
+
+def calibrate(net: nn.Module, batch: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Random weights (BN affine too, each residual block's last BN small as in :func:`randomise`) and the BN
+    statistics of ``batch``: reset, then one pass in train mode with a cumulative average, so every BN
+    normalises what it sees and the logits stay of order 1. (With full-size residual branches a random
+    101-layer network amplifies a 1e-5 change of its input to 2e-3 on its logits, its own and segkd's alike.)"""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+        for name, block in net.named_modules():
+            if re.search(r"(^|\.)layer[1-4]\.\d+$", name):
+                last = [m for n, m in block.named_children() if isinstance(m, nn.BatchNorm2d)][-1]
+                last.weight.uniform_(0.05, 0.2)
+        net.train()(batch)
+    return net.eval()
+
+
+def check_cirkd(repo: str, folder: str) -> bool:
+    import numpy as np
+
+    from data.transforms import normalize
+
+    sys.path.insert(0, os.path.abspath(repo))  # CIRKD's package is `models` (segkd's is `model`)
+    try:
+        from models.deeplabv3 import get_deeplabv3  # winycg/CIRKD's
+        from models.segbase import SegBaseModel  # noqa: F401  (its ResNetV1b backbone, resnet*_v1s)
+    finally:
+        sys.path.pop(0)
+    caffe_bgr = np.array([104.00698793, 116.66876762, 122.67891434])  # CIRKD's dataset/*.py
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 97, 129, 3), dtype=np.uint8)  # HxWx3 RGB, as segkd's reader gives
+    # CIRKD's loader: cv2.imread (BGR), float32 - mean (float64), HWC -> CHW, float32
+    theirs = torch.from_numpy(np.stack([(im[..., ::-1].astype(np.float32) - caffe_bgr).transpose(2, 0, 1)
+                                        for im in images]).astype(np.float32))
+    mine = normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
+    results = []
+    for layers, classes, name in CIRKD_FILES:
+        torch.manual_seed(0)  # its random init (kaiming) too is seeded
+        net = get_deeplabv3(backbone=f"resnet{layers}", pretrained="None", pretrained_base="None",
+                            num_class=classes, aux=True, norm_layer=nn.BatchNorm2d)
+        net = calibrate(net, theirs)
+        with torch.no_grad():
+            out, aux, _ = net(theirs)
+        # its eval.py: the logits zoomed to the image with align_corners=True
+        expected = F.interpolate(out, theirs.shape[2:], mode="bilinear", align_corners=True)
+        src, dst = os.path.join(folder, name), os.path.join(folder, f"{name}.segkd.pth")
+        torch.save(net.state_dict(), src)  # train_baseline.py / train_cirkdv2.py: model.state_dict()
+        import_weights(src, dst, "cirkd", classes)
+        model, _ = model_from_checkpoint(dst, classes)
+        with torch.no_grad():
+            got = model.eval()(mine)
+            # the import alone: CIRKD's own input tensor, segkd's input conversion bypassed
+            model.input_transform = nn.Identity()
+            same_input = (model(theirs, aux=False)["out"] - out).abs().max().item()
+        diff = (F.interpolate(got["out"], mine.shape[2:], mode="bilinear", align_corners=model.align_corners)
+                - expected).abs().max().item()
+        aux_diff = (got["aux"] - aux).abs().max().item()
+        ok = max(diff, aux_diff, same_input) <= TOLERANCE
+        print(f"cirkd {name} (DeepLabV3-R{layers}, {classes} classes): logits {tuple(expected.shape)} (max |logit| "
+              f"{expected.abs().max().item():.3g}), max abs difference {diff:.2e}, aux logits {aux_diff:.2e}, "
+              f"on CIRKD's input tensor {same_input:.2e} ({'ok' if ok else 'FAILED'}, tolerance {TOLERANCE:g})",
+              flush=True)
+        results.append(ok)
+    return all(results)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--semseg", metavar="DIR", help="a clone of hszhao/semseg (its model/ folder is used)")
     parser.add_argument("--mmseg", action="store_true", help="check against the installed mmsegmentation")
     parser.add_argument("--torchvision", action="store_true", help="check against the installed torchvision")
+    parser.add_argument("--cirkd", metavar="DIR", help="a clone of winycg/CIRKD (its models/ folder is used)")
     args = parser.parse_args(argv)
-    if not (args.semseg or args.mmseg or args.torchvision):
-        parser.error("name at least one of --semseg DIR, --mmseg, --torchvision")
+    if not (args.semseg or args.mmseg or args.torchvision or args.cirkd):
+        parser.error("name at least one of --semseg DIR, --mmseg, --torchvision, --cirkd DIR")
     ok = True
     with tempfile.TemporaryDirectory() as folder:
         if args.torchvision:
             ok &= check_torchvision(folder)
         if args.mmseg:
             ok &= check_mmseg(folder)
+        if args.cirkd:
+            ok &= check_cirkd(args.cirkd, folder)
         if args.semseg:
             # semseg's package is also called `model`: segkd's is imported first, so drop it for their import
             saved = {k: v for k, v in sys.modules.items() if k == "model" or k.startswith("model.")}

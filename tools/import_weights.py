@@ -5,11 +5,14 @@
         teachers/mmseg_pspnet50_voc.pth --classes 21
     python -m tools.import_weights --format torchvision deeplabv3_resnet101_coco-586e9e4e.pth \
         teachers/tv_deeplabv3_r101.pth --classes 21
+    python -m tools.import_weights --format cirkd deeplabv3_resnet101_citys_best_model.pth \
+        teachers/cirkd_deeplabv3_r101_cityscapes.pth --classes 19
 
 The written file works unchanged as ``teacher.checkpoint`` (with ``teacher.layers`` of its depth) and as
 ``test.checkpoint``: it records the architecture the weights need (``arch``, ``stem``, ``dilation``,
-``align_corners``), so nothing else has to be configured. docs/VOC.md lists the published files, what their
-sources report and the ``test.py`` command that reproduces each protocol.
+``align_corners``, and ``head``/``input`` where they are not the defaults), so nothing else has to be configured.
+docs/VOC.md lists the published files, what their sources report and the ``test.py`` command that reproduces each
+protocol; docs/USAGE.md ("Import a published teacher") CIRKD's.
 
 Every key is mapped by an explicit rule written from the source project's model code (below, per format), the
 mapped state dict must fit the network key for key and shape for shape, and only then is DST written (atomically,
@@ -31,6 +34,14 @@ The formats (depth, 18/34/50/101, and class count are read off the file):
 - ``torchvision``: ``torchvision.models.segmentation.deeplabv3_resnet50/101`` (a raw state dict as torchvision
   publishes it, or ``{'model': ...}`` as its references' ``train.py`` saves), ``classifier`` = DeepLabHead,
   ``aux_classifier`` = FCNHead. segkd: ``arch=deeplabv3 stem=torchvision dilation=contract align_corners=false``.
+- ``cirkd``: winycg/CIRKD's DeepLabV3 (``models/deeplabv3.py``) on its ResNetV1b ``resnet*_v1s``
+  (``models/base_models/resnetv1b.py``): the published DeepLabV3-R101 teachers and DeepLabV3-R18 students, saved
+  by its ``train_baseline.py`` / ``train_cirkdv2.py`` as a plain state dict (``model.module`` unwrapped first).
+  Deep stem 64/64/128 under segkd's own names (``pretrained.conv1``..``bn3``), layer3/4 dilated as
+  ``dilation=cirkd``, ``_DeepLabHead`` of 512 channels (``head.aspp.b0``..``b4``, ``head.aspp.project``,
+  ``head.block``), ``_FCNHead`` aux of C3/4 channels (``auxlayer.block``), align_corners=True, and inputs in
+  BGR minus the Caffe mean. segkd: ``arch=deeplabv3 stem=semseg dilation=cirkd align_corners=true head=cirkd
+  input=caffe``. Its MobileNet / MobileViT students, PSPNet and UPerNet are refused by name.
 """
 
 from __future__ import annotations
@@ -115,6 +126,25 @@ FORMATS: dict[str, Format] = {
                (r"classifier\.0\.convs\.([0-4])\.(.+)", r"aspp.branches.\1.\2"),
                (r"classifier\.0\.project\.([01])\.(.+)", r"aspp.project.\1.\2"),
                *_head("classifier", "head", conv="1", bn="2"), *_head("aux_classifier", "aux_head"))),
+    # CIRKD (docs/USAGE.md, "Import a published teacher"): each rule is a row of that table.
+    "cirkd": Format(
+        "cirkd", {"arch": "deeplabv3", "stem": "semseg", "dilation": "cirkd", "align_corners": True,
+                  "head": "cirkd", "input": "caffe"},
+        wrappers=(),
+        rules=((rf"pretrained\.((conv[1-3]|bn[1-3])\.{_BLOCK})", r"backbone.\1"),
+               (rf"pretrained\.{_LAYERS[0]}", rf"backbone.{_LAYERS[1]}"),
+               (rf"head\.aspp\.b0\.([01])\.{_BLOCK}", r"aspp.branches.0.\1.\2"),
+               (rf"head\.aspp\.b([1-3])\.block\.([01])\.{_BLOCK}", r"aspp.branches.\1.\2.\3"),
+               (rf"head\.aspp\.b4\.gap\.([12])\.{_BLOCK}", r"aspp.branches.4.\1.\2"),
+               (rf"head\.aspp\.project\.([01])\.{_BLOCK}", r"aspp.project.\1.\2"),
+               *_head(r"head\.block", "head"), *_head(r"auxlayer\.block", "aux_head")),
+        refuse=((r"pretrained\.(layer0|layer([5-9]|1\d)|conv1\.conv|stem|layers|features)\..*",
+                 "a CIRKD MobileNet / MobileViT student (its pretrained.* backbone keys): segkd imports CIRKD's "
+                 "ResNet DeepLabV3 (models/deeplabv3.py) only; its MobileNetV3 students are pending"),
+                (r"head\.psp\..*", "CIRKD's PSPNet (head.psp.*, models/pspnet.py or psp_mobile.py): segkd imports "
+                 "CIRKD's ResNet DeepLabV3 (models/deeplabv3.py) only"),
+                (r"head\.(fpn_in|fpn_out|ppm_conv|ppm_last_conv|conv_last)\..*", "CIRKD's UPerNet (head.fpn_*, "
+                 "models/upernet.py): segkd imports CIRKD's ResNet DeepLabV3 (models/deeplabv3.py) only"))),
 }
 
 
@@ -130,8 +160,8 @@ def read_source(path: str, fmt: Format) -> dict[str, Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise SegKDError(f"{path}: not a {fmt.name} checkpoint (expected a state dict, or one under "
-                         f"{' / '.join(repr(w) for w in fmt.wrappers)})")
+        under = f", or one under {' / '.join(repr(w) for w in fmt.wrappers)}" if fmt.wrappers else ""
+        raise SegKDError(f"{path}: not a {fmt.name} checkpoint (expected a state dict{under})")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise SegKDError(f"{path}: not a {fmt.name} checkpoint: entries that are not tensors: {_short(bad)}")

@@ -61,8 +61,10 @@ LIST_ITEMS: dict[str, type] = {"distill.terms": str, "mutual.peers": int}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("pspnet", "deeplabv3"),
     "model.stem": ("torchvision", "semseg", "mmseg"),
-    "model.dilation": ("semseg", "contract"),
+    "model.dilation": ("semseg", "contract", "cirkd"),
     "model.backbone": ("resnet", "mobilenetv3_small", "mobilenetv3_large"),
+    "model.head": ("segkd", "cirkd"),
+    "model.input": ("imagenet", "caffe"),
     "distill.kd_loss": ("kl", "dist", "kl_std", "sym_kl"),
     "distill.feat_loss": ("none", "kl", "smoothl1", "cwd", "dist", "kl_std", "sym_kl"),
     "mutual.feat_loss": ("none", "kl", "smoothl1", "cwd", "dist", "kl_std", "sym_kl"),
