@@ -66,7 +66,8 @@ def failures_line(error) -> tuple[str, int]:
     for rank, failure in sorted(error.failures.items()):
         code = failure.exitcode
         status_r = 128 - code if code < 0 else code
-        what = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exit {code}"
+        killed = code < 0 and -code in signal.valid_signals()
+        what = f"signal {signal.Signals(-code).name}" if killed else f"exit {code}"
         parts.append(f"rank {rank} ({what})")
         if len(parts) == 1:
             status = status_r if 0 < status_r < 256 else 1
