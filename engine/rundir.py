@@ -110,9 +110,15 @@ class RunLock:
         self.run_dir, self.path = run_dir, os.path.join(run_dir, LOCK_NAME)
         self._fd: Optional[int] = None
 
-    def acquire(self) -> None:
-        """Take the lock (once); a SegKDError naming the folder and its holder when another process has it."""
-        if self._fd is not None or fcntl is None:
+    def acquire(self, sign: bool = True) -> None:
+        """Take the lock (once); a SegKDError naming the folder and its holder when another process has it.
+        ``sign``: write this process's pid and host into the file (a run that writes its folder anyway; a claim
+        that may still be refused leaves the file as it was)."""
+        if self._fd is not None:
+            if sign:
+                self._sign()
+            return
+        if fcntl is None:
             return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -123,9 +129,13 @@ class RunLock:
             raise SegKDError(f"{self.run_dir}: output.dir is in use by a training job still running ({holder} holds "
                              f"{self.path}); wait for it to stop or end it, then resume with train.resume=auto"
                              ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._fd = fd
+        if sign:
+            self._sign()
+
+    def _sign(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -163,7 +173,7 @@ class RunLog:
         """Lock the run folder now if it holds a run (a resume), before anything in it is read for resuming or
         written; a new folder is locked when the first message creates it. SegKDError when another job holds it."""
         if os.path.exists(os.path.join(self.run_dir, "config.yaml")):
-            self.lock.acquire()
+            self.lock.acquire(sign=False)  # signed by the first message, after every check has passed
 
     def _open(self) -> None:
         if self._log is not None:

@@ -61,9 +61,11 @@ def rendezvous_line(args, error: Exception) -> str:
 
 def failures_line(error) -> tuple[str, int]:
     """One line for torchrun's ChildFailedError, and the exit status: the first failed rank's (128 + signal for a
-    worker killed by one)."""
+    worker killed by one). A worker that exited on its own comes before one killed by a signal (torchrun SIGTERMs
+    the others after the first failure, within the same second of its timestamps)."""
     parts, status = [], 1
-    for rank, failure in sorted(error.failures.items()):
+    order = sorted(error.failures.items(), key=lambda item: (item[1].exitcode < 0, item[1].timestamp, item[0]))
+    for rank, failure in order:
         code = failure.exitcode
         status_r = 128 - code if code < 0 else code
         killed = code < 0 and -code in signal.valid_signals()
