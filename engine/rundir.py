@@ -112,15 +112,19 @@ class RunLock:
 
     def acquire(self, sign: bool = True) -> None:
         """Take the lock (once); a SegKDError naming the folder and its holder when another process has it.
-        ``sign``: write this process's pid and host into the file (a run that writes its folder anyway; a claim
-        that may still be refused leaves the file as it was)."""
+        ``sign``: create the file if needed and write this process's pid and host into it (a run that writes its
+        folder anyway); without, a claim that may still be refused writes nothing: it locks the file if there is one
+        (no file: no job of this code holds the folder, and the run's first message takes the lock)."""
         if self._fd is not None:
             if sign:
                 self._sign()
             return
         if fcntl is None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if sign else 0), 0o644)
+        except FileNotFoundError:
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -83,6 +83,11 @@ def test_a_claim_locks_only_a_folder_that_holds_a_run(tmp_path):
     assert not (tmp_path / "run").exists()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("{}\n")
+    log.claim()  # a run of an older segkd, without a lock file: none created (a claim writes nothing)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+    earlier = RunLock(str(tmp_path / "run"))
+    earlier.acquire()  # a run of this code creates and signs the file; it has ended since
+    earlier.release()
     log.claim()
     with pytest.raises(SegKDError, match="output.dir is in use"):
         RunLock(str(tmp_path / "run")).acquire()
