@@ -5,6 +5,7 @@ trained together by mutual learning (``mutual.peers``).
     python train.py --config config/synthetic/pspnet18_kd.yaml teacher.checkpoint=runs/t/model/final.pth
     torchrun --nproc_per_node=8 train.py --config config/voc2012/pspnet18_kd_aux_kl.yaml
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --config ...
+    python -m tools.launch --standalone --nproc-per-node 8 --max-restarts 3 train.py --config ... train.resume=auto
     python train.py --config config/synthetic_cpu/dml_pspnet18_pspnet18.yaml   # output.dir/peer<i>/model/final.pth
     python train.py --config ... train.resume=auto        # continue from output.dir/model/last.pth
     python train.py --config ... test.after_training=true # then test.py's evaluation, in the same process
