@@ -182,14 +182,14 @@ class SamePadConv2d(nn.Conv2d):
     names are nn.Conv2d's."""
 
     def forward(self, x: Tensor) -> Tensor:
-        pads = []
-        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            pads.append((total // 2, total - total // 2))
-        (top, bottom), (left, right) = pads
-        if top or bottom or left or right:
-            x = F.pad(x, [left, right, top, bottom])
-        return self._conv_forward(x, self.weight, self.bias)
+        # total = (k - 1) * d - (n - 1) % s: the formula above without max(.., 0), >= 0 for every conv this pads
+        # (k > 1, (k - 1) * d >= s - 1); no Python branch on the size, so a traced or exported network keeps it
+        # a function of the input's size
+        (top, bottom), (left, right) = (
+            (total // 2, total - total // 2) for total in
+            ((k - 1) * d - (n - 1) % s for n, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride,
+                                                               self.dilation)))
+        return self._conv_forward(F.pad(x, [left, right, top, bottom]), self.weight, self.bias)
 
 
 def _cirkd_convention(features: nn.Sequential) -> None:
@@ -198,6 +198,7 @@ def _cirkd_convention(features: nn.Sequential) -> None:
     defaults, CIRKD's ``nn.BatchNorm2d`` / ``SyncBatchNorm``)."""
     for name, conv in list(features.named_modules()):
         if isinstance(conv, nn.Conv2d) and conv.stride != (1, 1):
+            assert all((k - 1) * d >= s - 1 for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation))
             same = SamePadConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
                                  conv.dilation, conv.groups, conv.bias is not None)
             same.weight, same.bias = conv.weight, conv.bias

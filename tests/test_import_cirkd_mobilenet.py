@@ -361,3 +361,24 @@ def test_a_cirkd_student_trains_without_aux_and_refuses_an_aux_weight():
     with pytest.raises(SegKDError, match=r"^train\.aux_weight=0\.4: the network has no aux head .*set "
                                          r"train\.aux_weight=0$"):
         Distiller.from_config(student, None, load_config(None, [f"data.classes={CLASSES}"]))
+
+
+def test_export_runs_the_imported_network_and_trainable_export_is_refused(students, tmp_path, capsys):
+    from tools import export as export_cli
+
+    dst = str(tmp_path / "s.pth")
+    iw.import_weights(students["deeplabv3", "small"][1], dst, "cirkd")
+    out = str(tmp_path / "s.pt")
+    assert export_cli.main(["--checkpoint", dst, "--format", "torchscript", out, "--size", "48", "64"]) == 0
+    from engine.export import InferenceNetwork
+
+    traced, eager = torch.jit.load(out), InferenceNetwork(model_from_checkpoint(dst, None)[0]).eval()
+    for size in ((49, 65), (64, 96)):  # odd and even, neither traced: the "same" padding follows the input's size
+        x = torch.rand(1, 3, *size) * 255
+        with torch.no_grad():
+            assert (traced(x) - eager(x)).abs().max().item() < 1e-4
+    bad = str(tmp_path / "t.pt")
+    assert export_cli.main(["--checkpoint", dst, "--format", "torchscript", "--trainable", bad]) == 2
+    err = capsys.readouterr().err
+    assert "--trainable exports main and aux logits" in err and "has no aux head" in err and err.count("\n") == 1
+    assert not os.path.exists(bad)

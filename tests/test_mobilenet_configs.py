@@ -126,3 +126,34 @@ def test_table_scripts_name_the_students_they_have(script, student, tmp_path):
                        capture_output=True, text=True, env={**os.environ, "STUDENT": student}, timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1
     assert r.stderr.startswith(f"error: STUDENT={student}: expected ")
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_cityscapes_mobilenet_table_from_a_fabricated_archive(tmp_path):
+    """A fabricated Cityscapes archive prepared, then STUDENT=pspnet_mbv3s scripts/cityscapes/table.sh: the
+    DeepLabV3-R101 teacher and two PSPNet-MobileNetV3-Small rows (baseline, FitNets) for 2 iterations each, evaluated,
+    the table in its own folder with the dataset's teacher; the numbers mean nothing."""
+    import sys
+
+    from tests import dataset_archives as fab
+    from tools.prepare_cityscapes import prepare
+
+    data = str(tmp_path / "data")
+    archives = fab.cityscapes(str(tmp_path))
+    prepare(data, archives["images"], archives["labels"], expect_real=False)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, "NPROC": "0", "SEEDS": "1",
+           "STUDENT": "pspnet_mbv3s", "ROWS": "pspnet_mbv3s_baseline pspnet_mbv3s_kd_fitnet",
+           "RUNS": str(tmp_path / "runs"), "DATA": data, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "EXTRA": "train.iters=2 train.batch_size=2 train.crop_size=32 train.workers=0 train.log_every=1 "
+                    "model.pretrained=false", "TEST_EXTRA": "test.base_size=64 test.workers=0"}
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "cityscapes", "table.sh")], cwd=str(tmp_path),
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = tmp_path / "runs" / "cityscapes_pspnet_mbv3s"
+    assert (tmp_path / "runs" / "cityscapes" / "deeplabv3_r101_teacher" / "model" / "final.pth").is_file()
+    table = (root / "table.md").read_text()
+    assert "| Teacher DeepLabV3-R101 |" in table and "| Student PSPNet-MobileNetV3-Small baseline |" in table
+    assert "| MobileNetV3-Small + logit KD + FitNets |" in table
+    metrics = json.loads(next(root.glob("pspnet_mbv3s_kd_fitnet/seed1/eval/*/metrics.json")).read_text())
+    assert metrics["backbone"] == "mobilenetv3_small_cirkd" and metrics["mode"] == "distill"
