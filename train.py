@@ -5,6 +5,7 @@ trained together by mutual learning (``mutual.peers``).
     python train.py --config config/synthetic/pspnet18_kd.yaml teacher.checkpoint=runs/t/model/final.pth
     torchrun --nproc_per_node=8 train.py --config config/voc2012/pspnet18_kd_aux_kl.yaml
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --config ...
+    python -m tools.launch --standalone --nproc-per-node 8 --max-restarts 3 train.py --config ... train.resume=auto
     python train.py --config config/synthetic_cpu/dml_pspnet18_pspnet18.yaml   # output.dir/peer<i>/model/final.pth
     python train.py --config ... train.resume=auto        # continue from output.dir/model/last.pth
     python train.py --config ... test.after_training=true # then test.py's evaluation, in the same process
@@ -30,7 +31,7 @@ from engine.cli import run_command
 from engine.evaluate import check_scores_path, checkpoint_path, class_names, score_checkpoint, scores_dir
 from engine.rundir import RunLog, check_run_dir
 from engine.setup import build_data, build_distiller, build_optimizer
-from engine.state import agreed_resume
+from engine.state import agreed_config, agreed_resume, rank0_check
 from engine.trainer import Trainer
 from model.build import run_meta
 from util.config import Config, check_training
@@ -39,6 +40,7 @@ from util.machine import machine
 
 
 def run(cfg: Config, info: DistInfo) -> int:
+    agreed_config(cfg, info)  # every process the same config, before anything is checked, built or written
     torch.backends.cudnn.benchmark = info.device.type == "cuda"  # fixed crop size: autotune once
     sync_bn = info.distributed and info.device.type == "cuda" and cfg.train.sync_bn
     check_training(cfg, info.world_size, sync_bn, info.device.type)
@@ -57,20 +59,22 @@ def run(cfg: Config, info: DistInfo) -> int:
 
 def train(cfg: Config, info: DistInfo) -> int:
     """Build the run and train it; the exit status (0: model/final.pth written)."""
-    loader, sampler = build_data(cfg, info)
-    seed_everything(cfg.train.seed)  # identical initial weights on every rank and every run
-    distiller = build_distiller(cfg, info)
-    seed_everything(cfg.train.seed + info.rank)  # dropout differs across ranks, reproducibly
-    optimizer = build_optimizer(distiller.student, cfg, distiller.trainable_parameters())
-    resume, state = agreed_resume(cfg, info)
     log = RunLog(cfg.output.dir, cfg) if info.is_main else None
-    barrier()
-    # the machine goes into every checkpoint: CPUs differ in their arithmetic, a paired table names each seed's CPU
-    meta = {**run_meta(cfg, distiller.teacher is not None), "machine": machine(info.device)}
-    trainer = Trainer(cfg, info, distiller, optimizer, loader, sampler, log, meta)
-    if state is not None:
-        trainer.restore(state, resume)
     try:
+        rank0_check(log.claim if log else None)  # a folder whose processes still run is refused by every rank
+        loader, sampler = build_data(cfg, info)
+        seed_everything(cfg.train.seed)  # identical initial weights on every rank and every run
+        distiller = build_distiller(cfg, info)
+        seed_everything(cfg.train.seed + info.rank)  # dropout differs across ranks, reproducibly
+        optimizer = build_optimizer(distiller.student, cfg, distiller.trainable_parameters())
+        resume, state = agreed_resume(cfg, info)
+        barrier()
+        # the machine goes into every checkpoint: CPUs differ in their arithmetic, a paired table names each seed's
+        # CPU
+        meta = {**run_meta(cfg, distiller.teacher is not None), "machine": machine(info.device)}
+        trainer = Trainer(cfg, info, distiller, optimizer, loader, sampler, log, meta)
+        if state is not None:
+            trainer.restore(state, resume)
         return trainer.fit()
     finally:
         if log is not None:

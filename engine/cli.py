@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Optional
 
+from engine.preemption import stop_with_launcher
 from util.config import Config, parse_cli
 from util.distributed import DistInfo, cleanup, init_distributed
 from util.errors import SegKDError
@@ -18,6 +19,7 @@ from util.errors import SegKDError
 def run_command(run: Callable[[Config, DistInfo], int], argv: Optional[list[str]], description: str) -> int:
     """``run(cfg, info)``'s exit status, 2 on bad input (one line, no traceback); process group cleaned up."""
     info = None
+    stop_with_launcher()  # under torchrun: stop when the launcher is gone
     try:
         cfg, _ = parse_cli(sys.argv[1:] if argv is None else argv, description)
         info = init_distributed(cfg.train.device)

@@ -1,13 +1,17 @@
 """Preemption and worker faults: stop requests from signals, data workers that leave signals to the
-trainer, and one-line messages for errors raised inside DataLoader workers."""
+trainer, workers that stop with their launcher, and one-line messages for errors raised inside DataLoader
+workers."""
 
 from __future__ import annotations
 
 import atexit
 import functools
 import multiprocessing
+import os
 import re
 import signal
+import threading
+import time
 from typing import Callable, Optional
 
 import torch
@@ -37,6 +41,30 @@ class StopRequest:
     def restore(self) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
+
+
+def stop_with_launcher(poll: float = 0.5, grace: float = 30.0) -> Optional[threading.Thread]:
+    """Under torchrun (``TORCHELASTIC_RUN_ID`` set): when the launcher, this process's parent, is gone (SIGKILLed,
+    its node's job step killed), SIGTERM this process (it finishes its step, writes last.pth and exits 143) and
+    SIGKILL it ``grace`` s later if it is still there (a peer that died with the launcher leaves a collective
+    hanging). torchrun starts its workers in sessions of their own, so without this they train on and keep writing
+    the run folder while a resubmitted job starts on it. A daemon thread polling ``os.getppid()`` (which changes
+    when the parent dies) every ``poll`` s; a plain ``python train.py`` is not watched (a closed shell must not stop
+    a ``nohup`` run). Returns the thread, or None."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="segkd-launcher-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def ignore_stop_signals(worker_id: int, then: Optional[Callable[[int], None]] = None) -> None:

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from typing import Any, Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 from util.config import REPO_ROOT, Config, flat_dict, load_config, save_config
 from util.errors import SegKDError
@@ -90,6 +96,57 @@ def _foreign_entries(run_dir: str) -> list[str]:
     return other
 
 
+LOCK_NAME = ".segkd.lock"  # hidden: not one of a folder's foreign entries
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_dir/.segkd.lock`` held by rank 0 while it trains, so a second job started on
+    a folder whose processes still run (a launcher that died before its workers stopped, a resubmission racing the
+    old job) is refused instead of writing the same checkpoints. The kernel drops the lock when its holder exits,
+    however it exits: a stale lock file never blocks. The file is never removed (removing it would let two jobs lock
+    two different files of one name); it holds the holder's pid and host, for the message."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir, self.path = run_dir, os.path.join(run_dir, LOCK_NAME)
+        self._fd: Optional[int] = None
+
+    def acquire(self, sign: bool = True) -> None:
+        """Take the lock (once); a SegKDError naming the folder and its holder when another process has it.
+        ``sign``: create the file if needed and write this process's pid and host into it (a run that writes its
+        folder anyway); without, a claim that may still be refused writes nothing: it locks the file if there is one
+        (no file: no job of this code holds the folder, and the run's first message takes the lock)."""
+        if self._fd is not None:
+            if sign:
+                self._sign()
+            return
+        if fcntl is None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if sign else 0), 0o644)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise SegKDError(f"{self.run_dir}: output.dir is in use by a training job still running ({holder} holds "
+                             f"{self.path}); wait for it to stop or end it, then resume with train.resume=auto"
+                             ) from None
+        self._fd = fd
+        if sign:
+            self._sign()
+
+    def _sign(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
 def _drop_partial_line(path: str) -> None:
     """A SIGKILL during a write can leave half a line at the end of a log; cut it so that the lines
     appended after a resume stay one JSON object each."""
@@ -114,12 +171,20 @@ class RunLog:
         self._log: Optional[Any] = None
         self._jsonl: Optional[Any] = None
         self._tb: Optional[Any] = None
+        self.lock = RunLock(run_dir)
+
+    def claim(self) -> None:
+        """Lock the run folder now if it holds a run (a resume), before anything in it is read for resuming or
+        written; a new folder is locked when the first message creates it. SegKDError when another job holds it."""
+        if os.path.exists(os.path.join(self.run_dir, "config.yaml")):
+            self.lock.acquire(sign=False)  # signed by the first message, after every check has passed
 
     def _open(self) -> None:
         if self._log is not None:
             return
         run_dir = self.run_dir
         os.makedirs(os.path.join(run_dir, "model"), exist_ok=True)
+        self.lock.acquire()  # before the config, the commit line or a log line is written
         if not os.path.exists(os.path.join(run_dir, "config.yaml")):
             save_config(self.cfg, os.path.join(run_dir, "config.yaml"))
         with open(os.path.join(run_dir, "git_commit.txt"), "a", encoding="utf-8") as f:
@@ -164,3 +229,4 @@ class RunLog:
         if self._log is not None:
             self._log.close()
             self._jsonl.close()
+        self.lock.release()

@@ -10,7 +10,7 @@ uninterrupted one on CPU (tests/test_faults.py). Writes are atomic (util/checkpo
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -116,6 +116,11 @@ class Checkpoints:
         if diff:  # the optimizer state would silently keep the old lr, momentum and weight decay
             raise SegKDError(f"{path}: was trained with another config ({diff}); a resume continues the same "
                              "experiment - change only output.dir or the resumable keys, or start a new run")
+        saved_world = len(state["rng"])  # one RNG state per process of the run that wrote it
+        if saved_world != self.info.world_size:  # each rank's batch, data shard and random streams would change
+            raise SegKDError(f"{path}: was trained by {saved_world} process(es), this run has "
+                             f"{self.info.world_size}; resume with {saved_world} (a resume never changes the world "
+                             "size: each process's batch, data order and random state depend on it)")
         if state["scheduler"]["total_iters"] != total_iters:
             raise SegKDError(f"{path}: was trained for {state['scheduler']['total_iters']} iterations, this run "
                              f"has {total_iters} (batch size or data changed?)")
@@ -129,13 +134,43 @@ class Checkpoints:
             scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise SegKDError(f"{path}: optimizer state does not fit this run ({e})") from None
-        rngs = state["rng"]
-        self.rng_note = set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0],
-                                      self.info.device)
+        self.rng_note = set_rng_state(state["rng"][self.info.rank], self.info.device)
         self.resumed_from = path
         if os.path.abspath(path) == os.path.abspath(os.path.join(self.model_dir, "last.pth")):
             self.saved_at = state["iteration"]  # this run's last.pth already holds this iteration
         return state["iteration"]
+
+
+def rank0_check(check: Optional[Callable[[], None]]) -> None:
+    """Run ``check`` (given on rank 0, None on the others); a SegKDError it raises is raised on every rank with its
+    message (a collective), so no rank goes on to wait in a collective that rank 0 never joins."""
+    problem = None
+    if check is not None:
+        try:
+            check()
+        except SegKDError as e:
+            problem = str(e)
+    problem = broadcast_object(problem)
+    if problem:
+        raise SegKDError(problem)
+
+
+def agreed_config(cfg: Config, info: DistInfo) -> None:
+    """Refuse, on every rank and before anything is built or written, a run whose processes were given different
+    configs (nodes started with other files or overrides would otherwise train to the end, each its own recipe
+    under one DDP). The error names the first differing key with rank 0's value and the other rank's."""
+    if not info.distributed:
+        return
+    configs = all_gather_objects(flat_dict(cfg), info.world_size)
+    first = configs[0]
+    for rank, other in enumerate(configs[1:], start=1):
+        diff = sorted(k for k in set(first) | set(other) if first.get(k, "(unset)") != other.get(k, "(unset)"))
+        if diff:
+            k = diff[0]
+            more = f" (+{len(diff) - 1} more: {', '.join(diff[1:4])})" if len(diff) > 1 else ""
+            raise SegKDError(f"config differs between processes: {k} is {first.get(k, '(unset)')!r} on rank 0, "
+                             f"{other.get(k, '(unset)')!r} on rank {rank}{more}; start every node with the same "
+                             "config and overrides")
 
 
 def resume_path(cfg: Config) -> Optional[str]:

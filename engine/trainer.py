@@ -27,7 +27,7 @@ import torch
 from data.loader import batch_to_device, rng_state, set_rng_state
 from engine.preemption import StopRequest, release_workers, shield_workers, worker_error_line
 from engine.rundir import RunLog
-from engine.state import Checkpoints, final_state
+from engine.state import Checkpoints, final_state, rank0_check
 from model.build import network_name
 from model.distiller import Distiller
 from util.config import Config
@@ -243,12 +243,13 @@ class Trainer:
 
     def announce(self) -> None:
         """The run's first log line: it creates the run directory (RunLog is lazy)."""
+        net = network_name(self.meta)
+        # the first message creates and locks a new run folder: a job that lost that race stops on every rank
+        rank0_check((lambda: self.log.info(f"{self.meta['mode']} {net}: {self.total_iters} iterations, "
+                                           f"{self.epochs} epochs of {self.iters_per_epoch}, {self.info.world_size} "
+                                           f"process(es) on {self.info.device.type}")) if self.log else None)
         if not self.log:
             return
-        net = network_name(self.meta)
-        self.log.info(f"{self.meta['mode']} {net}: {self.total_iters} iterations, "
-                      f"{self.epochs} epochs of {self.iters_per_epoch}, {self.info.world_size} process(es) "
-                      f"on {self.info.device.type}")
         if self.checkpoints.resumed_from:
             self.log.purge_step = self.iteration + 1  # TensorBoard hides what the interrupted run logged later
             self.log.scalars(self.iteration, {}, kind="resume")  # metrics.jsonl: later rows supersede

@@ -137,3 +137,41 @@ def test_overrides_and_bad_config(dataset, capsys, tmp_path):
     assert "none.txt: list file not found" in capsys.readouterr().out
     with pytest.raises(SegKDError, match="dataset root"):
         check_dataset(str(tmp_path / "nowhere"), {}, 21, 255)
+
+
+def test_unlabeled_list_is_checked_without_opening_a_label(dataset, capsys, tmp_path, monkeypatch):
+    """data.unlabeled_list (SSLD): its images are counted and decoded, a broken or duplicated one is a problem line
+    naming the list, and no label file is read for them."""
+    import tools.check as check
+
+    root, config = dataset
+    os.makedirs(os.path.join(root, "Unlabeled"))
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (12, 9, 3), dtype=np.uint8)).save(f"{root}/Unlabeled/u{i}.jpg")
+    with open(os.path.join(root, "list", "unlabeled.txt"), "w") as f:
+        f.writelines(f"Unlabeled/u{i}.jpg\n" for i in range(3))
+    extra = ("data.unlabeled_list=list/unlabeled.txt", "data.unlabeled_ratio=0.5")
+    labels_read = []
+    real = check.read_label
+    monkeypatch.setattr(check, "read_label", lambda path: labels_read.append(path) or real(path))
+    status, out = _run(config, capsys, *extra)
+    assert status == 0, out
+    row = next(line for line in out.splitlines() if line.startswith("unlabeled "))
+    assert row.split()[1:3] == ["3", "0"]
+    assert "unlabeled: images H min/mean/max 12/12.0/12" in out
+    assert not any("Unlabeled" in path for path in labels_read) and len(labels_read) == len(IDS)
+
+    with open(f"{root}/Unlabeled/u1.jpg", "r+b") as f:  # truncated: an unreadable image
+        f.truncate(40)
+    with open(os.path.join(root, "list", "unlabeled.txt"), "a") as f:
+        f.write("Unlabeled/u0.jpg\n")
+    status, out = _run(config, capsys, *extra)
+    assert status == 1
+    assert "unlabeled.txt: duplicate image Unlabeled/u0.jpg (entries 1 and 4)" in out
+    assert any("u1.jpg" in line and "unlabeled.txt" in line for line in out.splitlines())
+
+    with open(os.path.join(root, "list", "unlabeled.txt"), "w") as f:
+        f.write("Unlabeled/u0.jpg Labels/a1.png\n")  # a labelled pair: the list's own rule
+    status, out = _run(config, capsys, *extra)
+    assert status == 1 and "expected one image path, got 2 fields" in out

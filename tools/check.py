@@ -3,12 +3,13 @@
     python -m tools.check --config config/voc2012/pspnet50_teacher.yaml
     python -m tools.check --config config/voc2012/pspnet50_teacher.yaml data.root=/data/voc --max-problems 5
 
-For the train and val lists of the config it reports sample
+For the train and val lists of the config (and ``data.unlabeled_list``'s images when set, SSLD) it reports sample
 counts, the label modes (P palette / L index; RGB colour labels are an error), the label value histogram (each value
 with its class name from ``data.dataset`` or ``data.names``, which must agree with ``data.*``), image
 size statistics and one line per problem naming ``list:line`` and the file: missing or unreadable (e.g.
 truncated) files, duplicate entries, label values outside ``0..classes-1`` that are not ``ignore_label``,
-image/label size mismatches. Exit status 0 when clean, 1 when there are problems, 2 on a bad config.
+image/label size mismatches; for the unlabelled list, its own rules (one relative image path a line) and unreadable or
+duplicate images, no label being opened. Exit status 0 when clean, 1 when there are problems, 2 on a bad config.
 
 The rules are the training dataset's own (data/dataset.py): its list resolution, its image and label readers
 and ``check_label``, whose errors become problem lines here instead of stopping at the first one.
@@ -27,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from data.dataset import check_label, parse_line, read_image, read_label, resolve_list
+from data.dataset import check_label, parse_line, read_image, read_image_list, read_label, resolve_list
 from data.datasets import class_names
 from util.config import load_config
 from util.errors import SegKDError
@@ -155,6 +156,39 @@ def check_split(root: str, name: str, list_file: str, classes: int, ignore_label
     return report
 
 
+def check_unlabeled(root: str, list_file: str, workers: int = 8) -> SplitReport:
+    """The unlabelled images of ``data.unlabeled_list`` (SSLD): the list by the training's own reader
+    (``read_image_list``: its first broken line is one problem), then every image decoded and duplicates named. No
+    label file is read: these images have none."""
+    report = SplitReport("unlabeled", resolve_list(root, list_file))
+    try:
+        images = read_image_list(root, list_file)
+    except SegKDError as e:
+        report.problems.append(str(e))
+        return report
+    report.samples = len(images)
+    first: dict[str, int] = {}
+    for index, image in enumerate(images):
+        if image in first:
+            report.problems.append(f"{report.list_file}: duplicate image {os.path.relpath(image, root)} "
+                                   f"(entries {first[image] + 1} and {index + 1})")
+        first.setdefault(image, index)
+
+    def read(image: str) -> _Sample:
+        out = _Sample()
+        pixels = _read(image, "image", report.list_file, out, read_image)
+        if pixels is not None:
+            out.size = pixels.shape[:2]
+        return out
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for sample in pool.map(read, images):
+            report.problems.extend(sample.problems)
+            if sample.size is not None:
+                report.sizes[sample.size] += 1
+    return report
+
+
 def check_dataset(root: str, lists: dict[str, str], classes: int, ignore_label: int,
                   workers: int = 8) -> Report:
     """Check each ``{split: list file}`` (relative to ``root`` or absolute) of the dataset at ``root``."""
@@ -215,6 +249,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         names = class_names(data)  # data.dataset's (or data.names'), after checking they agree with data.*
         lists = {"train": data.train_list, "val": data.val_list}
         report = check_dataset(data.root, lists, data.classes, data.ignore_label, args.workers)
+        if data.unlabeled_list is not None:
+            report.splits.append(check_unlabeled(data.root, data.unlabeled_list, args.workers))
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

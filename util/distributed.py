@@ -52,8 +52,28 @@ def init_distributed(device_choice: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30), **kwargs)
+        timeout = timedelta(minutes=30)
+        store = restart_round_store(timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return DistInfo(rank, local_rank, world_size, device)
+
+
+def restart_round_store(timeout: timedelta):
+    """The store of this restart round, or None for torch's default (``env://``).
+
+    torchrun (torch >= 2.4) by default hands its workers the rendezvous's own TCPStore
+    (``TORCHELASTIC_USE_AGENT_STORE=True``) and keeps it across the restart rounds of ``--max-restarts``. The
+    process group's keys (each rank's gloo/NCCL address) carry no round, so a worker of the restarted group can read
+    a dead worker's address and fail in ``connectFullMesh`` ("Connection refused"; 5 tries of 6, docs/RELIABILITY.md).
+    Keys under ``segkd/round<TORCHELASTIC_RESTART_COUNT>/`` are this round's alone. On several nodes the agents'
+    restart counts can differ (a node restarted because another failed does not count it), so ``tools.launch``
+    gives every round a store of its own instead (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``) and this is not used."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"segkd/round{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def cleanup() -> None:
