@@ -13,7 +13,7 @@ the tensor after the ASPP projection and that 3x3 conv + BN + ReLU, just before 
 The aux head on layer3 is PSPNet's (torchvision's ``FCNHead`` for R50/101), so the aux logits of a DeepLabV3
 teacher and a PSPNet student have the same shape. On a MobileNetV3 (``model.backbone``) the ASPP branches, its
 projection, the head and the aux head are 128 wide, as CIRKD's ``models/deeplabv3_mobilenetv3.py``
-(model/mobilenetv3.py).
+(model/mobilenetv3.py); on ``mobilenetv3_*_cirkd`` as CIRKD's, without the aux head.
 
 The module names follow torchvision's ``deeplabv3_resnet50/101`` (whose backbone is the torchvision stem with
 the contract dilation: ``model.stem=torchvision model.dilation=contract``), so the key map an importer applies
@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from model.mobilenetv3 import CIRKD_VARIANTS
 from model.pspnet import MOBILE_WIDTH, Segmentor, _check_args, _head, build_backbone
 from util.errors import SegKDError
 
@@ -82,10 +83,13 @@ class DeepLabV3(Segmentor):
         aux_channels: the aux head's (``aux_feat``).
         head: ``"segkd"`` (the widths above) or ``"cirkd"`` (CIRKD's ResNet widths: 512, aux head layer3's / 4,
             element-wise dropout).
+        aux: False for CIRKD's ``deeplabv3_mobilenet_ssseg`` (a ``*_cirkd`` MobileNetV3): no aux head, element-wise
+            dropout in the head.
     """
 
     def __init__(self, backbone: nn.Module, classes: int, rates: Sequence[int] = RATES, dropout: float = 0.1,
-                 align_corners: bool = True, channels: int = 256, aux_channels: int = 256, head: str = "segkd"):
+                 align_corners: bool = True, channels: int = 256, aux_channels: int = 256, head: str = "segkd",
+                 aux: bool = True):
         super().__init__(backbone, classes, dropout, align_corners)
         if head not in HEADS:
             raise SegKDError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}")
@@ -94,10 +98,12 @@ class DeepLabV3(Segmentor):
             channels, aux_channels = 512, c3 // 4
         self.aspp = ASPP(backbone.channels["layer4"], rates, channels)
         self.head = _head(self.aspp.out_channels, channels, classes, dropout)
-        self.aux_head = _head(c3, aux_channels, classes, dropout)
-        if head == "cirkd":  # CIRKD's heads drop single activations (nn.Dropout), not whole channels
+        if aux:
+            self.aux_head = _head(c3, aux_channels, classes, dropout)
+        if head == "cirkd" or not aux:  # CIRKD's heads drop single activations (nn.Dropout), not whole channels
             self.head[3] = nn.Dropout(dropout)
-            self.aux_head[3] = nn.Dropout(dropout)
+            if self.aux_head is not None:
+                self.aux_head[3] = nn.Dropout(dropout)
 
     def context(self, x: Tensor) -> Tensor:
         """layer4 N x C4 x h x w -> ASPP output N x 256 x h x w (512 with ``head="cirkd"``)."""
@@ -127,7 +133,8 @@ def build_deeplabv3(
                          "own 128-wide heads: leave model.head at segkd")
     net = build_backbone(backbone, layers, pretrained, weights, zero_init_residual, stem, dilation)
     widths = {"channels": MOBILE_WIDTH, "aux_channels": MOBILE_WIDTH} if backbone != "resnet" else {}
-    return DeepLabV3(net, classes, dropout=dropout, align_corners=align_corners, head=head, **widths)
+    return DeepLabV3(net, classes, dropout=dropout, align_corners=align_corners, head=head,
+                     aux=backbone not in CIRKD_VARIANTS, **widths)
 
 
 __all__ = ["ASPP", "DeepLabV3", "HEADS", "RATES", "build_deeplabv3"]

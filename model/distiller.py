@@ -133,6 +133,15 @@ class Distiller(nn.Module):
         self.teacher_cache = teacher_cache
         if teacher is None and terms:
             raise ValueError("distillation terms need a teacher")
+        no_aux = [role for role, net in (("student", student), ("teacher", teacher)) if net is not None
+                  and not has_aux_head(net)]
+        if feat_loss != "none" and no_aux:
+            raise SegKDError(f"distill.feat_loss={feat_loss} compares aux logits, but the "
+                             f"{' and the '.join(no_aux)} has no aux head (CIRKD's MobileNetV3, "
+                             "model.backbone=*_cirkd); set distill.feat_loss=none")
+        if aux_weight and not has_aux_head(student):
+            raise SegKDError(f"train.aux_weight={aux_weight}: the network has no aux head (CIRKD's MobileNetV3, "
+                             "model.backbone=*_cirkd, has none); set train.aux_weight=0")
         # the methods' trainable modules (connectors) live here: trained, checkpointed, never in the student
         self.methods = nn.ModuleDict({t.name: t.method for t in terms})
         self.term_tensors = {t.name: t.tensor for t in terms}
@@ -188,7 +197,9 @@ class Distiller(nn.Module):
         labeled = target  # what CE sees: an unlabelled image's pixels are ignored, the distillation terms count them
         if self.unlabeled_label is not None:
             labeled = target.masked_fill(target == self.unlabeled_label, ign)
-        terms = {"ce": cross_entropy(s["out"], labeled, ign, ac), "aux": cross_entropy(s["aux"], labeled, ign, ac)}
+        terms = {"ce": cross_entropy(s["out"], labeled, ign, ac)}
+        if "aux" in s:  # a network without an aux head (CIRKD's MobileNetV3) returns none
+            terms["aux"] = cross_entropy(s["aux"], labeled, ign, ac)
         if self.teacher is not None:
             t = self.teacher_logits(images)
             terms["kd"] = self.compare(self.kd_loss, s["out"], t["out"], target)
@@ -278,8 +289,15 @@ def _align_corners(student: nn.Module) -> bool:
 
 
 def _channels(model: nn.Module, classes: int) -> dict[str, int]:
-    """Channels of every tensor a network can return by name (its logits have ``classes``)."""
-    return {**getattr(unwrap(model), "feature_channels", {}), **{name: classes for name in LOGITS}}
+    """Channels of every tensor a network can return by name (its logits have ``classes``; "aux" only with an aux
+    head)."""
+    logits = [name for name in LOGITS if name != "aux" or has_aux_head(model)]
+    return {**getattr(unwrap(model), "feature_channels", {}), **{name: classes for name in logits}}
+
+
+def has_aux_head(model: nn.Module) -> bool:
+    """Whether a network computes aux logits: every segkd segmentor but CIRKD's MobileNetV3 (``aux_head`` None)."""
+    return getattr(unwrap(model), "aux_head", True) is not None
 
 
 __all__ = ["Distiller", "FEAT_LOSSES", "compare_logits", "KD_LOSSES", "METHODS", "Term", "build_terms", "float32_term",

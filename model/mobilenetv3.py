@@ -25,14 +25,22 @@ What CIRKD builds (winycg/CIRKD, read at its commit dab64db):
 - Where CIRKD's network computes otherwise than torchvision's (``models/base_models/irconv.py``): its stride-2 convs
   (the stem, the stride-2 depthwise convs) pad TensorFlow's "same" way (``AdptivePaddingConv2d``: on an even size,
   nothing before and one after) where torchvision pads k // 2 on both sides, and its BatchNorms keep PyTorch's eps
-  1e-5 where torchvision's MobileNetV3 has 1e-3. Its module names differ too (``layer<i>.expand_conv`` /
-  ``depthwise_conv`` / ``se.conv1, conv2`` / ``linear_conv`` against ``features.<i>.block.<j>``). A CIRKD student
-  file therefore maps onto this network module for module (the aux head aside) but does not give CIRKD's logits
-  here.
+  1e-5 where torchvision's MobileNetV3 has 1e-3 (and BN momentum 0.1 where torchvision's has 0.01). Its module
+  names differ too (``layer<i>.expand_conv`` / ``depthwise_conv`` / ``se.conv1, conv2`` / ``linear_conv`` against
+  ``features.<i>.block.<j>``; :func:`cirkd_names`). Its activations are the same functions (hard-swish
+  ``x * relu6(x + 3) / 6``, the SE gate's hard-sigmoid ``clamp((x + 3) / 6, 0, 1)``, ReLU).
 
-What segkd adds (ours, not CIRKD's): the aux head on ``layer3`` that every segkd segmentor has, at 128 channels
-(torchvision's ``deeplabv3_mobilenet_v3_large`` puts its aux head on the first 1/8 block, 40 channels; CIRKD has
-none: ``train.aux_weight=0`` trains without it, and evaluation and export never run it).
+``mobilenetv3_small_cirkd`` / ``mobilenetv3_large_cirkd`` (``model.backbone``) is CIRKD's network: the same modules
+and names as above (so the same torchvision file loads), its stride-2 convs padding CIRKD's "same" way
+(:class:`SamePadConv2d`), every BatchNorm at eps 1e-5 and momentum 0.1; with CIRKD's heads
+(model/pspnet.py, model/deeplabv3.py: element-wise Dropout) and no aux head, as CIRKD's, so a CIRKD student file
+(``tools.import_weights --format cirkd``) gives CIRKD's logits. ``model.pretrained=PATH`` also reads an ImageNet
+file in CIRKD's (mmseg's) layout, ``layer<i>.*`` with or without a ``backbone.`` prefix, by the same names.
+
+What segkd adds (ours, not CIRKD's) to ``mobilenetv3_small`` / ``mobilenetv3_large``: the aux head on ``layer3``
+that every segkd segmentor has, at 128 channels (torchvision's ``deeplabv3_mobilenet_v3_large`` puts its aux head
+on the first 1/8 block, 40 channels; CIRKD has none: ``train.aux_weight=0`` trains without it, and evaluation and
+export never run it). The ``_cirkd`` variants have none at all.
 
 The named tensors (torchvision's ``features`` index whose output each is; a stage ends where the next stride-2
 block, torchvision's ``_is_cn``, begins):
@@ -57,8 +65,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Union
 
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+from torchvision.ops.misc import SqueezeExcitation
 
 from model.backbone import _read_file, _short_list, hub_state_dict
 from util.errors import SegKDError
@@ -69,7 +79,13 @@ VARIANTS = {
                           "MobileNetV3-Small"),
     "mobilenetv3_large": (torchvision.models.mobilenet_v3_large, torchvision.models.MobileNet_V3_Large_Weights,
                           "MobileNetV3-Large"),
+    # CIRKD's own network (its padding and BatchNorm, no aux head): the module docstring
+    "mobilenetv3_small_cirkd": (torchvision.models.mobilenet_v3_small, torchvision.models.MobileNet_V3_Small_Weights,
+                                "MobileNetV3-Small (CIRKD's)"),
+    "mobilenetv3_large_cirkd": (torchvision.models.mobilenet_v3_large, torchvision.models.MobileNet_V3_Large_Weights,
+                                "MobileNetV3-Large (CIRKD's)"),
 }
+CIRKD_VARIANTS = ("mobilenetv3_small_cirkd", "mobilenetv3_large_cirkd")  # no aux head in their segmentors
 _CLASSIFIER_KEYS = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
 # the dilation of the 1/16 and the 1/32 stage at each output stride (16: torchvision's ``dilated=True``, the 1/16
 # stage as built)
@@ -112,6 +128,9 @@ class MobileNetV3Backbone(nn.Module):
         d16, d32 = _STAGE_DILATION[output_stride]
         for i in range(down[2] if d16 else down[3], len(self.features)):
             _dilate(self.features[i], d16 if i < down[3] else d32)
+        self.cirkd = variant in CIRKD_VARIANTS
+        if self.cirkd:
+            _cirkd_convention(self.features)
         if zero_init_residual:
             for block in self.features:
                 if getattr(block, "use_res_connect", False):
@@ -156,6 +175,79 @@ def _dilate(block: nn.Module, dilation: int) -> None:
             conv.padding = ((k - 1) // 2 * dilation,) * 2
 
 
+class SamePadConv2d(nn.Conv2d):
+    """A conv padding TensorFlow's "same" way, as CIRKD's ``AdptivePaddingConv2d``: the output is ceil(n / stride)
+    and the total padding (out - 1) * stride + (k - 1) * dilation + 1 - n is split with the smaller half before
+    (on an even size at stride 2: nothing before, one after for a 3x3). ``padding`` is 0; the parameters and their
+    names are nn.Conv2d's."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        # total = (k - 1) * d - (n - 1) % s: the formula above without max(.., 0), >= 0 for every conv this pads
+        # (k > 1, (k - 1) * d >= s - 1); no Python branch on the size, so a traced or exported network keeps it
+        # a function of the input's size
+        (top, bottom), (left, right) = (
+            (total // 2, total - total // 2) for total in
+            ((k - 1) * d - (n - 1) % s for n, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride,
+                                                               self.dilation)))
+        return self._conv_forward(F.pad(x, [left, right, top, bottom]), self.weight, self.bias)
+
+
+def _cirkd_convention(features: nn.Sequential) -> None:
+    """CIRKD's arithmetic on torchvision's modules: every conv still at stride 2 (after the dilation) becomes a
+    :class:`SamePadConv2d` holding the same parameters, every BatchNorm eps 1e-5 and momentum 0.1 (PyTorch's
+    defaults, CIRKD's ``nn.BatchNorm2d`` / ``SyncBatchNorm``)."""
+    for name, conv in list(features.named_modules()):
+        if isinstance(conv, nn.Conv2d) and conv.stride != (1, 1):
+            assert all((k - 1) * d >= s - 1 for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation))
+            same = SamePadConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                                 conv.dilation, conv.groups, conv.bias is not None)
+            same.weight, same.bias = conv.weight, conv.bias
+            parent, _, child = name.rpartition(".")
+            setattr(features.get_submodule(parent) if parent else features, child, same)
+    for bn in features.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.eps, bn.momentum = 1e-5, 0.1
+
+
+def cirkd_names(features: nn.Sequential) -> dict[str, str]:
+    """The module names of CIRKD's MobileNetV3 (``models/base_models/mobilenetv3.py``, ``irconv.py``) for this
+    backbone's: ``features.<i>.<j>`` -> ``layer<i>.{conv,bn}`` for the stem (i = 0) and the last 1x1 conv;
+    in a block, ``features.<i>.block.<j>.{0,1}`` -> ``layer<i>.<role>.{conv,bn}``, the role ``expand_conv`` (a
+    1x1 conv before the depthwise one), ``depthwise_conv`` or ``linear_conv`` (the last), and
+    ``features.<i>.block.<j>.fc1/fc2`` (the SE's) -> ``layer<i>.se.conv1/conv2.conv``. Parameter and buffer
+    names follow unchanged (``weight``, ``running_mean``, ...)."""
+    names, last = {}, len(features) - 1
+    for i, block in enumerate(features):
+        if i in (0, last):
+            names.update({f"features.{i}.0": f"layer{i}.conv", f"features.{i}.1": f"layer{i}.bn"})
+            continue
+        parts = list(block.block)
+        seen_depthwise = False
+        for j, part in enumerate(parts):
+            here = f"features.{i}.block.{j}"
+            if isinstance(part, SqueezeExcitation):
+                names.update({f"{here}.fc1": f"layer{i}.se.conv1.conv", f"{here}.fc2": f"layer{i}.se.conv2.conv"})
+                continue
+            if part[0].groups > 1:
+                role, seen_depthwise = "depthwise_conv", True
+            else:
+                role = "linear_conv" if seen_depthwise else "expand_conv"
+            names.update({f"{here}.0": f"layer{i}.{role}.conv", f"{here}.1": f"layer{i}.{role}.bn"})
+    return names
+
+
+def cirkd_key_map(module: nn.Module, prefix: str = "", cirkd_prefix: str = "") -> dict[str, str]:
+    """CIRKD's key -> segkd's key for every tensor of ``module``'s state dict whose name is
+    ``<prefix>features.*`` (a :class:`MobileNetV3Backbone` at ``prefix``), CIRKD's under ``cirkd_prefix``."""
+    backbone = module.get_submodule(prefix.rstrip(".")) if prefix else module
+    names = cirkd_names(backbone.features)
+    out = {}
+    for key in backbone.state_dict():
+        owner, _, tensor = key.rpartition(".")
+        out[f"{cirkd_prefix}{names[owner]}.{tensor}"] = f"{prefix}{key}"
+    return out
+
+
 def load_mobilenet_weights(module: MobileNetV3Backbone, source: StateSource, origin: str | None = None) -> None:
     """Load a torchvision MobileNetV3 state dict into ``module`` strictly (all keys, all shapes).
 
@@ -181,6 +273,10 @@ def load_mobilenet_weights(module: MobileNetV3Backbone, source: StateSource, ori
         key = key.removeprefix("module.")
         if key not in _CLASSIFIER_KEYS:
             state[key] = value
+    if module.cirkd and any(k.startswith(("layer0.", "backbone.layer0.")) for k in state):
+        # CIRKD's (mmseg's) layout, e.g. its mobilenet_v3_small-47085aa1.pth: renamed by CIRKD's module names
+        names = cirkd_key_map(module)
+        state = {names.get(k.removeprefix("backbone."), k): v for k, v in state.items()}
     expected = module.state_dict()
     # BatchNorm's num_batches_tracked is absent from torchvision's older files; load_state_dict fills it
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -191,9 +287,11 @@ def load_mobilenet_weights(module: MobileNetV3Backbone, source: StateSource, ori
     problems += [f"unexpected keys: {_short_list(unexpected)}"] if unexpected else []
     problems += [f"shape mismatch (file vs model): {_short_list(wrong, 5)}"] if wrong else []
     if problems:
+        cirkd = f" or CIRKD's (layer0..layer{len(module.features) - 1})" if module.cirkd else ""
         raise SegKDError(f"{origin}: {'; '.join(problems)}; expected torchvision's {module.label} ImageNet weights "
-                         f"(features.0..features.{len(module.features) - 1}, classifier.*) for model.backbone")
+                         f"(features.0..features.{len(module.features) - 1}, classifier.*){cirkd} for model.backbone")
     module.load_state_dict(state, strict=True)
 
 
-__all__ = ["MobileNetV3Backbone", "VARIANTS", "load_mobilenet_weights"]
+__all__ = ["CIRKD_VARIANTS", "MobileNetV3Backbone", "SamePadConv2d", "VARIANTS", "cirkd_key_map", "cirkd_names",
+           "load_mobilenet_weights"]

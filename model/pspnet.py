@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.backbone import ResNetBackbone
-from model.mobilenetv3 import VARIANTS, MobileNetV3Backbone
+from model.mobilenetv3 import CIRKD_VARIANTS, VARIANTS, MobileNetV3Backbone
 from util.errors import SegKDError
 
 BACKBONES = ("resnet", *VARIANTS)  # model.backbone
@@ -77,6 +77,8 @@ class Segmentor(nn.Module):
     """backbone -> ``context`` on layer4 -> ``head``; ``aux_head`` on layer3. A subclass builds ``context``
     (PSPNet's PPM, DeepLabV3's ASPP) and ``head``, whose first three modules are its 3x3 conv + BN + ReLU and
     the rest its dropout and classifier; :meth:`forward` and the parameter groups are the same for all.
+    ``aux_head`` is None in a network without one (CIRKD's MobileNetV3 students, ``model.backbone=*_cirkd``):
+    ``forward`` then never returns "aux" or "aux_feat".
 
     Attributes:
         align_corners: the bilinear convention of the network's own upsampling, which evaluation also uses to
@@ -92,6 +94,7 @@ class Segmentor(nn.Module):
                             "entries")
         self.backbone = backbone
         self.align_corners = align_corners
+        self.aux_head: nn.Sequential | None = None  # a subclass builds it, or leaves it out
         # model.input: a fixed conversion of segkd's input for a network trained on another (model/inputs.py)
         self.input_transform: nn.Module = nn.Identity()
 
@@ -124,7 +127,9 @@ class Segmentor(nn.Module):
             out["out"], out["out_feat"] = self.head[3:](hidden), hidden
         else:
             out["out"] = self.head(self.context(feats["layer4"]))
-        if "aux_feat" in features:
+        if self.aux_head is None:
+            pass  # no aux head (``aux`` asks for nothing then; "aux_feat" is not among feature_channels)
+        elif "aux_feat" in features:
             hidden = self.aux_head[:3](feats["layer3"])
             out["aux_feat"] = hidden
             if aux:
@@ -138,12 +143,13 @@ class Segmentor(nn.Module):
     def feature_channels(self) -> dict[str, int]:
         """Channels of every tensor ``forward(features=...)`` can return."""
         c = self.backbone.channels
+        aux = {"aux_feat": self.aux_head[0].out_channels} if self.aux_head is not None else {}
         return {**{f"layer{i}": c[f"layer{i}"] for i in range(1, 5) if f"layer{i}" in c},
-                "out_feat": self.head[0].out_channels, "aux_feat": self.aux_head[0].out_channels}
+                "out_feat": self.head[0].out_channels, **aux}
 
     def inference_parameters(self) -> list[nn.Parameter]:
         """The parameters of the network evaluated and deployed: everything but the aux head."""
-        skip = {id(p) for p in self.aux_head.parameters()}
+        skip = {id(p) for p in self.aux_head.parameters()} if self.aux_head is not None else set()
         return [p for p in self.parameters() if id(p) not in skip]
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -164,17 +170,21 @@ class PSPNet(Segmentor):
         dropout: Dropout2d probability in both heads.
         align_corners: of the PPM's upsampling (and of evaluation's logit zoom).
         head_channels, aux_channels: the width of the main and the aux head's 3x3 conv (``out_feat``, ``aux_feat``).
+        cirkd: CIRKD's ``psp_mobile`` head: no aux head, element-wise Dropout before the classifier.
     """
 
     def __init__(
         self, backbone: nn.Module, classes: int, bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
-        align_corners: bool = True, head_channels: int = 512, aux_channels: int = 256,
+        align_corners: bool = True, head_channels: int = 512, aux_channels: int = 256, cirkd: bool = False,
     ):
         super().__init__(backbone, classes, dropout, align_corners)
         channels = backbone.channels
         self.ppm = PPM(channels["layer4"], bins, align_corners)
         self.head = _head(self.ppm.out_channels, head_channels, classes, dropout)
-        self.aux_head = _head(channels["layer3"], aux_channels, classes, dropout)
+        if cirkd:
+            self.head[3] = nn.Dropout(dropout)
+        else:
+            self.aux_head = _head(channels["layer3"], aux_channels, classes, dropout)
 
     def context(self, x: Tensor) -> Tensor:
         """layer4 N x C4 x h x w -> PPM output N x 2*C4 x h x w."""
@@ -200,12 +210,14 @@ def build_pspnet(
     align_corners: bool = True,
     backbone: str = "resnet",
 ) -> PSPNet:
-    """PSPNet on a dilated ResNet-``layers`` or (``backbone``) a MobileNetV3, with CIRKD's 128-wide heads;
-    ``pretrained``, ``zero_init_residual``, ``stem`` and ``dilation`` as in :class:`model.backbone.ResNetBackbone`."""
+    """PSPNet on a dilated ResNet-``layers`` or (``backbone``) a MobileNetV3, with CIRKD's 128-wide heads (and
+    CIRKD's head without an aux head on a ``*_cirkd`` backbone); ``pretrained``, ``zero_init_residual``, ``stem``
+    and ``dilation`` as in :class:`model.backbone.ResNetBackbone`."""
     _check_args(classes, dropout)  # before a possibly slow weight load
     net = build_backbone(backbone, layers, pretrained, weights, zero_init_residual, stem, dilation)
     widths = {"head_channels": MOBILE_WIDTH, "aux_channels": MOBILE_WIDTH} if backbone != "resnet" else {}
-    return PSPNet(net, classes, dropout=dropout, align_corners=align_corners, **widths)
+    return PSPNet(net, classes, dropout=dropout, align_corners=align_corners, cirkd=backbone in CIRKD_VARIANTS,
+                  **widths)
 
 
 def build_backbone(backbone: str, layers: int, pretrained: bool | str | None, weights: str, zero_init_residual: bool,

@@ -13,7 +13,9 @@ only, --mmseg needs mmsegmentation, mmengine and mmcv (or mmcv-lite) installed b
 what this printed here, docs/USAGE.md ("Import a published teacher") the --cirkd lines. Exit status 1 if any check
 fails.
 
---cirkd feeds both networks the same image, each as its own loader prepares it (segkd: RGB, ImageNet mean/std;
+--cirkd checks CIRKD's ResNet DeepLabV3 files and its MobileNetV3 students (DeepLabV3 and PSPNet, Small and Large;
+its SyncBatchNorms are made plain BatchNorms with the same state, for one CPU process). It feeds both networks the
+same image, each as its own loader prepares it (segkd: RGB, ImageNet mean/std;
 CIRKD: BGR minus the Caffe mean, its dataset/*.py), and its networks' BN statistics are those of that input (one
 pass in train mode), so their logits are of order 1 and its tolerance is absolute: 1e-4.
 """
@@ -197,24 +199,52 @@ def calibrate(net: nn.Module, batch: torch.Tensor, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-def check_cirkd(repo: str, folder: str) -> bool:
+# CIRKD's published MobileNetV3 students (its README at dab64db, all CIRKDV2), as (its --model, --backbone, the
+# dataset's name in the file, classes): the file is kd_<model>_<backbone>_<dataset>_best_model.pth
+_DLV3, _PSP, _S, _L = "deeplabv3_mobilenet_ssseg", "psp_mobile", "mobilenetv3_small", "mobilenetv3_large"
+CIRKD_MOBILE_FILES = ((_DLV3, _S, "citys", 19), (_PSP, _S, "citys", 19), (_DLV3, _L, "ade20k", 150),
+                      (_PSP, _L, "ade20k", 150), (_DLV3, _S, "voc", 21), (_DLV3, _L, "voc", 21), (_PSP, _S, "voc", 21),
+                      (_PSP, _L, "voc", 21), (_PSP, _S, "coco_stuff_164k", 182), (_DLV3, _S, "coco_stuff_164k", 182),
+                      (_DLV3, _L, "coco_stuff_164k", 182))
+
+
+def plain_batchnorm(module: nn.Module) -> nn.Module:
+    """Every SyncBatchNorm (CIRKD's MobileNetV3 default) replaced by a BatchNorm2d of the same eps, momentum and
+    state: the same function in eval mode, and a train-mode pass needs no process group."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            plain_batchnorm(child)
+    return module
+
+
+def cirkd_images(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random RGB images as CIRKD's loader gives them (cv2.imread's BGR, float32 minus the Caffe mean in float64,
+    HWC -> CHW, float32: its dataset/*.py) and as segkd's does (RGB, ImageNet mean/std)."""
     import numpy as np
 
     from data.transforms import normalize
 
+    caffe_bgr = np.array([104.00698793, 116.66876762, 122.67891434])
+    images = np.random.default_rng(0).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+    theirs = torch.from_numpy(np.stack([(im[..., ::-1].astype(np.float32) - caffe_bgr).transpose(2, 0, 1)
+                                        for im in images]).astype(np.float32))
+    return theirs, normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
+
+
+def check_cirkd(repo: str, folder: str) -> bool:
     sys.path.insert(0, os.path.abspath(repo))  # CIRKD's package is `models` (segkd's is `model`)
     try:
         from models.deeplabv3 import get_deeplabv3  # winycg/CIRKD's
+        from models.deeplabv3_mobilenetv3 import get_deeplabv3_mobilenet_ssseg
+        from models.psp_mobile import get_psp_mobile
         from models.segbase import SegBaseModel  # noqa: F401  (its ResNetV1b backbone, resnet*_v1s)
     finally:
         sys.path.pop(0)
-    caffe_bgr = np.array([104.00698793, 116.66876762, 122.67891434])  # CIRKD's dataset/*.py
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (2, 97, 129, 3), dtype=np.uint8)  # HxWx3 RGB, as segkd's reader gives
-    # CIRKD's loader: cv2.imread (BGR), float32 - mean (float64), HWC -> CHW, float32
-    theirs = torch.from_numpy(np.stack([(im[..., ::-1].astype(np.float32) - caffe_bgr).transpose(2, 0, 1)
-                                        for im in images]).astype(np.float32))
-    mine = normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
+    theirs, mine = cirkd_images(97, 129)
     results = []
     for layers, classes, name in CIRKD_FILES:
         torch.manual_seed(0)  # its random init (kaiming) too is seeded
@@ -242,6 +272,34 @@ def check_cirkd(repo: str, folder: str) -> bool:
               f"{expected.abs().max().item():.3g}), max abs difference {diff:.2e}, aux logits {aux_diff:.2e}, "
               f"on CIRKD's input tensor {same_input:.2e} ({'ok' if ok else 'FAILED'}, tolerance {TOLERANCE:g})",
               flush=True)
+        results.append(ok)
+    mobile = {"deeplabv3_mobilenet_ssseg": get_deeplabv3_mobilenet_ssseg, "psp_mobile": get_psp_mobile}
+    # an even size: CIRKD's stride-2 convs then pad one pixel after and none before (torchvision's: one each side)
+    theirs, mine = cirkd_images(96, 128)
+    for model_name, backbone, dataset, classes in CIRKD_MOBILE_FILES:
+        name = f"kd_{model_name}_{backbone}_{dataset}_best_model.pth"
+        torch.manual_seed(0)
+        net = mobile[model_name](backbone=backbone, pretrained="None", pretrained_base="None", num_class=classes,
+                                 norm_layer=nn.BatchNorm2d)
+        net = calibrate(plain_batchnorm(net), theirs)
+        with torch.no_grad():
+            out = net(theirs)[0]  # [logits, the 128-channel feature] at 1/8
+        expected = F.interpolate(out, theirs.shape[2:], mode="bilinear", align_corners=True)
+        src, dst = os.path.join(folder, name), os.path.join(folder, f"{name}.segkd.pth")
+        torch.save(net.state_dict(), src)
+        import_weights(src, dst, "cirkd", classes)
+        model, meta = model_from_checkpoint(dst, classes)
+        with torch.no_grad():
+            got = model.eval()(mine)
+            model.input_transform = nn.Identity()
+            same_input = (model(theirs, aux=False)["out"] - out).abs().max().item()
+        diff = (F.interpolate(got["out"], mine.shape[2:], mode="bilinear", align_corners=model.align_corners)
+                - expected).abs().max().item()
+        ok = max(diff, same_input) <= TOLERANCE and "aux" not in got
+        print(f"cirkd {name} ({model_name} {backbone} -> {meta['arch']} {meta['backbone']}, {classes} classes): "
+              f"logits {tuple(expected.shape)} (max |logit| {expected.abs().max().item():.3g}), max abs difference "
+              f"{diff:.2e}, no aux head, on CIRKD's input tensor {same_input:.2e} ({'ok' if ok else 'FAILED'}, "
+              f"tolerance {TOLERANCE:g})", flush=True)
         results.append(ok)
     return all(results)
 

@@ -13,8 +13,13 @@ METHOD_ROWS="pspnet18_kd_aux_cwd pspnet18_kd_aux_dist pspnet18_kd_aux_kl_std psp
     pspnet18_kd_ssld"
 CHAIN_ASSISTANT=pspnet34_kd CHAIN_STUDENT=pspnet18_kd_ta     # CHAIN="<teacher depth> 34 18": their configs
 # The rows' names: the teacher's and the students' prefix. The CIRKD tables (scripts/cityscapes|ade20k|camvid) set
-# deeplabv3_r101_teacher and deeplabv3_r18 (their rows deeplabv3_r18_baseline, deeplabv3_r18_kd, ...).
+# deeplabv3_r101_teacher and deeplabv3_r18 (their rows deeplabv3_r18_baseline, deeplabv3_r18_kd, ...), or a
+# MobileNetV3 student's prefix (deeplabv3_mbv3s, pspnet_mbv3s, deeplabv3_mbv3l). TABLE_RUNS: the folder under $RUNS
+# of the student runs and the table (default: the dataset's; another student's table in a folder of its own, its
+# teacher still the dataset's $RUNS/<dataset>/<teacher row>).
 TABLE_TEACHER_ROW=${TABLE_TEACHER_ROW:-pspnet50_teacher} TABLE_STUDENT=${TABLE_STUDENT:-pspnet18}
+# A MobileNetV3 student's rows (CIRKD's network has no aux head: no aux-logit rows): config/<dataset>/<prefix>_<row>
+MOBILE_ROWS="baseline kd kd_fitnet kd_skd kd_ifvd kd_cirkd"
 CPU_LONG_ITERS=400  # SCALE=cpu-long: student iterations (the CPU configs say 150)
 # SCALE=demo: the CPU configs' schedule shortened to fit 30 minutes on the slowest 2-vCPU VM seen (docs/TABLES.md):
 # teacher 250 iterations (the configs say 500), students 60 (150), warmups cut in proportion; 8 val images through
@@ -318,7 +323,7 @@ segkd_student() {
 # $RUNS/DATASET (configs in config/DATASET). With TEACHER_CACHE=1 the runs distilled from the teacher share its
 # logits in $RUNS/DATASET/teacher_cache.
 segkd_table() {
-    local ds=$1 cfgdir=config/$1 root=$RUNS/$1 seed row k=1 chain=0
+    local ds=$1 cfgdir=config/$1 root=$RUNS/${TABLE_RUNS:-$1} seed row k=1 chain=0
     local teacher_row=$TABLE_TEACHER_ROW teacher_dir=$RUNS/$1/$TABLE_TEACHER_ROW
     local common=(${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
     local n_seeds n_rows total
@@ -374,7 +379,9 @@ segkd_table() {
                 "teacher.checkpoint=$root/$CHAIN_ASSISTANT/seed$seed/model/final.pth" teacher.layers=34
         fi
     done
-    "$PYTHON" scripts/make_table.py "$root" --seeds "$SEEDS" --eval "$EVAL" --config-dir "$cfgdir" \
+    local tables=("$root")
+    if [ "$root" != "$RUNS/$1" ]; then tables+=("$teacher_dir"); fi  # the teacher lives beside the dataset's rows
+    "$PYTHON" scripts/make_table.py "${tables[@]}" --seeds "$SEEDS" --eval "$EVAL" --config-dir "$cfgdir" \
         --out-md "$root/table.md" --out-csv "$root/table.csv"
     echo "wrote $root/table.md and $root/table.csv ($(segkd_clock "$SECONDS") since the script started)"
     if [ -n "${MATCH:-}" ]; then

@@ -154,14 +154,34 @@ def row_name(run: Run) -> str:
     return os.path.basename(os.path.dirname(run.run_dir)) if re.fullmatch(r"seed\d+", base) else base
 
 
+# A student prefix's tag (``deeplabv3_<tag>_kd``) -> the networks its runs may be (metrics.json ``layers`` or
+# ``backbone``) and its name in the labels, in place of R18: CIRKD's MobileNetV3 students (config/cityscapes,
+# config/voc2012; segkd's own variant of the same network too, as config/synthetic_cpu's)
+STUDENT_TAGS = {"r18": ((18,), "R18"), "mbv3s": (("mobilenetv3_small_cirkd", "mobilenetv3_small"), "MobileNetV3-Small"),
+                "mbv3l": (("mobilenetv3_large_cirkd", "mobilenetv3_large"), "MobileNetV3-Large")}
+_STUDENT_NAME = re.compile(rf"(?:pspnet|deeplabv3)_({'|'.join(STUDENT_TAGS)})_((?:baseline|kd)\w*)")
+
+
 def canonical(name: str) -> str:
     """The row a folder name stands for: the tables of scripts/<cityscapes|ade20k|camvid>/table.sh name their rows by
-    architecture (``deeplabv3_r101_teacher``, ``deeplabv3_r18_kd_cirkd``), each the row of the same role above
-    (:data:`TEACHER_ROW`, ``pspnet18_kd_cirkd``) and checked as it is; any other name is its own row."""
+    architecture (``deeplabv3_r101_teacher``, ``deeplabv3_r18_kd_cirkd``, ``pspnet_mbv3s_kd_cirkd``), each the row of
+    the same role above (:data:`TEACHER_ROW`, ``pspnet18_kd_cirkd``) and checked as it is (with the student's network
+    in place of R18); any other name is its own row."""
     if re.fullmatch(r"(?:pspnet|deeplabv3)_r\d+_teacher", name):
         return TEACHER_ROW
-    m = re.fullmatch(r"(?:pspnet|deeplabv3)_r18_((?:baseline|kd)\w*)", name)
-    return f"pspnet18_{m.group(1)}" if m else name
+    m = _STUDENT_NAME.fullmatch(name)
+    return f"pspnet18_{m.group(2)}" if m else name
+
+
+def expected_signature(name: str, sig: tuple[Any, Any, Any, Any], run_sig: tuple[Any, Any, Any, Any]
+                       ) -> tuple[Any, Any, Any, Any]:
+    """The signature a run in row folder ``name`` must have: the row's ``sig`` with the network of the folder's
+    student tag (the run's own, when it is one the tag allows)."""
+    m = _STUDENT_NAME.fullmatch(name)
+    if not m:
+        return sig
+    networks = STUDENT_TAGS[m.group(1)][0]
+    return (sig[0], run_sig[1] if run_sig[1] in networks else networks[0], *sig[2:])
 
 
 def signature(run: Run) -> tuple[Any, Any, Any, Any]:
@@ -207,13 +227,17 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
                 rows[key] = rows.get(key) or Row(key, "")
                 arch = ARCH_NAMES.get(run.metrics.get("arch", "pspnet"), run.metrics.get("arch"))
                 rows[key].label = f"Teacher {arch}-R{layers}"
-            elif key in paper and signature(run) != paper[key][1]:
+            elif key in paper and signature(run) != expected_signature(name, paper[key][1], signature(run)):
+                expected = expected_signature(name, paper[key][1], signature(run))
                 raise SegKDError(f"{run.metrics_path}: in row {key} but the run is a {describe(signature(run))} "
-                                 f"(expected {describe(paper[key][1])})")
+                                 f"(expected {describe(expected)})")
             label = rows[key].label if key == TEACHER_ROW and key in rows else (
                 paper[key][0] if key in paper else f"{key} ({describe(signature(run))})")
             if name != key and key != TEACHER_ROW:  # e.g. Student DeepLabV3-R18 baseline
                 label = label.replace("PSPNet", ARCH_NAMES.get(run.metrics.get("arch", "pspnet"), "PSPNet"))
+                tag = _STUDENT_NAME.fullmatch(name)
+                if tag:  # Student DeepLabV3-MobileNetV3-Small baseline, MobileNetV3-Small + logit KD + CIRKD
+                    label = label.replace("R18", STUDENT_TAGS[tag.group(1)][1])
             if name != key:
                 rows.setdefault(key, Row(key, label)).name = name
                 rows[key].label = label

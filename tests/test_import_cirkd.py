@@ -265,9 +265,12 @@ def _vanilla(sd):
 
 
 CASES = [
-    (lambda sd: sd.update({"head.psp.conv1.conv.0.weight": torch.ones(1)}), r"CIRKD's PSPNet \(head\.psp"),
+    (lambda sd: sd.update({"head.psp.conv1.conv.0.weight": torch.ones(1)}), r"CIRKD's ResNet PSPNet \(head\.psp"),
+    (lambda sd: sd.update({"pretrained.conv1.conv.weight": torch.ones(1)}),
+     r"a CIRKD MobileNetV2 / MobileViT student .* MobileNetV3 DeepLabV3 / PSPNet students only"),
     (lambda sd: sd.update({"pretrained.layer0.conv.weight": torch.ones(1)}),
-     r"a CIRKD MobileNet / MobileViT student .* MobileNetV3 students are pending"),
+     r"a CIRKD MobileNetV3 ends at pretrained\.layer12 \(Small\) or layer16 \(Large\); this file ends at "
+     r"pretrained\.layer4$"),
     (lambda sd: sd.update({"head.fpn_in.0.0.weight": torch.ones(1)}), r"CIRKD's UPerNet"),
     (_vanilla, r"missing keys: backbone\.conv2\.weight.*shape mismatch \(file vs model\): backbone\.conv1\.weight "
                r"\(64, 3, 7, 7\) vs \(64, 3, 3, 3\)"),

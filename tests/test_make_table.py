@@ -175,7 +175,7 @@ def test_a_mobilenet_run_is_labelled_by_its_backbone_and_kept_out_of_a_resnet_ro
 
     mobilenet_run(tmp_path / "m" / "pspnet_mbv3s_kd" / "seed1", 1)
     code, out, _ = run_main([tmp_path / "m"], capsys)
-    assert code == 0 and "pspnet_mbv3s_kd (distill mobilenetv3_small, feat_loss none)" in out
+    assert code == 0 and "| MobileNetV3-Small + logit KD |" in out  # the KD row of a MobileNetV3 student's table
     mobilenet_run(paper_runs / "pspnet18_kd" / "seed3", 3)
     code, _, err = run_main([paper_runs], capsys)
     assert code == 2 and "pspnet18_kd/seed3/eval/ss/metrics.json" in err and "distill mobilenetv3_small" in err

@@ -217,7 +217,7 @@ def test_bad_backbone_is_one_line():
     with pytest.raises(SegKDError) as err:
         cfg_with("model.backbone=mobilenetv2")
     assert str(err.value) == ("command line: model.backbone must be one of resnet, mobilenetv3_small, "
-                              "mobilenetv3_large, got 'mobilenetv2'")
+                              "mobilenetv3_large, mobilenetv3_small_cirkd, mobilenetv3_large_cirkd, got 'mobilenetv2'")
 
 
 @pytest.mark.parametrize("override", ["model.stem=semseg", "model.dilation=contract"])

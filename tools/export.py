@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         need_onnx()
     segmentor, ckpt = model_from_checkpoint(args.checkpoint, None)
+    if args.trainable and segmentor.aux_head is None:
+        raise SegKDError(f"{args.checkpoint}: --trainable exports main and aux logits, and "
+                         f"{describe_checkpoint(ckpt)} has no aux head (CIRKD's MobileNetV3); export it without "
+                         "--trainable")
     size = tuple(args.size)
     tmp = args.out + ".tmp"
     try:

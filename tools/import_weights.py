@@ -41,7 +41,13 @@ The formats (depth, 18/34/50/101, and class count are read off the file):
   ``dilation=cirkd``, ``_DeepLabHead`` of 512 channels (``head.aspp.b0``..``b4``, ``head.aspp.project``,
   ``head.block``), ``_FCNHead`` aux of C3/4 channels (``auxlayer.block``), align_corners=True, and inputs in
   BGR minus the Caffe mean. segkd: ``arch=deeplabv3 stem=semseg dilation=cirkd align_corners=true head=cirkd
-  input=caffe``. Its MobileNet / MobileViT students, PSPNet and UPerNet are refused by name.
+  input=caffe``. Also its MobileNetV3-Small/-Large students (``models/base_models/mobilenetv3.py`` under
+  ``models/deeplabv3_mobilenetv3.py``'s ``_DeepLabHead`` or ``models/psp_mobile.py``'s ``_PSPHead``, 128 channels,
+  no aux head), recognised by ``pretrained.layer0.conv.weight``: the variant read off the last layer's index
+  (``layer12`` Small, ``layer16`` Large), the architecture off ``head.aspp.*`` / ``head.psp.*``. segkd:
+  ``arch=deeplabv3`` or ``pspnet``, ``backbone=mobilenetv3_small_cirkd`` / ``mobilenetv3_large_cirkd`` (CIRKD's
+  padding and BN, no aux head), ``align_corners=true input=caffe``; ``layers`` is recorded as 18 and unused. Its
+  MobileNetV2 / MobileViT students, its ResNet PSPNet and UPerNet are refused by name.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from model.build import build_network, describe_checkpoint, model_from_checkpoint
+from model.build import build_network, describe_checkpoint, model_from_checkpoint, network_name
+from model.mobilenetv3 import cirkd_key_map
 from util.checkpoint import read_torch_file, save_checkpoint
 from util.errors import SegKDError
 
@@ -139,13 +146,49 @@ FORMATS: dict[str, Format] = {
                (rf"head\.aspp\.project\.([01])\.{_BLOCK}", r"aspp.project.\1.\2"),
                *_head(r"head\.block", "head"), *_head(r"auxlayer\.block", "aux_head")),
         refuse=((r"pretrained\.(layer0|layer([5-9]|1\d)|conv1\.conv|stem|layers|features)\..*",
-                 "a CIRKD MobileNet / MobileViT student (its pretrained.* backbone keys): segkd imports CIRKD's "
-                 "ResNet DeepLabV3 (models/deeplabv3.py) only; its MobileNetV3 students are pending"),
-                (r"head\.psp\..*", "CIRKD's PSPNet (head.psp.*, models/pspnet.py or psp_mobile.py): segkd imports "
-                 "CIRKD's ResNet DeepLabV3 (models/deeplabv3.py) only"),
+                 "a CIRKD MobileNetV2 / MobileViT student (its pretrained.* backbone keys, no "
+                 "pretrained.layer0.conv.weight of a MobileNetV3): segkd imports CIRKD's ResNet DeepLabV3 and its "
+                 "MobileNetV3 DeepLabV3 / PSPNet students only"),
+                (r"head\.psp\..*", "CIRKD's ResNet PSPNet (head.psp.* on a ResNet, models/pspnet.py): segkd imports "
+                 "CIRKD's ResNet DeepLabV3 and its MobileNetV3 DeepLabV3 / PSPNet students only"),
                 (r"head\.(fpn_in|fpn_out|ppm_conv|ppm_last_conv|conv_last)\..*", "CIRKD's UPerNet (head.fpn_*, "
-                 "models/upernet.py): segkd imports CIRKD's ResNet DeepLabV3 (models/deeplabv3.py) only"))),
+                 "models/upernet.py): segkd imports CIRKD's ResNet DeepLabV3 and MobileNetV3 students only"))),
 }
+# CIRKD's MobileNetV3 students: the last layer's index -> model.backbone
+_CIRKD_MOBILE_VARIANTS = {12: "mobilenetv3_small_cirkd", 16: "mobilenetv3_large_cirkd"}
+_CIRKD_MOBILE_HEADS = {
+    # models/deeplabv3_mobilenetv3.py: the ResNet DeepLabV3's head names at 128 channels, no auxlayer
+    "deeplabv3": FORMATS["cirkd"].rules[2:6] + _head(r"head\.block", "head"),
+    # models/psp_mobile.py: _PyramidPooling's conv1..conv4 (1x1 conv 0, BN 1), block (3x3 conv 0, BN 1), classifier
+    "pspnet": (*((rf"head\.psp\.conv{k + 1}\.0\.weight", f"ppm.branches.{k}.1.weight") for k in range(4)),
+               *((rf"head\.psp\.conv{k + 1}\.1\.{_BLOCK}", rf"ppm.branches.{k}.2.\1") for k in range(4)),
+               (r"head\.block\.0\.weight", "head.0.weight"), (rf"head\.block\.1\.{_BLOCK}", r"head.1.\1"),
+               (r"head\.classifier\.(weight|bias)", r"head.4.\1")),
+}
+
+
+def cirkd_mobile_format(state: Mapping[str, Tensor], origin: str) -> Optional[Format]:
+    """The format of a CIRKD MobileNetV3 student file (None for any other file): the variant from its last
+    ``pretrained.layer<i>``, the architecture from its head, the backbone keys by CIRKD's module names
+    (:func:`model.mobilenetv3.cirkd_key_map`), the head keys by :data:`_CIRKD_MOBILE_HEADS`."""
+    if "pretrained.layer0.conv.weight" not in state:
+        return None
+    last = max(int(m.group(1)) for k in state if (m := re.match(r"pretrained\.layer(\d+)\.", k)))
+    variant = _CIRKD_MOBILE_VARIANTS.get(last)
+    if variant is None:
+        raise SegKDError(f"{origin}: a CIRKD MobileNetV3 ends at pretrained.layer12 (Small) or layer16 (Large); this "
+                         f"file ends at pretrained.layer{last}")
+    heads = [arch for arch, prefix in (("deeplabv3", "head.aspp."), ("pspnet", "head.psp."))
+             if any(k.startswith(prefix) for k in state)]
+    if len(heads) != 1:
+        raise SegKDError(f"{origin}: a CIRKD MobileNetV3 student has head.aspp.* (deeplabv3_mobilenet_ssseg) or "
+                         f"head.psp.* (psp_mobile); this file has {'both' if heads else 'neither'}")
+    arch = {"arch": heads[0], "backbone": variant, "align_corners": True, "input": "caffe"}
+    with torch.device("meta"):
+        net = build_network(arch, 18, 2)
+    backbone = tuple((re.escape(theirs), ours) for theirs, ours in
+                     cirkd_key_map(net, "backbone.", "pretrained.").items())
+    return Format("cirkd", arch, wrappers=(), rules=backbone + _CIRKD_MOBILE_HEADS[heads[0]])
 
 
 def read_source(path: str, fmt: Format) -> dict[str, Tensor]:
@@ -191,17 +234,24 @@ def map_keys(state: Mapping[str, Tensor], fmt: Format, origin: str) -> dict[str,
 
 
 def infer_shape(state: Mapping[str, Tensor], origin: str, fmt: Format) -> tuple[int, int]:
-    """(depth, classes) of a mapped state dict: layer3's block count and block type, the classifier's bias."""
+    """(depth, classes) of a mapped state dict: layer3's block count and block type (18 for a MobileNetV3, whose
+    depth is unused), the classifier's bias."""
+    if fmt.arch.get("backbone", "resnet") != "resnet":
+        return 18, _classes(state, origin, fmt)
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"backbone\.layer3\.(\d+)\.", k))}
     bottleneck = "backbone.layer1.0.conv3.weight" in state
     depth = _DEPTHS.get((len(blocks), bottleneck))
     if depth is None:
         kind = "Bottleneck" if bottleneck else "BasicBlock"
         raise SegKDError(f"{origin}: a ResNet with {len(blocks)} {kind}s in layer3 is none of ResNet-18/34/50/101")
+    return depth, _classes(state, origin, fmt)
+
+
+def _classes(state: Mapping[str, Tensor], origin: str, fmt: Format) -> int:
     bias = state.get("head.4.bias")
     if bias is None or bias.ndim != 1:
         raise SegKDError(f"{origin}: no classifier bias (the key mapped to head.4.bias) in this {fmt.name} file")
-    return depth, int(bias.shape[0])
+    return int(bias.shape[0])
 
 
 def _short(keys: list[str], limit: int = 6) -> str:
@@ -216,7 +266,10 @@ def convert(src: str, fmt_name: str, classes: Optional[int] = None) -> tuple[dic
     if fmt_name not in FORMATS:
         raise SegKDError(f"--format must be one of {', '.join(FORMATS)}, got {fmt_name!r}")
     fmt = FORMATS[fmt_name]
-    state = map_keys(read_source(src, fmt), fmt, src)
+    state = read_source(src, fmt)
+    if fmt_name == "cirkd":
+        fmt = cirkd_mobile_format(state, src) or fmt
+    state = map_keys(state, fmt, src)
     layers, found = infer_shape(state, src, fmt)
     if classes is not None and found != classes:
         raise SegKDError(f"{src}: the classifier has {found} classes (head.4.bias), not --classes {classes}")
@@ -230,7 +283,8 @@ def convert(src: str, fmt_name: str, classes: Optional[int] = None) -> tuple[dic
                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch (file vs model)", shapes))
                 if keys]
     if problems:
-        raise SegKDError(f"{src}: does not fit a {fmt.name} {fmt.arch['arch']}-R{layers}: {'; '.join(problems)}")
+        net = network_name({**fmt.arch, "layers": layers})
+        raise SegKDError(f"{src}: does not fit a {fmt.name} {net}: {'; '.join(problems)}")
     model.load_state_dict(state, strict=True)
     ckpt = {"format": "segkd", "mode": "supervised", "layers": layers, "classes": found, **fmt.arch,
             "model": model.state_dict(),
@@ -280,9 +334,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    depth = f" (teacher.layers={ckpt['layers']})" if ckpt.get("backbone", "resnet") == "resnet" else ""
     print(f"wrote {args.dst}: {describe_checkpoint(ckpt)}, {len(ckpt['model'])} tensors from {args.format} "
-          f"{args.src} (sha256 {ckpt['imported']['sha256'][:12]}); use it as teacher.checkpoint "
-          f"(teacher.layers={ckpt['layers']}) or test.checkpoint")
+          f"{args.src} (sha256 {ckpt['imported']['sha256'][:12]}); use it as teacher.checkpoint{depth} or "
+          "test.checkpoint")
     return 0
 
 
