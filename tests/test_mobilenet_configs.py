@@ -141,7 +141,7 @@ def test_cityscapes_mobilenet_table_from_a_fabricated_archive(tmp_path):
 
     data = str(tmp_path / "data")
     archives = fab.cityscapes(str(tmp_path))
-    prepare(data, archives["images"], archives["labels"], expect_real=False)
+    prepare(data, archives["images"], archives["labels"], expect_real=False, skip_checksum=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, "NPROC": "0", "SEEDS": "1",
            "STUDENT": "pspnet_mbv3s", "ROWS": "pspnet_mbv3s_baseline pspnet_mbv3s_kd_fitnet",
            "RUNS": str(tmp_path / "runs"), "DATA": data, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),

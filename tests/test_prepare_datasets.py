@@ -17,7 +17,8 @@ from util.errors import SegKDError
 def _prepare(name, tmp, arch, dest, **kw):
     if name == "cityscapes":
         from tools.prepare_cityscapes import prepare
-        return prepare(dest, arch["images"], arch["labels"], expect_real=kw.get("expect_real", False))
+        return prepare(dest, arch["images"], arch["labels"], expect_real=kw.get("expect_real", False),
+                       skip_checksum=kw.get("skip_checksum", True))
     if name == "ade20k":
         from tools.prepare_ade20k import prepare
         return prepare(dest, arch["archive"], skip_checksum=kw.get("skip_checksum", True),
@@ -171,6 +172,16 @@ def test_ade20k_checksum_is_checked(tmp_path):
     dest = str(tmp_path / "out")
     with pytest.raises(SegKDError, match=r"sha1 [0-9a-f]{40} does not match the published 219e1696"):
         _prepare("ade20k", tmp_path, arch, dest, skip_checksum=False)
+    assert _nothing_left(dest)
+
+
+def test_cityscapes_checksums_are_checked(tmp_path):
+    """Both archives are checked against the published SHA-1s (GluonCV's) before anything is written."""
+    arch = _fabricate("cityscapes", tmp_path)
+    dest = str(tmp_path / "out")
+    with pytest.raises(SegKDError, match=r"leftImg8bit_trainvaltest.zip: sha1 [0-9a-f]{40} does not match the "
+                                         r"published 2c0b77ce"):
+        _prepare("cityscapes", tmp_path, arch, dest, skip_checksum=False)
     assert _nothing_left(dest)
 
 

@@ -24,9 +24,10 @@ from tools.zip_archives import ZipArchive, common_arguments, convert_pair, membe
 from util.errors import SegKDError
 
 SITE = "https://www.cityscapes-dataset.com/downloads/"
-# The downloads page lists an md5 for each package but its value is not recorded here, so nothing is verified.
-IMAGES = ZipArchive("leftImg8bit_trainvaltest.zip", "--images", SITE)
-LABELS = ZipArchive("gtFine_trainvaltest.zip", "--labels", SITE)
+# SHA-1s as GluonCV's scripts/datasets/cityscapes.py checks them (the downloads page's md5s are not recorded here).
+IMAGES = ZipArchive("leftImg8bit_trainvaltest.zip", "--images", SITE,
+                    ("sha1", "2c0b77ce9933cc635adda307fbba5566f5d9d404"))
+LABELS = ZipArchive("gtFine_trainvaltest.zip", "--labels", SITE, ("sha1", "99f532cb1af174f5fcc4c5bc8feea8c66246ddbc"))
 SPLITS = ("train", "val")
 _IMAGE = re.compile(r"leftImg8bit/(train|val)/([^/]+)/(\2_\d{6}_\d{6})_leftImg8bit\.png")
 
@@ -50,9 +51,11 @@ def pairs(image_members: list[str], label_members: set[str], labels_name: str) -
     return found
 
 
-def prepare(dest: str, images: Optional[str], labels: Optional[str], expect_real: bool = True) -> None:
+def prepare(dest: str, images: Optional[str], labels: Optional[str], expect_real: bool = True,
+            skip_checksum: bool = False) -> None:
     facts = get_dataset("cityscapes")
-    with open_archive(images, IMAGES) as zi, open_archive(labels, LABELS) as zl, staged(dest) as root:
+    with open_archive(images, IMAGES, skip_checksum) as zi, open_archive(labels, LABELS, skip_checksum) as zl, \
+            staged(dest) as root:
         if root is None:
             return
         found = pairs(members(zi), set(members(zl)), zl.filename)
@@ -73,7 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     common_arguments(parser, ("--images", "--labels"))
     args = parser.parse_args(argv)
     try:
-        prepare(args.dest, args.images, args.labels, args.expect_real)
+        prepare(args.dest, args.images, args.labels, args.expect_real, args.skip_checksum)
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
