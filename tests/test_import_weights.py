@@ -20,6 +20,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from model.backbone import ResNetBackbone
 from model.build import load_teacher, model_from_checkpoint
+from tests.import_refusals import assert_refused
 from tools import import_weights as iw
 from util.config import load_config
 from util.errors import SegKDError
@@ -298,11 +299,7 @@ CASES = [
 def test_bad_file_is_one_line_naming_it_and_dst_is_not_written(published, tmp_path, fmt, edit, message):
     src = _edited(published, tmp_path, fmt, edit)
     dst = str(tmp_path / "out" / "teacher.pth")
-    assert iw.main(["--format", fmt, src, dst]) == 2
-    with pytest.raises(SegKDError, match=message) as info:
-        iw.import_weights(src, dst, fmt)
-    assert str(info.value).startswith(src) and "\n" not in str(info.value)
-    assert not os.path.exists(dst) and not os.path.exists(f"{dst}.tmp")
+    assert_refused(src, dst, fmt, message)
 
 
 def test_wrong_class_count_is_named(published, tmp_path):
