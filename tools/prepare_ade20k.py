@@ -19,7 +19,7 @@ import sys
 from typing import Optional
 
 from data.datasets import get_dataset
-from tools.zip_archives import ZipArchive, common_arguments, convert_pair, members, open_archive, staged, write_lists
+from tools.zip_archives import ZipArchive, common_arguments, convert_all, members, open_archive, staged, write_lists
 from util.errors import SegKDError
 
 ROOT = "ADEChallengeData2016"
@@ -55,15 +55,8 @@ def prepare(dest: str, archive: Optional[str], skip_checksum: bool = False, expe
     with open_archive(archive, ARCHIVE, skip_checksum) as zf, staged(dest) as root:
         if root is None:
             return
-        lists = {}
-        for role, items in pairs(members(zf), zf.filename).items():
-            lists[role] = []
-            for n, (image, label) in enumerate(items, start=1):
-                image_out, label_out = image[len(ROOT) + 1:], label[len(ROOT) + 1:]
-                convert_pair(zf, image, zf, label, facts, root, image_out, label_out)
-                lists[role].append((image_out, label_out))
-                if n % 2000 == 0:
-                    print(f"{role}: {n}/{len(items)}", flush=True)
+        lists = convert_all(zf, zf, pairs(members(zf), zf.filename), facts, root,
+                            lambda image, label: (image[len(ROOT) + 1:], label[len(ROOT) + 1:]), progress=2000)
         write_lists(root, lists, facts, expect_real)
 
 

@@ -20,7 +20,7 @@ import sys
 from typing import Optional
 
 from data.datasets import get_dataset
-from tools.zip_archives import ZipArchive, common_arguments, convert_pair, members, open_archive, staged, write_lists
+from tools.zip_archives import ZipArchive, common_arguments, convert_all, members, open_archive, staged, write_lists
 from util.errors import SegKDError
 
 # CIRKD publishes no checksum for this file.
@@ -63,13 +63,7 @@ def prepare(dest: str, archive: Optional[str], expect_real: bool = True) -> None
             return
         found = pairs(members(zf), zf.filename)
         prefix = find_prefix(members(zf), zf.filename)
-        lists = {}
-        for split, items in found.items():
-            lists[split] = []
-            for image, label in items:
-                image_out, label_out = image[len(prefix):], label[len(prefix):]
-                convert_pair(zf, image, zf, label, facts, root, image_out, label_out)
-                lists[split].append((image_out, label_out))
+        lists = convert_all(zf, zf, found, facts, root, lambda image, label: (image[len(prefix):], label[len(prefix):]))
         write_lists(root, lists, facts, expect_real)
 
 

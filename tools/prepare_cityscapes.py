@@ -20,7 +20,7 @@ import sys
 from typing import Optional
 
 from data.datasets import get_dataset
-from tools.zip_archives import ZipArchive, common_arguments, convert_pair, members, open_archive, staged, write_lists
+from tools.zip_archives import ZipArchive, common_arguments, convert_all, members, open_archive, staged, write_lists
 from util.errors import SegKDError
 
 SITE = "https://www.cityscapes-dataset.com/downloads/"
@@ -51,6 +51,11 @@ def pairs(image_members: list[str], label_members: set[str], labels_name: str) -
     return found
 
 
+def _trainids(image: str, label: str) -> tuple[str, str]:
+    """Where a pair is written: the image as in the archive, the label as its trainIds file."""
+    return image, label.replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png")
+
+
 def prepare(dest: str, images: Optional[str], labels: Optional[str], expect_real: bool = True,
             skip_checksum: bool = False) -> None:
     facts = get_dataset("cityscapes")
@@ -59,15 +64,7 @@ def prepare(dest: str, images: Optional[str], labels: Optional[str], expect_real
         if root is None:
             return
         found = pairs(members(zi), set(members(zl)), zl.filename)
-        lists = {}
-        for split, items in found.items():
-            lists[split] = []
-            for n, (image, label) in enumerate(items, start=1):
-                label_out = label.replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png")
-                convert_pair(zi, image, zl, label, facts, root, image, label_out)
-                lists[split].append((image, label_out))
-                if n % 500 == 0:
-                    print(f"{split}: {n}/{len(items)}", flush=True)
+        lists = convert_all(zi, zl, found, facts, root, _trainids, progress=500)
         write_lists(root, lists, facts, expect_real)
 
 

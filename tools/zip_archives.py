@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -124,6 +124,24 @@ def convert_pair(archive_images: zipfile.ZipFile, image: str, archive_labels: zi
                          f"{size[0]}x{size[1]}")
     write_file(os.path.join(root, image_out), image_bytes)
     write_label(os.path.join(root, label_out), facts.convert(raw, where_label))
+
+
+def convert_all(images: zipfile.ZipFile, labels: zipfile.ZipFile, found: dict[str, list[tuple[str, str]]],
+                facts: DatasetFacts, root: str, rename: Callable[[str, str], tuple[str, str]],
+                progress: int = 0) -> dict[str, list[tuple[str, str]]]:
+    """:func:`convert_pair` for every ``(image, label)`` member pair of ``found`` (``{split: pairs}``), written
+    under ``root`` at ``rename(image, label)``; returns ``{split: [(image, label) as written]}`` for
+    :func:`write_lists`. ``progress`` > 0: a line every that many pairs."""
+    lists: dict[str, list[tuple[str, str]]] = {}
+    for split, items in found.items():
+        lists[split] = []
+        for n, (image, label) in enumerate(items, start=1):
+            image_out, label_out = rename(image, label)
+            convert_pair(images, image, labels, label, facts, root, image_out, label_out)
+            lists[split].append((image_out, label_out))
+            if progress and n % progress == 0:
+                print(f"{split}: {n}/{len(items)}", flush=True)
+    return lists
 
 
 def write_lists(root: str, lists: dict[str, list[tuple[str, str]]], facts: DatasetFacts, expect_real: bool) -> None:
