@@ -52,12 +52,13 @@ def save_label_png(path: str, label: np.ndarray) -> None:
     colorize(label).save(path, format="PNG", optimize=False)
 
 
-def load_names(path: str) -> list[str]:
-    """Class names, one a line (blank lines skipped)."""
+def load_names(path: str, what: str = "class names") -> list[str]:
+    """The non-blank lines of a text file, stripped: class names, one a line (``what`` names the file's contents in
+    the one-line error of a missing or empty file: the dataset facts' colours file reads through here too)."""
     if not os.path.isfile(path):
-        raise SegKDError(f"{path}: class names file not found")
+        raise SegKDError(f"{path}: {what} file not found")
     with open(path, encoding="utf-8") as f:
         names = [line.strip() for line in f if line.strip()]
     if not names:
-        raise SegKDError(f"{path}: no class names")
+        raise SegKDError(f"{path}: no {what}")
     return names

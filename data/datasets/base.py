@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from data.palette import load_names
 from util.errors import SegKDError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,13 +49,13 @@ class DatasetFacts:
         return len(self.names())
 
     def names(self) -> list[str]:
-        return _read_lines(os.path.join(REPO_ROOT, self.names_file))
+        return load_names(os.path.join(REPO_ROOT, self.names_file))
 
     def colors(self) -> list[tuple[int, int, int]]:
         """One (r, g, b) per class, from the colours file."""
         path = os.path.join(REPO_ROOT, self.colors_file)
         rows = []
-        for lineno, line in enumerate(_read_lines(path), start=1):
+        for lineno, line in enumerate(load_names(path, "class colours"), start=1):
             values = line.split()
             if len(values) != 3 or not all(v.isdigit() and int(v) <= 255 for v in values):
                 raise SegKDError(f"{path}:{lineno}: expected 'r g b' in 0..255, got {line!r}")
@@ -91,16 +92,6 @@ class DatasetFacts:
             raise SegKDError(f"{path}: label values [{shown}] are outside the {self.title} class table "
                              f"(raw values 0..{n - 1})")
         return table[raw.astype(np.intp)]
-
-
-def _read_lines(path: str) -> list[str]:
-    if not os.path.isfile(path):
-        raise SegKDError(f"{path}: dataset facts file not found")
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
-    if not lines:
-        raise SegKDError(f"{path}: empty")
-    return lines
 
 
 DATASETS: dict[str, DatasetFacts] = {}
