@@ -29,7 +29,9 @@ DEMO_TEST="test.batch_size=8"
 # SCALE=cpu-paired and cpu-long: their committed runs augmented with OpenCV's default thread pool (one thread a core),
 # before data.opencv_threads existed; OpenCV's resize and warp can differ by one float ulp with the thread count, so
 # these presets keep that pool to continue their seeds bitwise (the demo and everything else: one thread, the default).
-COMMITTED_ARITHMETIC="data.opencv_threads=-1"
+# They and the demo also keep float32 batches (train.uint8_batches=false), as their committed runs were trained
+# before uint8 batches became the default: continuing a table with the other arithmetic would mix the two.
+COMMITTED_ARITHMETIC="data.opencv_threads=-1 train.uint8_batches=false" DEMO_ARITHMETIC="train.uint8_batches=false"
 
 # The scripts cd to the repo root (configs and `-m tools.synthetic` resolve there): user paths must not move.
 segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
@@ -56,7 +58,7 @@ segkd_synthetic_preset() {
             PRESET_GEN="--preset cpu --train 2000 --val 300 --seed 0 --unlabeled 2000" PRESET_DATA=datasets/synthetic_cpu
             PRESET_CFGDIR=config/synthetic_cpu PRESET_TEACHER_CACHE=1
             if [ "$SCALE" = demo ]; then
-                PRESET_SEEDS="1 2 3" PRESET_RUNS=runs/demo
+                PRESET_SEEDS="1 2 3" PRESET_RUNS=runs/demo PRESET_EXTRA=$DEMO_ARITHMETIC
                 PRESET_TEACHER_EXTRA=$DEMO_TEACHER_ITERS PRESET_STUDENT_EXTRA=$DEMO_STUDENT_ITERS
                 PRESET_TEST_EXTRA=$DEMO_TEST
             elif [ "$SCALE" = cpu-paired ]; then

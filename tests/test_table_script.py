@@ -300,3 +300,28 @@ def test_demo_preset_shortens_the_schedule_and_the_user_wins():
     assert teacher.split()[-1] == "train.iters=500" and student.split()[-1] == "train.iters=150"
     assert test.split()[-1] == "test.batch_size=1"
     assert args("cpu-paired") == ["", "", ""]  # the instrument: the configs as written, one image at a time
+
+
+@pytest.mark.slow  # bash subprocesses
+def test_presets_of_committed_tables_keep_float32_batches():
+    """uint8 batches are the default since 2026-12-07; the presets that continue committed tables (demo, cpu-paired,
+    cpu-long), trained in float32, pass train.uint8_batches=false before the user's EXTRA (which wins, as the uint8
+    check of docs/BENCHMARKS.md ran), and the others leave the default alone."""
+    from util.config import load_config
+
+    def extra(scale, **env):
+        script = (f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset; segkd_setup datasets/x; '
+                  'echo "${EXTRA_ARGS[*]}"')
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "SCALE": scale, **env})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split("\n")[0].split()
+
+    assert load_config(None).train.uint8_batches is True
+    for scale in ("demo", "cpu-paired", "cpu-long"):
+        args = extra(scale)
+        assert "train.uint8_batches=false" in args, scale
+        assert load_config("config/synthetic_cpu/pspnet18_kd.yaml", args).train.uint8_batches is False
+    args = extra("cpu-paired", EXTRA="train.uint8_batches=true")
+    assert load_config("config/synthetic_cpu/pspnet18_kd.yaml", args).train.uint8_batches is True
+    assert not any("uint8" in a for a in extra("full"))

@@ -225,8 +225,8 @@ LEVERS = [
     ("+ label check by comparison, not bincount", False, False, False, torch.int64),
     ("+ one-pass batch assembly (normalised into the batch)", False, False, True, torch.int64),
 ]
-SEGKD = "segkd (default: + uint8 labels, int64 on the device)"
-UINT8 = "+ train.uint8_batches=true (not default: rounds)"
+FLOAT32 = "+ uint8 labels, int64 on the device (train.uint8_batches=false: semseg's float32 values)"
+SEGKD = "segkd (default: + uint8 batches, normalised on the device; rounds)"
 
 
 def earlier_loader(cfg: Config, workers: int, device: torch.device, lever: tuple) -> DataLoader:
@@ -244,7 +244,7 @@ def earlier_loader(cfg: Config, workers: int, device: torch.device, lever: tuple
     return loader
 
 
-def segkd_loader(cfg: Config, workers: int, device: torch.device, uint8: bool = False) -> DataLoader:
+def segkd_loader(cfg: Config, workers: int, device: torch.device, uint8: bool) -> DataLoader:
     tree = cfg.to_dict()
     tree["train"]["workers"], tree["train"]["uint8_batches"] = workers, uint8
     loader, sampler = build_data(Config(tree), DistInfo(rank=0, local_rank=0, world_size=1, device=device))
@@ -293,9 +293,9 @@ def pipelines(device: torch.device, levers: bool) -> dict[str, Callable[[Config,
     rows: dict[str, Callable[[Config, int], DataLoader]] = {"semseg": lambda c, w: semseg_loader(c, w, device)}
     if levers:
         rows.update({lever[0]: functools.partial(earlier_loader, device=device, lever=lever) for lever in LEVERS})
-    rows[SEGKD] = lambda c, w: segkd_loader(c, w, device)
     if levers:
-        rows[UINT8] = lambda c, w: segkd_loader(c, w, device, uint8=True)
+        rows[FLOAT32] = lambda c, w: segkd_loader(c, w, device, uint8=False)
+    rows[SEGKD] = lambda c, w: segkd_loader(c, w, device, uint8=True)
     return rows
 
 
