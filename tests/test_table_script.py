@@ -201,14 +201,20 @@ def baseline_miou(tmp_path):
     return 100 * json.loads(path.read_text())["mIoU"]
 
 
+def resolved(scale, names, **env):
+    """The shell values ``names`` (e.g. ``$SEEDS``, ``${EXTRA_ARGS[*]}``), one line each, as scripts/table.sh's
+    preset and setup resolve them for SCALE=scale (no run)."""
+    script = (f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset; segkd_setup datasets/x; '
+              + "; ".join(f'echo "{name}"' for name in names))
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "SCALE": scale, **env})
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split("\n")[:len(names)]
+
+
 def preset(scale, **env):
     """SEEDS, ROWS and CHAIN as scripts/table.sh's preset and setup resolve them (no run)."""
-    script = (f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset; segkd_setup datasets/x; '
-              'echo "$SEEDS"; echo "$ROWS"; echo "${CHAIN}"')
-    env = {**os.environ, "SCALE": scale, **env}
-    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
-    seeds, rows, chain = r.stdout.split("\n")[:3]
+    seeds, rows, chain = resolved(scale, ["$SEEDS", "$ROWS", "${CHAIN}"], **env)
     return seeds.split(), rows.split(), chain
 
 
@@ -284,12 +290,7 @@ def test_demo_preset_shortens_the_schedule_and_the_user_wins():
     as written, say 500 and 150) and evaluates 8 images at a time; a user's TEACHER_EXTRA / STUDENT_EXTRA /
     TEST_EXTRA come after the preset's, so they win."""
     def args(scale, **env):
-        script = (f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset; segkd_setup datasets/x; '
-                  'echo "${TEACHER_ARGS[*]}"; echo "${STUDENT_ARGS[*]}"; echo "${TEST_ARGS[*]}"')
-        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                           env={**os.environ, "SCALE": scale, **env})
-        assert r.returncode == 0, r.stderr
-        return r.stdout.split("\n")[:3]
+        return resolved(scale, ["${TEACHER_ARGS[*]}", "${STUDENT_ARGS[*]}", "${TEST_ARGS[*]}"], **env)
 
     teacher, student, test = args("demo")
     assert teacher.split() == ["train.iters=250", "train.warmup_iters=25"]
@@ -310,12 +311,7 @@ def test_presets_of_committed_tables_keep_float32_batches():
     from util.config import load_config
 
     def extra(scale, **env):
-        script = (f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset; segkd_setup datasets/x; '
-                  'echo "${EXTRA_ARGS[*]}"')
-        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                           env={**os.environ, "SCALE": scale, **env})
-        assert r.returncode == 0, r.stderr
-        return r.stdout.split("\n")[0].split()
+        return resolved(scale, ["${EXTRA_ARGS[*]}"], **env)[0].split()
 
     assert load_config(None).train.uint8_batches is True
     for scale in ("demo", "cpu-paired", "cpu-long"):
