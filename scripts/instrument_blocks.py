@@ -2,6 +2,7 @@
 
     python scripts/instrument_blocks.py                 # print both blocks
     python scripts/instrument_blocks.py --write         # replace them between the instrument markers in place
+                                                        # (and docs/TABLES.md's equal-cost block, once committed)
     python scripts/instrument_blocks.py --figure        # the forest plot, docs/img/instrument_forest.png
     python scripts/instrument_blocks.py --equal-cost    # the equal-cost rows (docs/results/cpu-paired-equal-cost)
     python scripts/instrument_blocks.py --equal-cost --figure PNG   # the forest plot with their second marker
@@ -33,6 +34,7 @@ REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(REPO, "docs", "results", "cpu-paired")
 EQUAL_COST = os.path.join(REPO, "docs", "results", "cpu-paired-equal-cost")  # MATCH=cost's runs, once committed
 BEGIN, END = "<!-- instrument:begin -->", "<!-- instrument:end -->"
+EQUAL_BEGIN, EQUAL_END = "<!-- equal-cost:begin -->", "<!-- equal-cost:end -->"  # docs/TABLES.md's equal-cost rows
 FIGURE = os.path.join(REPO, "docs", "img", "instrument_forest.png")
 TARGETS = {"README.md": False, os.path.join("docs", "TABLES.md"): True}  # file -> with the per-seed table
 
@@ -115,12 +117,12 @@ def blocks(results: str = RESULTS, config_dir: Optional[str] = None) -> dict[boo
     return {False: "\n".join(short) + "\n", True: "\n".join(short + [""] + per_seed(rows)) + "\n"}
 
 
-def replace_block(text: str, block: str, where: str) -> str:
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise SystemExit(f"error: {where}: expected one {BEGIN} ... {END} pair")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+def replace_block(text: str, block: str, where: str, begin: str = BEGIN, end: str = END) -> str:
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise SystemExit(f"error: {where}: expected one {begin} ... {end} pair")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -141,6 +143,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not args.write:
                 return 0
         made = blocks()
+        equal = equal_cost()[0] if os.path.isdir(EQUAL_COST) else None
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -152,6 +155,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name, with_seeds in TARGETS.items():  # every file checked before any is written
         with open(os.path.join(REPO, name), encoding="utf-8") as f:
             texts[name] = replace_block(f.read(), made[with_seeds], name)
+        if with_seeds and equal is not None:
+            texts[name] = replace_block(texts[name], equal, name, EQUAL_BEGIN, EQUAL_END)
     for name, text in texts.items():
         with open(os.path.join(REPO, name), "w", encoding="utf-8") as f:
             f.write(text)

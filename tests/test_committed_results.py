@@ -168,3 +168,19 @@ def test_readme_prose_quotes_the_instrument_block():
     quoted = re.findall(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", prose)
     assert quoted, "the README quotes no paired difference"
     assert [q for q in quoted if q not in block] == []
+
+
+def test_tables_equal_cost_block_is_the_committed_equal_cost_runs():
+    """docs/TABLES.md's equal-cost rows (between the equal-cost markers) are what scripts/instrument_blocks.py makes
+    of docs/results/cpu-paired-equal-cost beside the committed instrument: every equal-cost number is a run's."""
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import instrument_blocks
+
+    made, records = instrument_blocks.equal_cost()
+    with open(os.path.join(REPO, "docs", "TABLES.md"), encoding="utf-8") as f:
+        text = f.read()
+    inside = text.split(instrument_blocks.EQUAL_BEGIN, 1)[1].split(instrument_blocks.EQUAL_END, 1)[0]
+    assert inside == "\n" + made + "\n"
+    assert "| R18 + logit KD + CIRKD |" in made and len(records) >= 17
