@@ -143,7 +143,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not args.write:
                 return 0
         made = blocks()
-        equal = equal_cost()[0] if os.path.isdir(EQUAL_COST) else None
+        equal = equal_cost()[0] if args.write and os.path.isdir(EQUAL_COST) else None
     except SegKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
