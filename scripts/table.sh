@@ -49,7 +49,7 @@ segkd_die() { echo "error: $*" >&2; exit 1; }
 # The CPU presets share the teacher's logits between the distilled rows of a seed (distill.teacher_cache).
 segkd_synthetic_preset() {
     PRESET_EXTRA="" PRESET_TEACHER_EXTRA="" PRESET_STUDENT_EXTRA="" PRESET_TEST_EXTRA=""
-    PRESET_CFGDIR=config/synthetic PRESET_TEACHER_CACHE=0 PRESET_ROWS=$STUDENT_ROWS PRESET_CHAIN=""
+    PRESET_CFGDIR=config/synthetic PRESET_TEACHER_CACHE=0 PRESET_ROWS=$STUDENT_ROWS PRESET_CHAIN="" PRESET_DROP_LAST=0
     case "${SCALE:-full}" in
         full)
             PRESET_GEN="--train 1464 --val 300 --classes 21 --seed 0" PRESET_SEEDS="1 2 3"
@@ -62,7 +62,7 @@ segkd_synthetic_preset() {
                 PRESET_TEACHER_EXTRA=$DEMO_TEACHER_ITERS PRESET_STUDENT_EXTRA=$DEMO_STUDENT_ITERS
                 PRESET_TEST_EXTRA=$DEMO_TEST
             elif [ "$SCALE" = cpu-paired ]; then
-                PRESET_SEEDS="1 2 3 4 5 6 7 8 9 10" PRESET_RUNS=runs/cpu-paired PRESET_CHAIN="50 34 18"
+                PRESET_SEEDS="1 2 3 4 5 6 7 8 9 10" PRESET_RUNS=runs/cpu-paired PRESET_CHAIN="50 34 18" PRESET_DROP_LAST=1
                 PRESET_ROWS=$(echo $STUDENT_ROWS $METHOD_ROWS $MUTUAL_ROWS) PRESET_EXTRA=$COMMITTED_ARITHMETIC
             else
                 PRESET_SEEDS="1 2 3 4 5" PRESET_RUNS=runs/cpu-long PRESET_STUDENT_EXTRA="train.iters=$CPU_LONG_ITERS"
@@ -130,6 +130,9 @@ segkd_setup() {
     if [ -n "${TEACHER:-}" ]; then TEACHER=$(segkd_abspath "$TEACHER"); fi
     ROWS=${ROWS:-${PRESET_ROWS:-$STUDENT_ROWS}}
     CHAIN=${CHAIN-${PRESET_CHAIN:-}}  # set and empty: no chain, whatever the preset says
+    DROP_LAST=${DROP_LAST:-${PRESET_DROP_LAST:-0}}
+    case "$DROP_LAST" in 0 | 1) ;; *) segkd_die "DROP_LAST=$DROP_LAST: expected 1 (delete a finished run's" \
+        "model/last.pth) or 0 (keep it)" ;; esac
     if [ -z "${NPROC:-}" ]; then
         NPROC=0
         if command -v nvidia-smi >/dev/null 2>&1; then NPROC=$(nvidia-smi -L 2>/dev/null | wc -l); fi
@@ -219,6 +222,16 @@ if diff:
 EOF
 }
 
+# RUN_DIR: with DROP_LAST=1, delete the finished run's model/last.pth (the optimizer state that only resuming reads,
+# about 0.4 GB a run of the CPU tier; a 10-seed instrument keeps 84 GB of them otherwise). Only once its
+# eval/$EVAL/metrics.json exists; model/final.pth, the weights every later step reads, stays.
+segkd_drop_last() {
+    if [ "$DROP_LAST" = 1 ] && [ -f "$1/eval/$EVAL/metrics.json" ] && [ -f "$1/model/last.pth" ]; then
+        rm -f "$1/model/last.pth"
+        echo "  removed $1/model/last.pth (DROP_LAST=1: the run is finished; final.pth and metrics.json stay)"
+    fi
+}
+
 # NAME CONFIG RUN_DIR LOG OVERRIDES...: train (or resume) then test one run, skipping what is already done.
 #   eval/$EVAL/metrics.json exists -> skip; model/final.pth exists -> test only (test.py);
 #   config.yaml exists (an interrupted run) -> train.resume=auto; otherwise a fresh run.
@@ -234,6 +247,7 @@ segkd_run() {
     if [ -f "$metrics" ]; then
         segkd_same_run "$dir" "$config" "$@"
         echo "[skip] $name: $metrics exists"
+        segkd_drop_last "$dir"
         return 0
     fi
     RAN=1
@@ -242,6 +256,7 @@ segkd_run() {
         echo "[test] $name: $dir/model/final.pth exists, evaluating it"
         segkd_step "$name" evaluation "$log.test.log" test.py --config "$config" "$@" "${test_args[@]}" \
             "output.dir=$dir"
+        segkd_drop_last "$dir"
         return 0
     fi
     local resume=()
@@ -249,6 +264,7 @@ segkd_run() {
     echo "[train] $name -> $dir${resume[*]:+ (resuming)}"
     segkd_step "$name" "training and evaluation" "$log.train.log" train.py --config "$config" "$@" "output.dir=$dir" \
         "${test_args[@]}" test.after_training=true ${resume[@]+"${resume[@]}"}
+    segkd_drop_last "$dir"
 }
 
 # mm:ss (h:mm:ss past an hour) of a number of seconds.

@@ -118,6 +118,29 @@ def test_tiny_table_skip_fail_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_drop_last_deletes_only_finished_runs_optimizer_state(tmp_path):
+    """DROP_LAST=1 (cpu-paired's default) removes a finished run's model/last.pth, keeping final.pth and
+    metrics.json; a run stopped early keeps its last.pth (it resumes from it); without it every file stays."""
+    r = run_table(tmp_path, ROWS="pspnet18_baseline")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for row in ("pspnet50_teacher", "pspnet18_baseline"):
+        assert (run_dir(tmp_path, row) / "model" / "last.pth").is_file() and "removed" not in r.stdout
+    r = run_table(tmp_path, ROWS="pspnet18_baseline", SEEDS="1 2", DROP_LAST="1", STUDENT_EXTRA="train.stop_after=1")
+    assert r.returncode != 0  # seed 2 stopped early, after the finished runs were skipped (and dropped)
+    for row in ("pspnet50_teacher", "pspnet18_baseline"):
+        model = run_dir(tmp_path, row) / "model"
+        assert not (model / "last.pth").exists() and (model / "final.pth").is_file() and metrics(tmp_path, row).is_file()
+        assert f"removed {model / 'last.pth'} (DROP_LAST=1" in r.stdout
+    assert (run_dir(tmp_path, "pspnet18_baseline", 2) / "model" / "last.pth").is_file()
+    r = run_table(tmp_path, ROWS="pspnet18_baseline", SEEDS="1 2", DROP_LAST="1")  # resumes seed 2, then drops it
+    assert r.returncode == 0 and "(resuming)" in r.stdout, r.stdout + r.stderr
+    assert not (run_dir(tmp_path, "pspnet18_baseline", 2) / "model" / "last.pth").exists()
+    assert metrics(tmp_path, "pspnet18_baseline", 2).is_file()
+    assert resolved("cpu-paired", ["$DROP_LAST"]) == ["1"] and resolved("demo", ["$DROP_LAST"]) == ["0"]
+    assert resolved("cpu-paired", ["$DROP_LAST"], DROP_LAST="0") == ["0"]  # the user's value wins
+
+
+@pytest.mark.slow
 def test_tiny_table_from_an_imported_teacher(tmp_path):
     """TEACHER=PATH, here torchvision's DeepLabV3-R50 imported by tools.import_weights: adopted as the table's
     teacher run, evaluated as its row, the teacher of every distilled row with teacher.layers from the file; a
@@ -156,6 +179,8 @@ def test_bad_arguments_fail_before_any_run(tmp_path):
     assert r.returncode != 0 and "train.itres" in r.stderr
     r = run_table(tmp_path, CHAIN="50 18")
     assert r.returncode != 0 and 'CHAIN="50 18": the chain is "50 34 18"' in r.stderr
+    r = run_table(tmp_path, DROP_LAST="yes")
+    assert r.returncode != 0 and r.stderr.startswith("error: DROP_LAST=yes: expected 1")
     assert not (tmp_path / "runs" / "synthetic").exists()  # the bad override was caught before training
     sweep = os.path.join(REPO, "scripts", "sweep.sh")
     r = subprocess.run(["bash", sweep, "config/synthetic/pspnet18_kd.yaml", "distill.temperature"],
