@@ -2,7 +2,7 @@
 library version) move the results beyond the instrument's resolution?
 
     python scripts/compare_arms.py \\
-        --a docs/results/cpu-paired/amd-epyc-avx512 docs/results/uint8-batches/amd-epyc-avx512-float32 \\
+        --a docs/results/cpu-paired/amd-epyc-avx512 \\
         --b docs/results/uint8-batches/amd-epyc-avx512 --rows pspnet18_baseline pspnet18_kd
 
 Each arm is one or more result folders (``<row>/seed<k>/eval/<EVAL>/metrics.json``, as scripts/collect_results.sh

@@ -7,9 +7,9 @@
     python scripts/instrument_blocks.py --equal-cost    # the equal-cost rows (docs/results/cpu-paired-equal-cost)
     python scripts/instrument_blocks.py --equal-cost --figure PNG   # the forest plot with their second marker
 
-README's block: one line per row (mIoU, the paired Δ with its 95% interval, bold when it excludes zero, and the
-pairs above zero), the resolution and the Trained-on lines of the full table (docs/results/cpu-paired/table.md,
-make_table.py). TABLES.md's block adds the mIoU of every run, seed by seed, with its difference to the baseline of
+README's block: one line per row (mIoU, the paired Δ with its 95% interval, bold when it excludes zero, the pairs
+above zero, and the paired Δ against logit KD with its interval), the resolution and the Trained-on lines of the
+full table (docs/results/cpu-paired/table.md, make_table.py). TABLES.md's block adds the mIoU of every run, seed by seed, with its difference to the baseline of
 that seed. The figure is make_table.py's forest plot of the same table (scripts/forest_plot.py): every row with a
 paired Δ, its 95% interval and its ten pairs, the zero line and the resolution band. The prose around the blocks
 (what they show) is written by hand.
@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 import make_table  # noqa: E402
 from forest_plot import ForestRow  # noqa: E402
+from paired_stats import paired_interval  # noqa: E402
 from table_stats import BASELINE_ROW, TEACHER_ROW, compared, find_metrics, group_runs, load_run  # noqa: E402
 
 from util.errors import SegKDError  # noqa: E402
@@ -36,11 +37,37 @@ EQUAL_COST = os.path.join(REPO, "docs", "results", "cpu-paired-equal-cost")  # M
 BEGIN, END = "<!-- instrument:begin -->", "<!-- instrument:end -->"
 EQUAL_BEGIN, EQUAL_END = "<!-- equal-cost:begin -->", "<!-- equal-cost:end -->"  # docs/TABLES.md's equal-cost rows
 FIGURE = os.path.join(REPO, "docs", "img", "instrument_forest.png")
+KD_ROW = "pspnet18_kd"  # the second column's reference: plain logit KD
 TARGETS = {"README.md": False, os.path.join("docs", "TABLES.md"): True}  # file -> with the per-seed table
 
 
-def summary(records: list[dict], footer: list[str]) -> list[str]:
-    lines = ["| row | mIoU | Δ mIoU vs baseline [95% interval] | pairs above zero |", "|---|---|---|---|"]
+def versus_kd(rows) -> dict[str, str]:
+    """label -> "Δ [95% interval]" of each R18 row against logit KD, paired seed by seed (a seed is one machine's:
+    the pairing rule of the table), bold when it excludes zero. The rows distilled with logit KD share its teacher,
+    its batches and its loss, so their paired std against it is smaller than against the baseline: this column
+    resolves differences between methods the baseline column cannot."""
+    kd = next((row for row in rows if row.key == KD_ROW), None)
+    if kd is None:
+        return {}
+    theirs = {r.seed: 100 * r.metrics["mIoU"] for r in kd.runs}
+    out = {}
+    for row in rows:
+        if row.key in (TEACHER_ROW, BASELINE_ROW, KD_ROW) or not any(r.seed in theirs for r in row.runs):
+            continue
+        if not compared(row, next(b for b in rows if b.key == BASELINE_ROW), True):
+            continue  # not an R18 row (the assistant): no pair with the R18 KD row
+        ci = paired_interval([100 * r.metrics["mIoU"] - theirs[r.seed] for r in row.runs if r.seed in theirs])
+        if ci["low"] is None:
+            continue
+        text = f"{ci['mean']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]"
+        out[row.label] = f"**{text}**" if ci["excludes_zero"] else text
+    return out
+
+
+def summary(records: list[dict], footer: list[str], kd: Optional[dict[str, str]] = None) -> list[str]:
+    kd = kd or {}
+    lines = ["| row | mIoU | Δ mIoU vs baseline [95% interval] | pairs above zero | Δ vs logit KD [95% interval] |",
+             "|---|---|---|---|---|"]
     for rec in records:
         miou = make_table.fmt_score(rec["mIoU"], rec["mIoU_std"])
         if rec.get("d_pairs"):
@@ -51,7 +78,7 @@ def summary(records: list[dict], footer: list[str]) -> list[str]:
             pairs = f"{rec['d_above_zero']} of {rec['d_pairs']}"
         else:
             delta = pairs = "—"
-        lines.append(f"| {rec['label']} | {miou} | {delta} | {pairs} |")
+        lines.append(f"| {rec['label']} | {miou} | {delta} | {pairs} | {kd.get(rec['label'], '—')} |")
     for line in footer:
         lines += ["", line]
     return lines
@@ -113,7 +140,7 @@ def blocks(results: str = RESULTS, config_dir: Optional[str] = None) -> dict[boo
     text, records = table(results, config_dir)
     footer = [line for line in text.splitlines() if line.startswith(("Resolution:", "Trained on:"))]
     rows = group_runs([load_run(p) for p in find_metrics([results], "ss")], None, None)
-    short = summary(records, footer)
+    short = summary(records, footer, versus_kd(rows))
     return {False: "\n".join(short) + "\n", True: "\n".join(short + [""] + per_seed(rows)) + "\n"}
 
 

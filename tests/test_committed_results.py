@@ -51,6 +51,17 @@ def test_rebuilt_table_equals_the_committed_one(capsys):
     assert "Resolution: pooled paired std" in text and "Trained on: " in text and "mix machines" not in text
 
 
+def test_intel_seeds_kept_as_a_table_of_their_own(capsys):
+    """Seeds 1-4 as the Intel VM trained them (the instrument's until 2026-12-07, when they were trained again on the
+    AMD VM): one machine, its own teacher, 15 rows of seeds 1-4, their table rebuilt equal to the committed one."""
+    intel = os.path.join(REPO, "docs", "results", "cpu-paired-seeds1-4-intel-xeon-amx")
+    code, text, err = run_main([intel, "--config-dir", os.path.join(REPO, "config", "synthetic_cpu")], capsys)
+    assert code == 0, err
+    with open(os.path.join(intel, "table.md")) as f:
+        assert unlinked(text) == unlinked(f.read())
+    assert "Trained on: seeds 1 2 3 4 and the teacher: Intel(R) Xeon(R)" in text and "mix machines" not in text
+
+
 def label(trained_on):
     return {k: v for k, v in trained_on.items() if k not in ("family", "model")}
 
@@ -95,6 +106,31 @@ def test_readme_and_tables_blocks_are_the_committed_results():
         inside = text.split(instrument_blocks.BEGIN, 1)[1].split(instrument_blocks.END, 1)[0]
         assert inside == "\n" + made[with_seeds] + "\n", name
     assert "| R18 + logit KD + CIRKD |" in made[False] and "| seed 1 |" in made[True]
+
+
+def test_versus_kd_column_is_make_tables_pairing_against_the_kd_runs(capsys):
+    """The block's "Δ vs logit KD" column (instrument_blocks.versus_kd) is what make_table.py prints with the KD
+    runs as its --baseline, row by row, for each machine folder's seeds (one folder today)."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import instrument_blocks
+
+    (folder,) = machine_folders()
+    top = os.path.join(RESULTS, folder)
+    rows = instrument_blocks.group_runs([instrument_blocks.load_run(p) for p in
+                                         instrument_blocks.find_metrics([RESULTS], "ss")], None, None)
+    column = instrument_blocks.versus_kd(rows)
+    code, text, err = run_main([top, "--baseline", os.path.join(top, "pspnet18_kd"),
+                                "--config-dir", os.path.join(REPO, "config", "synthetic_cpu")], capsys)
+    assert code == 0, err
+    checked = 0
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in column:
+            mean, interval = re.match(r"(\**[+-]\d+\.\d\d) ± \d+\.\d\d\** (\[.*\])", cells[8]).groups()
+            assert column[cells[0]].strip("*") == f"{mean.strip('*')} {interval}", cells[0]
+            assert column[cells[0]].startswith("**") == mean.startswith("**"), cells[0]
+            checked += 1
+    assert checked == len(column) >= 18 and "R18 + logit KD" not in column
 
 
 def test_a_file_without_one_marker_pair_is_a_one_line_error():
