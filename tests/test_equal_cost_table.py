@@ -5,6 +5,7 @@ The slow tier runs `SCALE=tiny MATCH=cost scripts/synthetic/table.sh` end to end
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -201,7 +202,9 @@ def test_instrument_blocks_puts_equal_cost_rows_beside_the_committed_instrument(
               ec.plan_for(ec.load_cost(str(cost)), str(cost), "seconds", list(ref), ref))
     text, recs = instrument_blocks.equal_cost(equal=str(equal))
     kd = next(r for r in recs if r["row"] == "pspnet18_kd")
-    assert kd["verdict_iters"] == "above" and kd["i_pairs"] == 10  # the committed instrument's +2.10 over 10 pairs
-    assert "| R18 + logit KD | 150 / 150 | 1.00 | 1.00 | **+2.10 [+0.71, +3.49]** | +1.25 [" in text
+    assert kd["verdict_iters"] == "above" and kd["i_pairs"] == 10  # the committed instrument's KD row, 10 pairs
+    committed = re.search(r"\| R18 \+ logit KD \| [^|]+ \| (\*\*\+\d\.\d\d \[[^]]+\]\*\*) \| 10 of 10 \|",
+                          instrument_blocks.blocks()[False]).group(1)  # its Δ vs baseline in README's block
+    assert f"| R18 + logit KD | 150 / 150 | 1.00 | 1.00 | {committed} | +1.25 [" in text
     assert kd["e_pairs"] == 2 and kd["verdict_cost"] == "not resolved"
     assert "| above → not resolved |" in text
