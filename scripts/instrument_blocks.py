@@ -9,10 +9,10 @@
 
 README's block: one line per row (mIoU, the paired Δ with its 95% interval, bold when it excludes zero, the pairs
 above zero, and the paired Δ against logit KD with its interval), the resolution and the Trained-on lines of the
-full table (docs/results/cpu-paired/table.md, make_table.py). TABLES.md's block adds the mIoU of every run, seed by seed, with its difference to the baseline of
-that seed. The figure is make_table.py's forest plot of the same table (scripts/forest_plot.py): every row with a
-paired Δ, its 95% interval and its ten pairs, the zero line and the resolution band. The prose around the blocks
-(what they show) is written by hand.
+full table (docs/results/cpu-paired/table.md, make_table.py). TABLES.md's block adds the mIoU of every run, seed by
+seed, with its difference to the baseline of that seed. The figure is make_table.py's forest plot of the same table
+(scripts/forest_plot.py): every row with a paired Δ, its 95% interval and its ten pairs, the zero line and the
+resolution band. The prose around the blocks (what they show) is written by hand.
 """
 
 from __future__ import annotations
