@@ -25,8 +25,8 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 import make_table  # noqa: E402
+import table_stats  # noqa: E402
 from forest_plot import ForestRow  # noqa: E402
-from paired_stats import paired_interval  # noqa: E402
 from table_stats import BASELINE_ROW, TEACHER_ROW, compared, find_metrics, group_runs, load_run  # noqa: E402
 
 from util.errors import SegKDError  # noqa: E402
@@ -42,25 +42,23 @@ TARGETS = {"README.md": False, os.path.join("docs", "TABLES.md"): True}  # file 
 
 
 def versus_kd(rows) -> dict[str, str]:
-    """label -> "Δ [95% interval]" of each R18 row against logit KD, paired seed by seed (a seed is one machine's:
-    the pairing rule of the table), bold when it excludes zero. The rows distilled with logit KD share its teacher,
-    its batches and its loss, so their paired std against it is smaller than against the baseline: this column
-    resolves differences between methods the baseline column cannot."""
+    """label -> "Δ [95% interval]" of each R18 row against logit KD, paired seed by seed as the Δ column is against
+    the baseline (table_stats.paired_difference; a seed is one machine's), bold when it excludes zero. The rows
+    distilled with logit KD share its teacher, its batches and its loss, so their paired std against it is smaller
+    than against the baseline: this column resolves differences between methods the baseline column cannot."""
     kd = next((row for row in rows if row.key == KD_ROW), None)
-    if kd is None:
+    base = next((row for row in rows if row.key == BASELINE_ROW), None)
+    if kd is None or base is None:
         return {}
-    theirs = {r.seed: 100 * r.metrics["mIoU"] for r in kd.runs}
     out = {}
     for row in rows:
-        if row.key in (TEACHER_ROW, BASELINE_ROW, KD_ROW) or not any(r.seed in theirs for r in row.runs):
+        if row is kd or not compared(row, base, True):  # R18 rows only (not the teacher, the assistant, the base)
             continue
-        if not compared(row, next(b for b in rows if b.key == BASELINE_ROW), True):
-            continue  # not an R18 row (the assistant): no pair with the R18 KD row
-        ci = paired_interval([100 * r.metrics["mIoU"] - theirs[r.seed] for r in row.runs if r.seed in theirs])
-        if ci["low"] is None:
+        d = table_stats.paired_difference(row, kd)
+        if d["d_ci95_low"] is None:
             continue
-        text = f"{ci['mean']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]"
-        out[row.label] = f"**{text}**" if ci["excludes_zero"] else text
+        text = f"{d['d_mIoU']:+.2f} [{d['d_ci95_low']:+.2f}, {d['d_ci95_high']:+.2f}]"
+        out[row.label] = f"**{text}**" if d["d_resolved"] else text
     return out
 
 
