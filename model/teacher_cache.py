@@ -82,6 +82,9 @@ class TeacherCache:
             return None
         try:
             logits = torch.load(path, map_location=device, weights_only=True)
+        except FileNotFoundError:  # deleted since the check (a table's DROP_LAST=1 empties a finished seed's cache)
+            self.misses += 1
+            return None
         except Exception as e:  # a damaged entry: say which, rather than distil from garbage
             raise SegKDError(f"{path}: unreadable teacher-cache entry ({e}); delete it") from None
         self.hits += 1

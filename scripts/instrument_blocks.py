@@ -25,6 +25,7 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 import make_table  # noqa: E402
+import paired_stats  # noqa: E402
 import table_stats  # noqa: E402
 from forest_plot import ForestRow  # noqa: E402
 from table_stats import BASELINE_ROW, TEACHER_ROW, compared, find_metrics, group_runs, load_run  # noqa: E402
@@ -60,6 +61,44 @@ def versus_kd(rows) -> dict[str, str]:
         text = f"{d['d_mIoU']:+.2f} [{d['d_ci95_low']:+.2f}, {d['d_ci95_high']:+.2f}]"
         out[row.label] = f"**{text}**" if d["d_resolved"] else text
     return out
+
+
+def short_label(label: str) -> str:
+    """"R18 + logit KD + aux KL" -> "aux KL", "R18 + SSLD (symmetric KL, ...)" -> "SSLD": a row's method, for
+    one line."""
+    for prefix in ("R18 + logit KD + ", "R18 + "):
+        if label.startswith(prefix):
+            label = label[len(prefix):]
+            break
+    return label.split(" (", 1)[0]
+
+
+def versus_kd_holm(rows, alpha: float = 0.05) -> Optional[str]:
+    """One line: which rows of the "Δ vs logit KD" column stay resolved when the column is read as one family of
+    tests, Holm's step-down over its paired t tests (paired_stats.holm) at family-wise error ``alpha``. None without
+    the column."""
+    kd = next((row for row in rows if row.key == KD_ROW), None)
+    base = next((row for row in rows if row.key == BASELINE_ROW), None)
+    if kd is None or base is None:
+        return None
+    p_values, sign = {}, {}
+    for row in rows:
+        if row is kd or not compared(row, base, True):
+            continue
+        d = table_stats.paired_difference(row, kd)
+        if d["d_ci95_low"] is None:
+            continue
+        p_values[row.label] = paired_stats.paired_p_value(d["d_values"])
+        sign[row.label] = d["d_mIoU"] > 0
+    if not p_values:
+        return None
+    kept = paired_stats.holm(p_values, alpha)
+    above = [short_label(label) for label in p_values if label in kept and sign[label]]
+    below = [short_label(label) for label in p_values if label in kept and not sign[label]]
+    rest = len(p_values) - len(kept)
+    return (f"Against logit KD as one family (Holm's step-down over the {len(p_values)} paired t tests of the last "
+            f"column, family-wise error {alpha:.0%}): above: {', '.join(above) or 'none'}; below: "
+            f"{', '.join(below) or 'none'}; not resolved: the other {rest}.")
 
 
 def summary(records: list[dict], footer: list[str], kd: Optional[dict[str, str]] = None) -> list[str]:
@@ -138,7 +177,8 @@ def blocks(results: str = RESULTS, config_dir: Optional[str] = None) -> dict[boo
     text, records = table(results, config_dir)
     footer = [line for line in text.splitlines() if line.startswith(("Resolution:", "Trained on:"))]
     rows = group_runs([load_run(p) for p in find_metrics([results], "ss")], None, None)
-    short = summary(records, footer, versus_kd(rows))
+    holm_line = versus_kd_holm(rows)
+    short = summary(records, footer[:1] + ([holm_line] if holm_line else []) + footer[1:], versus_kd(rows))
     return {False: "\n".join(short) + "\n", True: "\n".join(short + [""] + per_seed(rows)) + "\n"}
 
 

@@ -55,6 +55,36 @@ def paired_interval(diffs: Sequence[float], level: float = 0.95) -> dict[str, Op
             "excludes_zero": bool(low > 0 or high < 0)}
 
 
+def paired_p_value(diffs: Sequence[float]) -> Optional[float]:
+    """Two-sided p-value of the paired t test that the mean of ``diffs`` is zero (None with fewer than 2 pairs);
+    it is below 1 - level exactly when :func:`paired_interval`'s interval excludes zero. All pairs equal: 0 if
+    they are not zero, else 1."""
+    d = np.asarray(diffs, dtype=np.float64)
+    n = len(d)
+    if n < 2:
+        return None
+    mean, std = float(d.mean()), float(d.std(ddof=1))
+    if std == 0.0:
+        return 0.0 if mean != 0.0 else 1.0
+    try:
+        from scipy import stats
+    except ImportError:
+        raise SegKDError(MISSING_SCIPY) from None
+    return float(2.0 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
+
+
+def holm(p_values: dict[str, float], alpha: float = 0.05) -> set[str]:
+    """Holm's step-down over a family of tests: the names whose hypothesis is rejected with family-wise error at
+    most ``alpha``. The k-th smallest p-value (k = 0, 1, ...) is compared with alpha / (m - k); the first that is
+    not below it, and every larger one, is kept."""
+    m, rejected = len(p_values), set()
+    for k, (name, p) in enumerate(sorted(p_values.items(), key=lambda item: (item[1], item[0]))):
+        if p >= alpha / (m - k):
+            break
+        rejected.add(name)
+    return rejected
+
+
 def pooled_std(groups: Sequence[Sequence[float]]) -> tuple[Optional[float], int]:
     """(pooled sample std of the groups' paired differences, its degrees of freedom Σ (n - 1)); groups of fewer
     than two values add nothing. (None, 0) when no group has two."""

@@ -132,7 +132,7 @@ segkd_setup() {
     CHAIN=${CHAIN-${PRESET_CHAIN:-}}  # set and empty: no chain, whatever the preset says
     DROP_LAST=${DROP_LAST:-${PRESET_DROP_LAST:-0}}
     case "$DROP_LAST" in 0 | 1) ;; *) segkd_die "DROP_LAST=$DROP_LAST: expected 1 (delete a finished run's" \
-        "model/last.pth) or 0 (keep it)" ;; esac
+        "model/last.pth and a finished seed's teacher cache) or 0 (keep them)" ;; esac
     if [ -z "${NPROC:-}" ]; then
         NPROC=0
         if command -v nvidia-smi >/dev/null 2>&1; then NPROC=$(nvidia-smi -L 2>/dev/null | wc -l); fi
@@ -229,6 +229,16 @@ segkd_drop_last() {
     if [ "$DROP_LAST" = 1 ] && [ -f "$1/eval/$EVAL/metrics.json" ] && [ -f "$1/model/last.pth" ]; then
         rm -f "$1/model/last.pth"
         echo "  removed $1/model/last.pth (DROP_LAST=1: the run is finished; final.pth and metrics.json stay)"
+    fi
+}
+
+# CACHE_DIR SEED: with DROP_LAST=1, delete the teacher's cached logits once every run of SEED is done. A seed's
+# batches are its own, so no later seed reads them (the 10-seed instrument kept 18 GB of them otherwise); a later
+# call that reruns the seed computes them again. Called after the seed's last run, which stops the script if it fails.
+segkd_drop_cache() {
+    if [ "$DROP_LAST" = 1 ] && [ -d "$1" ]; then
+        rm -rf "$1"
+        echo "  removed $1 (DROP_LAST=1: every run of seed $2 is finished; no later seed reads its logits)"
     fi
 }
 
@@ -396,6 +406,7 @@ segkd_table() {
             segkd_student "$CHAIN_STUDENT" "$seed" \
                 "teacher.checkpoint=$root/$CHAIN_ASSISTANT/seed$seed/model/final.pth" teacher.layers=34
         fi
+        segkd_drop_cache "$root/teacher_cache" "$seed"
     done
     local tables=("$root")
     if [ "$root" != "$RUNS/$1" ]; then tables+=("$teacher_dir"); fi  # the teacher lives beside the dataset's rows

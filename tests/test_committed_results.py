@@ -133,6 +133,29 @@ def test_versus_kd_column_is_make_tables_pairing_against_the_kd_runs(capsys):
     assert checked == len(column) >= 18 and "R18 + logit KD" not in column
 
 
+def test_holm_line_is_stricter_than_the_column_and_the_readme_names_its_rows():
+    """The block's Holm line keeps only rows whose own interval against logit KD excludes zero (a family-wise
+    correction can only remove verdicts), on the side of their Δ; the README's prose names exactly its rows above."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import instrument_blocks
+
+    rows = instrument_blocks.group_runs([instrument_blocks.load_run(p) for p in
+                                         instrument_blocks.find_metrics([RESULTS], "ss")], None, None)
+    column = {instrument_blocks.short_label(k): v for k, v in instrument_blocks.versus_kd(rows).items()}
+    line = instrument_blocks.versus_kd_holm(rows)
+    above, below, rest = re.search(r"above: (.*); below: (.*); not resolved: the other (\d+)\.$", line).groups()
+    above, below = above.split(", "), below.split(", ")
+    assert len(above) + len(below) + int(rest) == len(column) >= 18
+    for name in above + below:
+        assert column[name].startswith("**"), name  # resolved alone too
+        assert column[name].strip("*").startswith("+" if name in above else "-"), name
+    assert len(above) < sum(v.startswith("**+") for v in column.values())  # today the correction removes some
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = " ".join(f.read().split())
+    named = re.search(r"corrected for the 18 comparisons \(Holm\), (.*?) stay\.", readme).group(1)
+    assert re.split(r", | and ", named) == above
+
+
 def test_a_file_without_one_marker_pair_is_a_one_line_error():
 
     sys.path.insert(0, os.path.join(REPO, "scripts"))

@@ -25,6 +25,29 @@ def test_table_values():
     assert ps.t_quantile(0.025, 9) == pytest.approx(-ps.t_quantile(0.975, 9))
 
 
+def test_paired_p_value_by_hand_and_against_the_interval():
+    # 1, 2, 3: t = 2 / (1 / sqrt 3) = 2 sqrt 3 on 2 degrees of freedom, where F(t) = 1/2 + t / (2 sqrt(2 + t^2)):
+    # two-sided p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(6 / 7)
+    assert ps.paired_p_value([1.0, 2.0, 3.0]) == pytest.approx(1 - math.sqrt(6 / 7), abs=1e-12)
+    assert ps.paired_p_value([-1.0, -2.0, -3.0]) == pytest.approx(1 - math.sqrt(6 / 7), abs=1e-12)
+    assert ps.paired_p_value([1.0]) is None
+    assert ps.paired_p_value([2.0, 2.0]) == 0.0 and ps.paired_p_value([0.0, 0.0]) == 1.0
+    rng = __import__("numpy").random.default_rng(0)
+    for _ in range(200):  # p < 0.05 exactly when the 95% interval excludes zero
+        d = list(rng.normal(rng.uniform(-1, 1), 1.0, size=int(rng.integers(2, 12))))
+        assert (ps.paired_p_value(d) < 0.05) == ps.paired_interval(d)["excludes_zero"]
+
+
+def test_holm_step_down_by_hand():
+    # m = 4: 0.01 < 0.05/4; the next, 0.03, is not below 0.05/3, so it and every larger p-value are kept
+    assert ps.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5}) == {"a"}
+    # m = 3: 0.01 < 0.05/3, 0.015 < 0.05/2, 0.02 < 0.05: all rejected (each alone also below 0.05)
+    assert ps.holm({"a": 0.01, "b": 0.015, "c": 0.02}) == {"a", "b", "c"}
+    # each below 0.05 alone, but the smallest is not below 0.05/2: none is rejected
+    assert ps.holm({"a": 0.03, "b": 0.04}) == set() and ps.holm({"a": 0.02, "b": 0.03}) == {"a", "b"}
+    assert ps.holm({}) == set() and ps.holm({"a": 0.049}) == {"a"}
+
+
 def test_paired_interval_by_hand():
     # 1, 2, 3: mean 2, std 1, half-width 4.302653 / sqrt(3) = 2.484138
     ci = ps.paired_interval([1.0, 2.0, 3.0])

@@ -142,6 +142,24 @@ def test_drop_last_deletes_only_finished_runs_optimizer_state(tmp_path):
 
 
 @pytest.mark.slow
+def test_drop_last_empties_a_finished_seeds_teacher_cache(tmp_path):
+    """DROP_LAST=1 deletes the teacher's cached logits once every run of a seed is done (no later seed reads
+    them), not while a run of the seed is unfinished; without it the cache stays."""
+    rows = dict(ROWS="pspnet18_baseline pspnet18_kd", TEACHER_CACHE="1")
+    cache = tmp_path / "runs" / "synthetic" / "teacher_cache"
+    r = run_table(tmp_path, **rows)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert any(cache.rglob("*.pt")) and "teacher_cache (DROP_LAST=1" not in r.stdout
+    r = run_table(tmp_path, **rows, SEEDS="1 2", DROP_LAST="1", STUDENT_EXTRA="train.stop_after=1")
+    assert r.returncode != 0  # seed 2's baseline stopped early, after seed 1 (finished) dropped the cache
+    assert f"removed {cache} (DROP_LAST=1: every run of seed 1 is finished" in r.stdout and not cache.exists()
+    r = run_table(tmp_path, **rows, SEEDS="1 2", DROP_LAST="1")  # seed 2 resumed, distilled (a new cache), dropped
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"removed {cache} (DROP_LAST=1: every run of seed 2 is finished" in r.stdout and not cache.exists()
+    assert metrics(tmp_path, "pspnet18_kd", 2).is_file()
+
+
+@pytest.mark.slow
 def test_tiny_table_from_an_imported_teacher(tmp_path):
     """TEACHER=PATH, here torchvision's DeepLabV3-R50 imported by tools.import_weights: adopted as the table's
     teacher run, evaluated as its row, the teacher of every distilled row with teacher.layers from the file; a

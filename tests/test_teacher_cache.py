@@ -81,6 +81,17 @@ def test_damaged_entry_is_named(tmp_path):
         make(TeacherCache(str(tmp_path / "c"), "teacher-a"))(images, target)
 
 
+def test_an_entry_deleted_after_the_check_is_a_miss(tmp_path, monkeypatch):
+    """A table's DROP_LAST=1 may empty the cache while another run reads it: a vanished entry is computed again."""
+    cache = TeacherCache(str(tmp_path / "c"), "teacher-a")
+    images, target = batch(1)
+    make(cache)(images, target)
+    entry = cache._path(cache.key(images))
+    os.remove(entry)
+    monkeypatch.setattr(os.path, "isfile", lambda path: True)  # the check passed just before the deletion
+    assert cache.get(cache.key(images), torch.device("cpu")) is None and (cache.hits, cache.misses) == (0, 2)
+
+
 def test_file_digest_tracks_content(tmp_path):
     a, b = tmp_path / "a.pth", tmp_path / "b.pth"
     a.write_bytes(b"x" * 10)
