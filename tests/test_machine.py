@@ -41,6 +41,23 @@ def test_machine_describes_this_cpu(tmp_path):
     assert torch.load(path, weights_only=True) == {"machine": m}  # (torch.__version__ itself is refused there)
 
 
+def test_limited_kernels_are_recorded_and_named(monkeypatch):
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA give another arithmetic on the same CPU: recorded and in the label,
+    so such runs never pair with the CPU's own; without them the record and the label are as before."""
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    plain = machine(torch.device("cpu"))
+    assert "kernels" not in plain
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    limited = machine(torch.device("cpu"))
+    assert limited["kernels"] == "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
+    assert machine_label(limited) == machine_label(plain).replace(
+        "), ", "; kernels limited: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), ", 1)
+    assert machine_label({**AMD, "kernels": "ATEN_CPU_CAPABILITY=avx2"}) == (
+        "AMD EPYC 9B14 (AuthenticAMD; avx2 avx512f; kernels limited: ATEN_CPU_CAPABILITY=avx2), 2 CPUs")
+
+
 def test_machine_label():
     assert machine_label(INTEL) == "Intel(R) Xeon(R) Processor (GenuineIntel; avx2 avx512f amx_bf16), 2 CPUs"
     assert machine_label({**AMD, "isa": []}) == "AMD EPYC 9B14 (AuthenticAMD; no AVX2), 2 CPUs"

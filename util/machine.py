@@ -16,6 +16,16 @@ if TYPE_CHECKING:  # the table scripts use machine_label without torch
 
 # The vector units that change CPU kernels' arithmetic and speed, in the order they are named.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+# Variables that make torch's CPU kernels use fewer of those units than the CPU has (ATen's dispatch, oneDNN's):
+# another arithmetic and speed on the same CPU, e.g. an AVX2-only machine imitated on an AVX-512 one.
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def kernel_limits() -> str | None:
+    """``'ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2'``: the :data:`KERNEL_LIMITS` set in this process's
+    environment (non-empty), None when none is."""
+    found = [f"{name}={os.environ[name]}" for name in KERNEL_LIMITS if os.environ.get(name)]
+    return " ".join(found) or None
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -53,7 +63,8 @@ def machine(device: torch.device) -> dict[str, Any]:
 
     :func:`machine_label` leaves ``family`` and ``model`` out: the label names what moves the arithmetic (the vector
     units), and two generations with the same units have given the same scores bit for bit (docs/TABLES.md), only not
-    the same speed, which is what the two fields are recorded for."""
+    the same speed, which is what the two fields are recorded for. ``kernels`` (only when set, :func:`kernel_limits`)
+    is in the label: kernels limited to fewer units compute another arithmetic."""
     import torch
 
     flags = cpu_flags()
@@ -62,7 +73,7 @@ def machine(device: torch.device) -> dict[str, Any]:
     return {"cpu": cpu_name(), "vendor": _cpuinfo_field("vendor_id") or platform.machine(),
             "isa": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count(), "device": dev,
             "torch": str(torch.__version__),  # a plain str: TorchVersion is refused by weights_only loads
-            "family": family, "model": model}
+            "family": family, "model": model, **({"kernels": kernel_limits()} if kernel_limits() else {})}
 
 
 def machine_label(meta: dict[str, Any] | None) -> str:
@@ -71,5 +82,7 @@ def machine_label(meta: dict[str, Any] | None) -> str:
     if not isinstance(meta, dict):
         return "not recorded"
     isa = " ".join(meta.get("isa") or []) or "no AVX2"
+    if meta.get("kernels"):
+        isa += f"; kernels limited: {meta['kernels']}"
     gpu = f", {meta['device']}" if meta.get("device") not in (None, "cpu") else ""
     return f"{meta.get('cpu')} ({meta.get('vendor')}; {isa}), {meta.get('cpus')} CPUs{gpu}"
