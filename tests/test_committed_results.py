@@ -156,6 +156,42 @@ def test_holm_line_is_stricter_than_the_column_and_the_readme_names_its_rows():
     assert re.split(r", | and ", named) == above
 
 
+LONG = os.path.join(REPO, "docs", "results", "cpu-long-equal-cost", "amd-epyc-avx512")
+LONG_HEADING = "**At the longer schedule (students 400 iterations)."
+
+
+def test_longer_schedule_numbers_are_the_committed_runs(capsys):
+    """docs/TABLES.md's equal-cost comparison at 400 student iterations quotes only what make_table.py prints of
+    docs/results/cpu-long-equal-cost (the commands written there): every "Δ [interval]" and "mIoU ± std"."""
+    cfg = ["--config-dir", os.path.join(REPO, "config", "synthetic_cpu")]
+    out = []
+    for args in ([os.path.join(LONG, "iteration-matched"), "--equal-cost", os.path.join(LONG, "equal-cost")],
+                 [os.path.join(LONG, "equal-cost", "pspnet18_baseline"), os.path.join(LONG, "teacher1500")],
+                 [os.path.join(LONG, "iteration-matched", "pspnet18_baseline"), os.path.join(LONG, "teacher1500")],
+                 [os.path.join(LONG, "teacher1500"), "--baseline", os.path.join(LONG, "equal-cost", "pspnet18_kd")]):
+        code, text, err = run_main(args + cfg, capsys)
+        assert code == 0, err
+        out.append(text)
+    raw = "\n".join(out)
+    plain = re.sub(r" ± \d+\.\d\d", "", raw.replace("**", ""))
+    with open(os.path.join(REPO, "docs", "TABLES.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = " ".join(text.split(LONG_HEADING, 1)[1].split("\n## ", 1)[0].split())
+    intervals = re.findall(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", section)
+    scores = re.findall(r"\d+\.\d\d ± \d+\.\d\d", section)
+    assert len(intervals) >= 4 and len(scores) >= 3
+    assert [q for q in intervals if q not in plain] == [] and [q for q in scores if q not in raw] == []
+    for folder, iters in (("equal-cost", {"pspnet18_baseline": 760, "pspnet18_kd": 400}),
+                          ("iteration-matched", {"pspnet18_baseline": 400, "pspnet18_kd": 400}),
+                          ("teacher1500", {"pspnet18_kd": 400, "pspnet50_teacher": 1500})):
+        for row, n in iters.items():
+            found = table_stats.find_metrics([os.path.join(LONG, folder, row)], "ss")
+            assert len(found) == (1 if row == "pspnet50_teacher" else 5), (folder, row)
+            for path in found:
+                with open(path, encoding="utf-8") as f:
+                    assert json.load(f)["iteration"] == n, path
+
+
 def test_a_file_without_one_marker_pair_is_a_one_line_error():
 
     sys.path.insert(0, os.path.join(REPO, "scripts"))
