@@ -42,11 +42,9 @@ KD_ROW = "pspnet18_kd"  # the second column's reference: plain logit KD
 TARGETS = {"README.md": False, os.path.join("docs", "TABLES.md"): True}  # file -> with the per-seed table
 
 
-def versus_kd(rows) -> dict[str, str]:
-    """label -> "Δ [95% interval]" of each R18 row against logit KD, paired seed by seed as the Δ column is against
-    the baseline (table_stats.paired_difference; a seed is one machine's), bold when it excludes zero. The rows
-    distilled with logit KD share its teacher, its batches and its loss, so their paired std against it is smaller
-    than against the baseline: this column resolves differences between methods the baseline column cannot."""
+def paired_with_kd(rows) -> dict[str, dict]:
+    """label -> table_stats.paired_difference of each R18 row against logit KD (a seed is one machine's), for the
+    rows with an interval (2 or more pairs); empty without a KD or baseline row."""
     kd = next((row for row in rows if row.key == KD_ROW), None)
     base = next((row for row in rows if row.key == BASELINE_ROW), None)
     if kd is None or base is None:
@@ -56,10 +54,20 @@ def versus_kd(rows) -> dict[str, str]:
         if row is kd or not compared(row, base, True):  # R18 rows only (not the teacher, the assistant, the base)
             continue
         d = table_stats.paired_difference(row, kd)
-        if d["d_ci95_low"] is None:
-            continue
+        if d["d_ci95_low"] is not None:
+            out[row.label] = d
+    return out
+
+
+def versus_kd(rows) -> dict[str, str]:
+    """label -> "Δ [95% interval]" of each R18 row against logit KD, paired seed by seed as the Δ column is against
+    the baseline (:func:`paired_with_kd`), bold when it excludes zero. The rows distilled with logit KD share its
+    teacher, its batches and its loss, so their paired std against it is smaller than against the baseline: this
+    column resolves differences between methods the baseline column cannot."""
+    out = {}
+    for label, d in paired_with_kd(rows).items():
         text = f"{d['d_mIoU']:+.2f} [{d['d_ci95_low']:+.2f}, {d['d_ci95_high']:+.2f}]"
-        out[row.label] = f"**{text}**" if d["d_resolved"] else text
+        out[label] = f"**{text}**" if d["d_resolved"] else text
     return out
 
 
@@ -77,21 +85,11 @@ def versus_kd_holm(rows, alpha: float = 0.05) -> Optional[str]:
     """One line: which rows of the "Δ vs logit KD" column stay resolved when the column is read as one family of
     tests, Holm's step-down over its paired t tests (paired_stats.holm) at family-wise error ``alpha``. None without
     the column."""
-    kd = next((row for row in rows if row.key == KD_ROW), None)
-    base = next((row for row in rows if row.key == BASELINE_ROW), None)
-    if kd is None or base is None:
+    pairs = paired_with_kd(rows)
+    if not pairs:
         return None
-    p_values, sign = {}, {}
-    for row in rows:
-        if row is kd or not compared(row, base, True):
-            continue
-        d = table_stats.paired_difference(row, kd)
-        if d["d_ci95_low"] is None:
-            continue
-        p_values[row.label] = paired_stats.paired_p_value(d["d_values"])
-        sign[row.label] = d["d_mIoU"] > 0
-    if not p_values:
-        return None
+    p_values = {label: paired_stats.paired_p_value(d["d_values"]) for label, d in pairs.items()}
+    sign = {label: d["d_mIoU"] > 0 for label, d in pairs.items()}
     kept = paired_stats.holm(p_values, alpha)
     above = [short_label(label) for label in p_values if label in kept and sign[label]]
     below = [short_label(label) for label in p_values if label in kept and not sign[label]]

@@ -69,11 +69,12 @@ def machine(device: torch.device) -> dict[str, Any]:
 
     flags = cpu_flags()
     family, model = cpu_generation()
+    limits = kernel_limits()
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"cpu": cpu_name(), "vendor": _cpuinfo_field("vendor_id") or platform.machine(),
             "isa": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count(), "device": dev,
             "torch": str(torch.__version__),  # a plain str: TorchVersion is refused by weights_only loads
-            "family": family, "model": model, **({"kernels": kernel_limits()} if kernel_limits() else {})}
+            "family": family, "model": model, **({"kernels": limits} if limits else {})}
 
 
 def machine_label(meta: dict[str, Any] | None) -> str:
