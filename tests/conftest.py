@@ -11,6 +11,8 @@ import tempfile
 
 import pytest
 
+from tests import fast_init
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CLASSES = 4
 # What a `make test` session needs free where pytest keeps its temporary folders: the R18/R50 checkpoints of the
@@ -18,6 +20,8 @@ TINY_CLASSES = 4
 # 2026-12-02) with tmp_path_retention_policy = "failed" (pyproject.toml), against 15 GB left behind by a session
 # without it; 8 GB leaves room for a failing test's kept folders. SEGKD_TEST_MIN_FREE_GB=0 turns the check off.
 MIN_FREE_GB = float(os.environ.get("SEGKD_TEST_MIN_FREE_GB", "8"))
+# The tests outside the slow tier draw initial weights from a pool (tests/fast_init.py); 0 gives them torch's own.
+FAST_INIT = os.environ.get("SEGKD_TEST_FAST_INIT", "1") != "0"
 
 
 def pytest_sessionstart(session):
@@ -88,13 +92,14 @@ def forbid_slow_work(test: str):
 
 
 def _unless_slow(item):
-    """Run a test phase under :func:`forbid_slow_work` unless the test is marked slow. A ``long`` test must be
+    """Run a test phase under :func:`forbid_slow_work` and with the pool's initial weights
+    (:func:`tests.fast_init.patched`) unless the test is marked slow. A ``long`` test must be
     ``slow`` too (make test-fast skips every test that starts a process or trains)."""
     if item.get_closest_marker("long") is not None and item.get_closest_marker("slow") is None:
         raise NotMarkedSlow(f"{item.nodeid}: marked long but not slow; mark it @pytest.mark.slow too")
     if item.get_closest_marker("slow") is not None:
         return (yield)
-    with forbid_slow_work(item.nodeid) as tried:
+    with forbid_slow_work(item.nodeid) as tried, (fast_init.patched() if FAST_INIT else contextlib.nullcontext()):
         result = yield
     if tried:  # raised, then caught by the code under test: still the test's doing
         raise NotMarkedSlow(f"{item.nodeid} {tried[0]}: mark it @pytest.mark.slow (make test-fast must skip it)")
