@@ -163,3 +163,22 @@ def test_bad_list_item_on_the_real_command_line_is_one_line():
         assert r.returncode == 2, script + ": " + r.stderr[-2000:]
         assert "Traceback" not in r.stderr, script
         assert r.stderr.strip().splitlines() == [f"error: command line: {key} items must be float, got 'a'"], script
+
+
+def test_defaults_are_read_once_copied_each_time_and_reread_when_the_file_changes(tmp_path, monkeypatch):
+    import util.config as uc
+
+    first = load_config(None)
+    first.test.scales.append(2.0)  # a caller's edit of a list value
+    assert load_config(None).test.scales == [1.0]
+    edited = tmp_path / "defaults.yaml"
+    with open(uc.DEFAULTS_PATH, encoding="utf-8") as f:
+        text = f.read()
+    edited.write_text(text)
+    monkeypatch.setattr(uc, "DEFAULTS_PATH", str(edited))
+    assert load_config(None).train.iters == first.train.iters
+    edited.write_text(text.replace("  iters:", "  iters: 7 #", 1))  # another size: read again
+    assert load_config(None).train.iters == 7
+    edited.unlink()
+    with pytest.raises(SegKDError, match="defaults.yaml: config file not found"):
+        load_config(None)
