@@ -168,7 +168,13 @@ def test_longer_schedule_numbers_are_the_committed_runs(capsys):
     for args in ([os.path.join(LONG, "iteration-matched"), "--equal-cost", os.path.join(LONG, "equal-cost")],
                  [os.path.join(LONG, "equal-cost", "pspnet18_baseline"), os.path.join(LONG, "teacher1500")],
                  [os.path.join(LONG, "iteration-matched", "pspnet18_baseline"), os.path.join(LONG, "teacher1500")],
-                 [os.path.join(LONG, "teacher1500"), "--baseline", os.path.join(LONG, "equal-cost", "pspnet18_kd")]):
+                 [os.path.join(LONG, "teacher1500"), "--baseline", os.path.join(LONG, "equal-cost", "pspnet18_kd")],
+                 [os.path.join(LONG, "iteration-matched", "pspnet18_baseline"), os.path.join(LONG, "teacher1500",
+                  "pspnet18_kd"), os.path.join(LONG, "teacher1500-iteration-matched")],
+                 [os.path.join(LONG, "teacher1500-iteration-matched"), "--baseline",
+                  os.path.join(LONG, "teacher1500", "pspnet18_kd")],
+                 [os.path.join(LONG, "equal-cost", "pspnet18_baseline"),
+                  os.path.join(LONG, "teacher1500-iteration-matched")]):
         code, text, err = run_main(args + cfg, capsys)
         assert code == 0, err
         out.append(text)
@@ -183,7 +189,9 @@ def test_longer_schedule_numbers_are_the_committed_runs(capsys):
     assert [q for q in intervals if q not in plain] == [] and [q for q in scores if q not in raw] == []
     for folder, iters in (("equal-cost", {"pspnet18_baseline": 760, "pspnet18_kd": 400}),
                           ("iteration-matched", {"pspnet18_baseline": 400, "pspnet18_kd": 400}),
-                          ("teacher1500", {"pspnet18_kd": 400, "pspnet50_teacher": 1500})):
+                          ("teacher1500", {"pspnet18_kd": 400, "pspnet50_teacher": 1500}),
+                          ("teacher1500-iteration-matched",
+                           {"pspnet18_kd_aux_kl": 400, "pspnet18_kd_at": 400, "pspnet50_teacher": 1500})):
         for row, n in iters.items():
             found = table_stats.find_metrics([os.path.join(LONG, folder, row)], "ss")
             seeds = {int(re.search(r"seed(\d+)", p).group(1)) for p in found if "/seed" in p}
@@ -194,6 +202,11 @@ def test_longer_schedule_numbers_are_the_committed_runs(capsys):
             for path in found:
                 with open(path, encoding="utf-8") as f:
                     assert json.load(f)["iteration"] == n, path
+    teachers = []
+    for folder in ("teacher1500", "teacher1500-iteration-matched"):  # one teacher run behind both folders' rows
+        with open(os.path.join(LONG, folder, "pspnet50_teacher", "eval", "ss", "metrics.json"), encoding="utf-8") as f:
+            teachers.append(json.load(f))
+    assert teachers[0] == teachers[1]
 
 
 def test_a_file_without_one_marker_pair_is_a_one_line_error():
