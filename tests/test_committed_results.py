@@ -161,8 +161,9 @@ LONG_HEADING = "**At the longer schedule (students 400 iterations)."
 
 
 def test_longer_schedule_numbers_are_the_committed_runs(capsys):
-    """docs/TABLES.md's equal-cost comparison at 400 student iterations quotes only what make_table.py prints of
-    docs/results/cpu-long-equal-cost (the commands written there): every "Δ [interval]" and "mIoU ± std"."""
+    """docs/TABLES.md's section on the longer schedule (400 student iterations: equal cost, and the rows from the
+    1500-iteration teacher) quotes only what make_table.py prints of docs/results/cpu-long-equal-cost (the commands
+    written there): every "Δ [interval]" and "mIoU ± std"."""
     cfg = ["--config-dir", os.path.join(REPO, "config", "synthetic_cpu")]
     out = []
     for args in ([os.path.join(LONG, "iteration-matched"), "--equal-cost", os.path.join(LONG, "equal-cost")],
