@@ -46,6 +46,7 @@ from table_stats import (  # noqa: E402
     SCORES,
     TEACHER_ROW,
     Row,
+    Run,
     also_paired_note,
     compared,
     describe,
@@ -236,7 +237,22 @@ def caption_for(rows: list[Row], records: list[dict[str, Any]], eval_name: str, 
                  f"({teacher[0]} vs {students[0]}).")
     elif teacher and students:
         text += f" The teacher trained {fmt_iters(teacher)} iterations, the baseline {fmt_iters(students)}."
-    return text
+    return text + arithmetic_phrase(runs)
+
+
+def arithmetic_phrase(runs: list[Run]) -> str:
+    """The training arithmetic when any run trained under autocast (``train.amp``): which dtype, for how many
+    runs; empty when every run trained in float32 (or recorded no config)."""
+    def dtype(run: Run) -> Optional[str]:
+        train = (run.metrics.get("config") or {}).get("train") or {}
+        return train.get("amp_dtype", "bfloat16") if train.get("amp") else None
+
+    low = [d for d in map(dtype, runs) if d]
+    if not low:
+        return ""
+    kinds = " and ".join(sorted(set(low)))
+    which = "every run" if len(low) == len(runs) else f"{len(low)} of the {len(runs)} runs (the others in float32)"
+    return f" Trained under {kinds} autocast (`train.amp`): {which}; evaluated in float32."
 
 
 def baseline_phrase(base: Optional[Row], base_dir: str) -> Optional[str]:

@@ -344,6 +344,30 @@ def test_iters_column_and_the_teachers_schedule(paper_runs, tmp_path, capsys):
     assert "The teacher trained" not in out
 
 
+def test_caption_names_autocast_training_and_how_many_runs_had_it(paper_runs, tmp_path, capsys):
+    """Runs trained under ``train.amp`` (the demo on CPUs with bfloat16 units) are named in the caption, with the
+    dtype and the count when the table mixes them with float32 runs; an all-float32 table says nothing."""
+    code, out, _ = run_main([paper_runs], capsys)
+    assert code == 0 and "autocast" not in out.split("\n")[0]
+    paths = sorted(paper_runs.glob("**/eval/ss/metrics.json"))
+
+    def set_amp(path, amp):
+        metrics = json.loads(path.read_text())
+        metrics["config"]["train"].update(amp=amp, amp_dtype="bfloat16")
+        path.write_text(json.dumps(metrics))
+
+    for path in paths:
+        set_amp(path, True)
+    code, out, _ = run_main([paper_runs], capsys)
+    caption = out.split("\n")[0]
+    assert code == 0 and caption.endswith(
+        " Trained under bfloat16 autocast (`train.amp`): every run; evaluated in float32.")
+    set_amp(paths[0], False)
+    code, out, _ = run_main([paper_runs], capsys)
+    assert code == 0 and (f"Trained under bfloat16 autocast (`train.amp`): {len(paths) - 1} of the {len(paths)} runs "
+                          "(the others in float32)") in out.split("\n")[0]
+
+
 def test_teacher_row_names_an_adopted_teachers_architecture(tmp_path, capsys):
     """TEACHER=PATH can put a DeepLabV3-R101 (imported, say) at the teacher's place: its row says so."""
     from model.build import ARCHS

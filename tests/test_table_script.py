@@ -348,6 +348,34 @@ def test_demo_preset_shortens_the_schedule_and_the_user_wins():
 
 
 @pytest.mark.slow  # bash subprocesses
+def test_demo_trains_in_bfloat16_where_the_cpu_has_bfloat16_units():
+    """DEMO_BF16=auto (the default) adds bfloat16 autocast to the demo's runs exactly when /proc/cpuinfo names
+    avx512_bf16 or amx_bf16; 1 and 0 force it; other presets never get it; a bad value is a one-line error."""
+    from util.config import load_config
+
+    def extra(scale, **env):
+        return resolved(scale, ["${EXTRA_ARGS[*]}"], **env)[0].split()
+
+    amp = ["train.amp=true", "train.amp_dtype=bfloat16"]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(f.read().split())
+    except OSError:
+        flags = set()
+    has_units = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert (extra("demo")[-2:] == amp) is has_units
+    assert extra("demo", DEMO_BF16="1")[-2:] == amp and not set(amp) & set(extra("demo", DEMO_BF16="0"))
+    cfg = load_config("config/synthetic_cpu/pspnet18_kd.yaml", extra("demo", DEMO_BF16="1"))
+    assert cfg.train.amp is True and cfg.train.amp_dtype == "bfloat16"
+    for scale in ("cpu-paired", "cpu-long", "full"):
+        assert not set(amp) & set(extra(scale, DEMO_BF16="1")), scale
+    script = f'source "{REPO}/scripts/table.sh"; segkd_synthetic_preset'
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "SCALE": "demo", "DEMO_BF16": "yes"})
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: DEMO_BF16=yes: expected")
+
+
+@pytest.mark.slow  # bash subprocesses
 def test_presets_of_committed_tables_keep_float32_batches():
     """uint8 batches are the default since 2026-12-07; the presets that continue committed tables (demo, cpu-paired,
     cpu-long), trained in float32, pass train.uint8_batches=false before the user's EXTRA (which wins, as the uint8

@@ -3,6 +3,7 @@
 #
 #   scripts/synthetic/table.sh                      # full scale (the configs as written): a GPU job
 #   SCALE=demo scripts/synthetic/table.sh           # what `make demo` runs: the CPU tier, 3 seeds, 2 CPU cores
+#   SCALE=demo DEMO_BF16=0 scripts/synthetic/table.sh   # the same in float32 where the CPU has bfloat16 units
 #   SCALE=cpu-long scripts/synthetic/table.sh       # the same tier, 5 seeds, students 400 iterations (~1 h)
 #   SCALE=cpu-paired scripts/synthetic/table.sh     # demo recipe, every row and the chain, 10 seeds (~26 min each)
 #   SEEDS="1 2" EXTRA="train.epochs=10" NPROC=4 scripts/synthetic/table.sh
@@ -18,6 +19,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/../table.sh"
 
 segkd_synthetic_preset
 segkd_setup "${PRESET_DATA}"
+if [ "${SCALE:-full}" = demo ]; then
+    if segkd_demo_bf16; then
+        echo "[demo] training under bfloat16 autocast (DEMO_BF16=${DEMO_BF16:-auto}; DEMO_BF16=0 trains in float32)"
+    else
+        echo "[demo] training in float32 (DEMO_BF16=${DEMO_BF16:-auto}: no avx512_bf16 or amx_bf16 on this CPU, or 0)"
+    fi
+fi
 GEN_ARGS=${GEN_ARGS:-$PRESET_GEN}
 case " $GEN_ARGS " in *" --workers"*) ;; *) GEN_ARGS="$GEN_ARGS --workers $(nproc 2>/dev/null || echo 1)" ;; esac
 
