@@ -237,7 +237,8 @@ except SegKDError as e:
 where = ("data.root", "data.names", "teacher.checkpoint")
 diff = experiment_diff(old, new, tuple(k for k in new if k in where or k.startswith(("test.", "output."))))
 if diff:
-    sys.exit(f"error: {run_dir}: a finished run of another experiment ({diff}); remove it or set RUNS "
+    hint = "; DEMO_BF16=0 or 1 picks the demo's arithmetic" if "train.amp" in diff else ""
+    sys.exit(f"error: {run_dir}: a finished run of another experiment ({diff}); remove it or set RUNS{hint} "
              "(nothing was overwritten)")
 EOF
 }

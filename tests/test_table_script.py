@@ -323,6 +323,8 @@ def test_a_finished_run_of_another_recipe_stops_the_table(tmp_path):
     assert "+1 more: train.warmup_iters" in r.stderr and "remove it or set RUNS" in r.stderr
     r = same_run(run, config, *trained[:2], "train.seed=2")
     assert r.returncode != 0 and "train.seed: 1 there, 2 now" in r.stderr
+    r = same_run(run, config, *trained[:2], "train.seed=1", "train.amp=true")  # the demo on a bfloat16 CPU
+    assert r.returncode != 0 and "train.amp: False there, True now" in r.stderr and "DEMO_BF16=0 or 1" in r.stderr
     assert scores.read_text() == '{"mIoU": 0.3}'  # nothing written
     (run / "config.yaml").unlink()  # an adopted TEACHER has no config.yaml: nothing to compare
     assert same_run(run, config, "train.seed=5").returncode == 0
