@@ -35,9 +35,9 @@ test-long: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# The CPU benchmark (9-25 min on 2 cores from a fresh clone, by CPU: README, Quick start): the CPU tier of the
-# generated dataset, the teacher once, four student rows x 3 seeds, evaluation, table with paired differences,
-# figure.
+# The CPU benchmark (8-40 min on 2 cores from a fresh clone, by CPU: README, Quick start): the CPU tier of the
+# generated dataset, the teacher once, four student rows x 3 seeds (bfloat16 training where the CPU has bfloat16
+# units; DEMO_BF16=0 for float32), evaluation, table with paired differences, figure.
 demo: $(STAMP)
 	SCALE=demo PYTHON=$(abspath $(PY)) bash scripts/synthetic/table.sh
 

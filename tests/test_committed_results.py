@@ -222,7 +222,8 @@ def test_a_file_without_one_marker_pair_is_a_one_line_error():
 
 
 DEMO = os.path.join(REPO, "docs", "results", "demo-t250s60-2026-12-03-amd-epyc-family25")
-DEMOS = [DEMO, os.path.join(REPO, "docs", "results", "demo-t250s60-2026-12-07-amd-epyc-family26")]
+DEMOS = [DEMO, *(os.path.join(REPO, "docs", "results", f"demo-t250s60-2026-12-07-amd-epyc-family26{kind}")
+                 for kind in ("", "-bf16"))]
 
 
 @pytest.mark.parametrize("demo", DEMOS, ids=os.path.basename)
@@ -249,6 +250,8 @@ def test_readme_demo_table_is_the_committed_demo(capsys, demo):
                 found[path] = json.load(f)
     assert {m["iteration"] for m in found.values()} == {250, 60} and len(found) == 13
     assert len({json.dumps(m["trained_on"], sort_keys=True) for m in found.values()}) == 1
+    # the arithmetic its folder names: bfloat16 autocast for every run (DEMO_BF16), or float32 for every run
+    assert {m["config"]["train"]["amp"] for m in found.values()} == {demo.endswith("-bf16")}
 
 
 def test_readme_six_seed_demo_numbers_are_the_committed_runs(capsys):
