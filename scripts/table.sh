@@ -34,7 +34,7 @@ DEMO_TEST="test.batch_size=8"
 COMMITTED_ARITHMETIC="data.opencv_threads=-1 train.uint8_batches=false" DEMO_ARITHMETIC="train.uint8_batches=false"
 # SCALE=demo trains under bfloat16 autocast where the CPU has bfloat16 units (lscpu's avx512_bf16 or amx_bf16):
 # DEMO_BF16=auto (default), 1 (always) or 0 (float32, the arithmetic of the demo tables before 2026-12-07's
-# seventh session). Evaluation stays float32. Same verdicts, 27% less time on AMD family 26 (docs/results/LOG.md).
+# seventh session). Evaluation stays float32. Same verdicts, 22% less time on AMD family 26 (docs/results/LOG.md).
 DEMO_BF16_ARGS="train.amp=true train.amp_dtype=bfloat16"
 
 # The scripts cd to the repo root (configs and `-m tools.synthetic` resolve there): user paths must not move.

@@ -377,6 +377,22 @@ def test_demo_trains_in_bfloat16_where_the_cpu_has_bfloat16_units():
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: DEMO_BF16=yes: expected")
 
 
+@pytest.mark.slow  # bash and a failing generator process
+@pytest.mark.parametrize("env, says", [
+    ({"DEMO_BF16": "1"}, "[demo] training under bfloat16 autocast (DEMO_BF16=1;"),
+    ({"DEMO_BF16": "0"}, "[demo] training in float32 (DEMO_BF16=0)"),
+    ({"DEMO_BF16": "1", "EXTRA": "train.amp=false"}, "[demo] training arithmetic as EXTRA")])
+def test_demo_says_which_arithmetic_it_trains_in(tmp_path, env, says):
+    """The demo's first line names its training arithmetic (a user's train.amp in EXTRA wins over DEMO_BF16);
+    stopped here by a generator that refuses its arguments, before any run."""
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "synthetic", "table.sh")], capture_output=True,
+                       text=True, env={**os.environ, "SCALE": "demo", "PYTHON": sys.executable,
+                                       "DATA": str(tmp_path / "data"), "RUNS": str(tmp_path / "runs"),
+                                       "GEN_ARGS": "--no-such-flag", **env})
+    assert r.returncode != 0 and "generating" in r.stdout and not (tmp_path / "runs").exists()
+    assert r.stdout.splitlines()[0].startswith(says), r.stdout
+
+
 @pytest.mark.slow  # bash subprocesses
 def test_presets_of_committed_tables_keep_float32_batches():
     """uint8 batches are the default since 2026-12-07; the presets that continue committed tables (demo, cpu-paired,

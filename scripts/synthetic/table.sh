@@ -20,11 +20,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/../table.sh"
 segkd_synthetic_preset
 segkd_setup "${PRESET_DATA}"
 if [ "${SCALE:-full}" = demo ]; then
-    if segkd_demo_bf16; then
-        echo "[demo] training under bfloat16 autocast (DEMO_BF16=${DEMO_BF16:-auto}; DEMO_BF16=0 trains in float32)"
-    else
-        echo "[demo] training in float32 (DEMO_BF16=${DEMO_BF16:-auto}: no avx512_bf16 or amx_bf16 on this CPU, or 0)"
-    fi
+    case " ${EXTRA:-} ${TEACHER_EXTRA:-} ${STUDENT_EXTRA:-} " in
+        *" train.amp"*) echo "[demo] training arithmetic as EXTRA / TEACHER_EXTRA / STUDENT_EXTRA set train.amp*" ;;
+        *) if segkd_demo_bf16; then
+               echo "[demo] training under bfloat16 autocast (DEMO_BF16=${DEMO_BF16:-auto}; DEMO_BF16=0 trains in float32)"
+           elif [ "${DEMO_BF16:-auto}" = 0 ]; then
+               echo "[demo] training in float32 (DEMO_BF16=0)"
+           else
+               echo "[demo] training in float32 (no avx512_bf16 or amx_bf16 on this CPU; DEMO_BF16=1 forces bfloat16)"
+           fi ;;
+    esac
 fi
 GEN_ARGS=${GEN_ARGS:-$PRESET_GEN}
 case " $GEN_ARGS " in *" --workers"*) ;; *) GEN_ARGS="$GEN_ARGS --workers $(nproc 2>/dev/null || echo 1)" ;; esac
