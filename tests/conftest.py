@@ -11,8 +11,6 @@ import tempfile
 
 import pytest
 
-from tests import fast_init
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CLASSES = 4
 # What a `make test` session needs free where pytest keeps its temporary folders: the R18/R50 checkpoints of the
@@ -99,6 +97,8 @@ def _unless_slow(item):
         raise NotMarkedSlow(f"{item.nodeid}: marked long but not slow; mark it @pytest.mark.slow too")
     if item.get_closest_marker("slow") is not None:
         return (yield)
+    from tests import fast_init  # here, not at the top: the xdist controller, which runs no test, never imports torch
+
     with forbid_slow_work(item.nodeid) as tried, (fast_init.patched() if FAST_INIT else contextlib.nullcontext()):
         result = yield
     if tried:  # raised, then caught by the code under test: still the test's doing
