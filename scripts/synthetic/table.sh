@@ -27,7 +27,7 @@ if [ "${SCALE:-full}" = demo ]; then
            elif [ "${DEMO_BF16:-auto}" = 0 ]; then
                echo "[demo] training in float32 (DEMO_BF16=0)"
            else
-               echo "[demo] training in float32 (no avx512_bf16 or amx_bf16 on this CPU; DEMO_BF16=1 forces bfloat16)"
+               echo "[demo] training in float32 (no avx512_bf16 or amx_bf16 on this CPU)"
            fi ;;
     esac
 fi
