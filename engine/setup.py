@@ -126,9 +126,9 @@ def build_optimizer(student: torch.nn.Module, cfg: Config,
     if extra:
         groups.append({"params": list(extra), "lr": head_lr, "initial_lr": head_lr})
     # train.fused_optimizer: torch's fused step, one kernel per tensor instead of a loop of element-wise operations
-    # (AdamW: the R50 teacher's CPU step 16-27% shorter, docs/results/LOG.md); its rounding differs from the loop's,
-    # so it is off by default and a run's tables do not mix the two. Off passes nothing: torch's own default (the
-    # loop on CPU), as before the key, on any torch of requirements.txt's floor.
+    # (AdamW: the R50 teacher's CPU step 16-27% shorter, docs/results/LOG.md); fused AdamW rounds differently from
+    # the loop, so it is off by default and a run's tables do not mix the two. Off passes nothing: torch's own
+    # default (the loop on CPU), as before the key, on any torch of requirements.txt's floor.
     fused = {"fused": True} if t.fused_optimizer else {}
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.base_lr, betas=(0.9, 0.999), weight_decay=t.weight_decay, **fused)

@@ -33,7 +33,8 @@ def _steps(net, opt, n, seed=1):
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_fused_step_is_torchs_fused_kernel_close_to_the_loop(optimizer):
     """Off: torch's default (no fused flag, the loop on CPU); on: fused=True. Three steps of each from the same
-    weights agree to float rounding, not bitwise (another arithmetic: why it is off by default)."""
+    weights agree to float rounding; AdamW's not bitwise (another arithmetic: why the key is off by default; SGD's
+    matched the loop bitwise on the CPUs seen, which the test does not require)."""
     loop_net, cfg = _student([f"train.optimizer={optimizer}"])
     fused_net = copy.deepcopy(loop_net)
     loop = build_optimizer(loop_net, cfg)
@@ -48,6 +49,8 @@ def test_fused_step_is_torchs_fused_kernel_close_to_the_loop(optimizer):
     start, _ = _student([f"train.optimizer={optimizer}"])
     step = max((a - b).abs().max().item() for a, b in zip(start.parameters(), loop_net.parameters()))
     assert step > 1e-4 and max(moved) < 1e-3 * step
+    if optimizer == "adamw":
+        assert max(moved) > 0
 
 
 def test_fused_state_resumes_to_the_uninterrupted_run():
