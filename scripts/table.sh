@@ -42,7 +42,8 @@ segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/
 
 segkd_die() { echo "error: $*" >&2; exit 1; }
 
-# Exit 0 when the CPU has bfloat16 units (the avx512_bf16 or amx_bf16 flag of /proc/cpuinfo), else 1.
+# Exit 0 when the CPU has bfloat16 units (the avx512_bf16 or amx_bf16 flag of /proc/cpuinfo, as util/machine.py's
+# cpu_flags reads it for metrics.json, without starting Python), else 1.
 segkd_cpu_bf16() { grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; }
 
 # Exit 0 when the demo trains in bfloat16 (DEMO_BF16: auto, 1 or 0), else 1.

@@ -358,13 +358,10 @@ def test_demo_trains_in_bfloat16_where_the_cpu_has_bfloat16_units():
     def extra(scale, **env):
         return resolved(scale, ["${EXTRA_ARGS[*]}"], **env)[0].split()
 
+    from util.machine import cpu_flags
+
     amp = ["train.amp=true", "train.amp_dtype=bfloat16"]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = set(f.read().split())
-    except OSError:
-        flags = set()
-    has_units = bool(flags & {"avx512_bf16", "amx_bf16"})
+    has_units = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})  # what metrics.json's trained_on records
     assert (extra("demo")[-2:] == amp) is has_units
     assert extra("demo", DEMO_BF16="1")[-2:] == amp and not set(amp) & set(extra("demo", DEMO_BF16="0"))
     cfg = load_config("config/synthetic_cpu/pspnet18_kd.yaml", extra("demo", DEMO_BF16="1"))
