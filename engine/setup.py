@@ -130,6 +130,14 @@ def build_optimizer(student: torch.nn.Module, cfg: Config,
     # the loop, so it is off by default and a run's tables do not mix the two. Off passes nothing: torch's own
     # default (the loop on CPU), as before the key, on any torch of requirements.txt's floor.
     fused = {"fused": True} if t.fused_optimizer else {}
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.base_lr, betas=(0.9, 0.999), weight_decay=t.weight_decay, **fused)
-    return torch.optim.SGD(groups, lr=t.base_lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
+    try:
+        if t.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=t.base_lr, betas=(0.9, 0.999), weight_decay=t.weight_decay, **fused)
+        return torch.optim.SGD(groups, lr=t.base_lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
+    except RuntimeError as e:  # a torch without a fused kernel for this device (older releases had none on CPU)
+        if not fused:
+            raise
+        device = groups[0]["params"][0].device.type if groups and groups[0]["params"] else "?"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SegKDError(f"train.fused_optimizer=true: torch {torch.__version__} has no fused {t.optimizer} step "
+                         f"for {device} parameters ({first}); set train.fused_optimizer=false") from e

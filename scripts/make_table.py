@@ -241,18 +241,27 @@ def caption_for(rows: list[Row], records: list[dict[str, Any]], eval_name: str, 
 
 
 def arithmetic_phrase(runs: list[Run]) -> str:
-    """The training arithmetic when any run trained under autocast (``train.amp``): which dtype, for how many
-    runs; empty when every run trained in float32 (or recorded no config)."""
+    """The training arithmetic when any run trained under autocast (``train.amp``) or with the optimizer's fused
+    step (``train.fused_optimizer``): which, for how many runs; empty when every run trained in float32 with the
+    loop (or recorded no config)."""
     def dtype(run: Run) -> Optional[str]:
         train = (run.metrics.get("config") or {}).get("train") or {}
         return train.get("amp_dtype", "bfloat16") if train.get("amp") else None
 
+    def fused(run: Run) -> bool:
+        return bool(((run.metrics.get("config") or {}).get("train") or {}).get("fused_optimizer"))
+
     low = [d for d in map(dtype, runs) if d]
-    if not low:
-        return ""
-    kinds = " and ".join(sorted(set(low)))
-    which = "every run" if len(low) == len(runs) else f"{len(low)} of the {len(runs)} runs (the others in float32)"
-    return f" Trained under {kinds} autocast (`train.amp`): {which}; evaluated in float32."
+    text = ""
+    if low:
+        kinds = " and ".join(sorted(set(low)))
+        which = "every run" if len(low) == len(runs) else f"{len(low)} of the {len(runs)} runs (the others in float32)"
+        text = f" Trained under {kinds} autocast (`train.amp`): {which}; evaluated in float32."
+    n_fused = sum(map(fused, runs))
+    if n_fused:
+        which = "every run" if n_fused == len(runs) else f"{n_fused} of the {len(runs)} runs (the others with the loop)"
+        text += f" The optimizer's fused step (`train.fused_optimizer`): {which}."
+    return text
 
 
 def baseline_phrase(base: Optional[Row], base_dir: str) -> Optional[str]:

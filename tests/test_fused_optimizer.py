@@ -72,3 +72,28 @@ def test_fused_state_resumes_to_the_uninterrupted_run():
 def test_a_non_boolean_value_is_a_one_line_error():
     with pytest.raises(SegKDError, match="train.fused_optimizer"):
         load_config(CFG, ["train.fused_optimizer=3"])
+
+
+@pytest.mark.parametrize("optimizer,name", [("adamw", "AdamW"), ("sgd", "SGD")])
+def test_a_torch_without_the_fused_kernel_is_a_one_line_error_naming_the_key(monkeypatch, optimizer, name):
+    """torch releases before CPU fused kernels raise a RuntimeError at construction; the run stops with one line
+    naming the key and its way out. Off (the default) never reaches that path."""
+    real = getattr(torch.optim, name)
+
+    class OldTorch(real):
+        def __init__(self, *args, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                   "supported devices: ['cuda', 'xpu', 'privateuseone'].\nmore")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, name, OldTorch)
+    net, cfg = _student([f"train.optimizer={optimizer}", "train.fused_optimizer=true"])
+    with pytest.raises(SegKDError) as info:
+        build_optimizer(net, cfg)
+    line = str(info.value)
+    assert "\n" not in line and line.startswith("train.fused_optimizer=true: torch ")
+    assert f"no fused {optimizer} step for cpu parameters" in line and "supported devices" in line
+    assert line.endswith("set train.fused_optimizer=false")
+    assert isinstance(build_optimizer(net, load_config(CFG, ["data.classes=4", f"train.optimizer={optimizer}"])),
+                      OldTorch)

@@ -368,6 +368,29 @@ def test_caption_names_autocast_training_and_how_many_runs_had_it(paper_runs, tm
                           "(the others in float32)") in out.split("\n")[0]
 
 
+def test_caption_names_the_fused_optimizer_step_and_how_many_runs_had_it(paper_runs, capsys):
+    """``train.fused_optimizer`` rounds AdamW differently from the loop: a table whose runs used it says so, with
+    the count when it mixes them; a table of loop runs says nothing."""
+    code, out, _ = run_main([paper_runs], capsys)
+    assert code == 0 and "fused" not in out.split("\n")[0]
+    paths = sorted(paper_runs.glob("**/eval/ss/metrics.json"))
+
+    def set_fused(path, on):
+        metrics = json.loads(path.read_text())
+        metrics["config"]["train"]["fused_optimizer"] = on
+        path.write_text(json.dumps(metrics))
+
+    for path in paths:
+        set_fused(path, True)
+    code, out, _ = run_main([paper_runs], capsys)
+    assert code == 0 and out.split("\n")[0].endswith(
+        " The optimizer's fused step (`train.fused_optimizer`): every run.")
+    set_fused(paths[-1], False)
+    code, out, _ = run_main([paper_runs], capsys)
+    assert code == 0 and (f"fused step (`train.fused_optimizer`): {len(paths) - 1} of the {len(paths)} runs "
+                          "(the others with the loop).") in out.split("\n")[0]
+
+
 def test_teacher_row_names_an_adopted_teachers_architecture(tmp_path, capsys):
     """TEACHER=PATH can put a DeepLabV3-R101 (imported, say) at the teacher's place: its row says so."""
     from model.build import ARCHS
