@@ -33,7 +33,7 @@ from engine.rundir import RunLog, check_run_dir
 from engine.setup import build_data, build_distiller, build_optimizer
 from engine.state import agreed_config, agreed_resume, rank0_check
 from engine.trainer import Trainer
-from model.build import run_meta
+from model.build import run_meta, teacher_file
 from util.config import Config, check_training
 from util.distributed import DistInfo, barrier
 from util.machine import machine
@@ -45,6 +45,8 @@ def run(cfg: Config, info: DistInfo) -> int:
     sync_bn = info.distributed and info.device.type == "cuda" and cfg.train.sync_bn
     check_training(cfg, info.world_size, sync_bn, info.device.type)
     check_data_keys(cfg.data)
+    if cfg.teacher.checkpoint:
+        teacher_file(cfg)  # before the student is built (ImageNet weights) and the loader's workers start
     check_run_dir(cfg)
     if cfg.test.after_training:  # what test.py would refuse stops the run now, not after the training
         check_scores_path(scores_dir(cfg, checkpoint_path(cfg)))

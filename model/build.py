@@ -144,6 +144,15 @@ def _rebuild(ckpt: dict[str, Any], path: str, classes: int, role: str) -> Segmen
     return model
 
 
+def teacher_file(cfg: Config) -> str:
+    """``teacher.checkpoint``, checked to be a file: train.py asks before it builds the student or starts the
+    loader, so a mistyped path is the run's first and only line."""
+    path = cfg.teacher.checkpoint
+    if not os.path.isfile(path):
+        raise SegKDError(f"{path}: teacher.checkpoint not found")
+    return path
+
+
 def load_teacher(cfg: Config) -> Segmentor:
     """The frozen teacher of ``teacher.checkpoint``: a supervised run of depth ``teacher.layers`` (a ResNet's; a
     MobileNetV3 has none), of the architecture (``arch``, ``stem``, ``dilation``, ``align_corners``, ``backbone``,
@@ -154,9 +163,7 @@ def load_teacher(cfg: Config) -> Segmentor:
     run, a run of another depth or class count, or a file that is not a segkd checkpoint is refused with a
     one-line SegKDError naming the file.
     """
-    path = cfg.teacher.checkpoint
-    if not os.path.isfile(path):
-        raise SegKDError(f"{path}: teacher.checkpoint not found")
+    path = teacher_file(cfg)
     ckpt = load_checkpoint(path)
     check_segkd(ckpt, path, "teacher.checkpoint")
     if ckpt["mode"] not in TEACHER_MODES and not (ckpt["mode"] == "distill" and cfg.teacher.assistant):

@@ -486,6 +486,20 @@ def test_batch_size_the_processes_cannot_take():
         check_training(cfg, two.world_size, False, "cpu")
 
 
+def test_a_missing_teacher_stops_the_run_before_the_student_is_built(tiny_data, tmp_path, monkeypatch):
+    """A mistyped teacher.checkpoint is the run's first error: not after the student's ImageNet weights (a download
+    where there is no cache) and the loader's workers; nothing is written."""
+    import engine.setup
+
+    built = []
+    monkeypatch.setattr(engine.setup, "build_model", lambda *a, **k: built.append(a) or pytest.fail("built"))
+    monkeypatch.setattr(engine.setup, "build_train_loader", lambda *a, **k: built.append(a) or pytest.fail("loader"))
+    run_dir, missing = str(tmp_path / "run"), str(tmp_path / "runs" / "t" / "final.pth")
+    r = run_in_process(["--config", KD, *tiny_overrides(tiny_data, run_dir), f"teacher.checkpoint={missing}"])
+    assert r.returncode == 2 and r.stderr == f"error: {missing}: teacher.checkpoint not found\n"
+    assert built == [] and not os.path.exists(run_dir)
+
+
 # ---------------------------------------------------------------- safe loading
 def test_malicious_checkpoint_is_refused(tmp_path):
     for fmt in ("zip", "raw_pickle"):
