@@ -47,3 +47,17 @@ def test_missing_file_is_an_error_naming_it(tmp_path):
     cfg = load_config(CONFIG, ["data.classes=3", f"data.names={tmp_path / 'absent.txt'}"])
     with pytest.raises(SegKDError, match=r"absent.txt: class names file not found"):
         segkd_test.class_names(cfg)
+
+
+def test_a_relative_names_file_found_under_data_root_is_named_in_the_error(tmp_path):
+    """tools.synthetic writes DATA/names.txt; the CPU configs' data.names is the repository's datasets/... path.
+    Overriding only data.root gives an error that names the file to pass."""
+    (tmp_path / "names.txt").write_text("background\ncat\ndog\n")
+    cfg = load_config(CONFIG, ["data.classes=3", f"data.root={tmp_path}", "data.names=datasets/nowhere/names.txt"])
+    with pytest.raises(SegKDError) as info:
+        segkd_test.class_names(cfg)
+    assert str(info.value).endswith(f"class names file not found (data.names); a relative data.names is under "
+                                    f"the repository, not data.root: data.names={tmp_path / 'names.txt'}")
+    (tmp_path / "names.txt").unlink()
+    with pytest.raises(SegKDError, match=r"nowhere/names.txt: class names file not found \(data.names\)$"):
+        segkd_test.class_names(cfg)

@@ -56,6 +56,11 @@ def class_names(data: Any) -> list[str]:
     if data.names is None:
         return facts.names() if facts is not None else [f"class_{i}" for i in range(data.classes)]
     path = _names_path(data.names)
+    if not os.path.isfile(path):  # a relative data.names is the repository's, not data.root's: say where it is
+        beside = os.path.join(data.root, os.path.basename(data.names)) if data.root else ""
+        hint = (f"; a relative data.names is under the repository, not data.root: data.names={beside}"
+                if beside and os.path.isfile(beside) else "")
+        raise SegKDError(f"{path}: class names file not found (data.names){hint}")
     names = load_names(path)
     if len(names) != data.classes:
         raise SegKDError(f"{path}: {len(names)} class names for data.classes={data.classes} "
