@@ -248,3 +248,15 @@ def test_prepare_sh_resolves_relative_paths(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(_read_list(str(tmp_path / "out" / "list" / "train_aug.txt"))) == len(EXPECTED_TRAIN)
+
+
+@pytest.mark.slow  # a bash subprocess
+def test_prepare_sh_help_is_the_usage_and_every_option_exit_0_and_no_dest_is_exit_2(tmp_path):
+    env = {**os.environ, "PYTHON": os.path.relpath(sys.executable, tmp_path)}  # a relative PYTHON stays valid
+    script = os.path.join(REPO, "scripts", "voc2012", "prepare.sh")
+    done = subprocess.run(["bash", script, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {script} DEST") and "--expect-real" in done.stdout
+    done = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("usage: ") and os.listdir(tmp_path) == []

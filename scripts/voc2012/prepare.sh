@@ -8,13 +8,21 @@
 # interpreter). DEST, --voc-tar, --sbd-tgz and PYTHON may be relative to the directory you run it from.
 set -euo pipefail
 
-if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    echo "usage: $0 DEST [--download] [--voc-tar PATH] [--sbd-tgz PATH] [--skip-md5] [--workers N]" >&2
-    exit 2
-fi
-
 # The script cds to the repo root so `-m tools.prepare_voc` resolves; relative paths must not change meaning.
 abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+
+usage="usage: $0 DEST [--download] [--voc-tar PATH] [--sbd-tgz PATH] [--skip-md5] [--workers N]"
+python=${PYTHON:-python}
+case "$python" in */*) python=$(abspath "$python") ;; esac
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then  # the usage line, then every option of tools.prepare_voc
+    echo "$usage"
+    cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+    exec "$python" -m tools.prepare_voc --help
+fi
+if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
+    echo "$usage" >&2
+    exit 2
+fi
 
 dest=$(abspath "$1")
 shift
@@ -36,9 +44,6 @@ while [ $# -gt 0 ]; do
             ;;
     esac
 done
-
-python=${PYTHON:-python}
-case "$python" in */*) python=$(abspath "$python") ;; esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 exec "$python" -m tools.prepare_voc --dest "$dest" ${args[@]+"${args[@]}"}
