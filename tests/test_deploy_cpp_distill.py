@@ -1,10 +1,12 @@
 """deploy/cpp/segkd_distill and ``tools.export --trainable``: one C++ step of CE + per-pixel KD with SGD equals the
 same step in Python (model/losses.py's cross_entropy and kd_kl_loss at full resolution, torch.optim.SGD with
-train.py's two lr groups) on the loss and on every updated weight within 1e-5; bad input is one line, exit 2, nothing
+train.py's two lr groups) on the loss and on every updated weight within 1e-5; VOC palette labels give exactly the
+step of greyscale ones; bad input (a label that is not class indices, a wrong --root) is one line, exit 2, nothing
 written. Fast tier: the trainable export (outputs, gradients, frozen BatchNorm, the mark). Slow and long tier: one
 build (about 45 s alone on the 2-core VM, more beside other jobs) and a few runs of the program."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data.palette import colorize, save_label_png, voc_palette
 from engine.export import (
     BACKBONE_PREFIX,
     InferenceNetwork,
@@ -145,18 +148,36 @@ def flags() -> list[str]:
                                                                                          "--batch-size", "2"]
 
 
+@pytest.fixture(scope="module")
+def grey_step(program, tmp_path_factory):
+    """One C++ step on tiny_set (8-bit greyscale labels): (its data folder, its stdout, the trained student's path)."""
+    binary, folder = program
+    data = tmp_path_factory.mktemp("grey")
+    listing = tiny_set(data)
+    out = str(tmp_path_factory.mktemp("grey_out") / "trained.pt")
+    result = run(binary, str(folder / "teacher.pt"), str(folder / "student.pt"), listing, out, *flags())
+    assert result.returncode == 0, result.stderr
+    return data, result.stdout, out
+
+
+def assert_refused(binary: str, args: list[str], message: str, folder, contents: list[str]) -> str:
+    """Exit 2 with one stderr line holding ``message``, ``folder`` still holding just ``contents``; that line."""
+    result = run(binary, *args)
+    assert result.returncode == 2, (args, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert sorted(os.listdir(folder)) == contents, "something was written"
+    return lines[0]
+
+
 @pytest.mark.slow
 @pytest.mark.long  # the build is most of a minute on 2 cores
 @pytest.mark.skipif(bool(missing_tools()), reason=missing_tools() or "tools present")
-def test_one_cpp_step_equals_the_python_step(program, tmp_path):
+def test_one_cpp_step_equals_the_python_step(program, grey_step):
     binary, folder = program
-    data = tmp_path / "data"
-    data.mkdir()
-    listing = tiny_set(data)
-    teacher, student, out = str(folder / "teacher.pt"), str(folder / "student.pt"), str(tmp_path / "trained.pt")
-    result = run(binary, teacher, student, listing, out, *flags())
-    assert result.returncode == 0, result.stderr
-    cpp_loss = float(result.stdout.split("loss ")[1].split()[0])
+    data, stdout, out = grey_step
+    teacher, student = str(folder / "teacher.pt"), str(folder / "student.pt")
+    cpp_loss = float(stdout.split("loss ")[1].split()[0])
 
     py_loss, py_params = python_step(teacher, student, data)
     assert abs(cpp_loss - py_loss) < 1e-5, (cpp_loss, py_loss)
@@ -191,8 +212,76 @@ def test_bad_input_is_one_line_and_writes_nothing(program, tmp_path):
              ([teacher, student, str(data / "missing.txt"), out], "none.png: cannot read image"),
              ([teacher, student, str(data / "mismatch.txt"), out], "small.png: 30x33 label, its image")]
     for args, message in cases:
-        result = run(binary, *args)
-        assert result.returncode == 2, (args, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], result.stderr
-        assert sorted(os.listdir(tmp_path)) == ["data"], "something was written"
+        line = assert_refused(binary, args, message, tmp_path, ["data"])
+        assert "--root" not in line  # the root hint is for a list in a `list` folder only
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.skipif(bool(missing_tools()), reason=missing_tools() or "tools present")
+def test_voc_palette_labels_give_the_greyscale_step(program, grey_step, tmp_path):
+    """The labels of tiny_set written as VOC palette PNGs (data/palette.py, as VOC and tools.synthetic write them):
+    the printed loss and terms and every output weight are exactly those of the greyscale labels' step."""
+    binary, folder = program
+    grey, grey_stdout, grey_out = grey_step
+    for i in range(2):
+        shutil.copy(grey / f"img{i}.png", tmp_path)
+        save_label_png(str(tmp_path / f"lab{i}.png"), np.array(Image.open(grey / f"lab{i}.png")))
+        with Image.open(tmp_path / f"lab{i}.png") as label:
+            assert label.mode == "P" and label.getpixel((0, 0)) == 255  # stb_image sees (224, 224, 192) there
+    shutil.copy(grey / "train.txt", tmp_path)
+    out = str(tmp_path / "trained.pt")
+    result = run(binary, str(folder / "teacher.pt"), str(folder / "student.pt"), str(tmp_path / "train.txt"), out,
+                 *flags())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == grey_stdout.splitlines()[0]  # "step 1/1: loss L (ce C, aux A, kd K)"
+    want = dict(load_trainable(grey_out).named_parameters())
+    got = dict(load_trainable(out).named_parameters())
+    assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.skipif(bool(missing_tools()), reason=missing_tools() or "tools present")
+def test_labels_that_are_not_class_indices_are_refused(program, tmp_path):
+    binary, folder = program
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_set(data)
+    label = np.array(Image.open(data / "lab0.png"))  # classes 0..3 and 255
+    palette = voc_palette()
+    palette[3:6] = palette[0:3]  # entry 1 black like entry 0, and pixels of both
+    shared = colorize(label)
+    shared.putpalette(palette)
+    shared.save(data / "shared.png")
+    Image.fromarray(np.stack([label] * 3, axis=-1)).save(data / "rgb.png")
+    Image.fromarray(label.astype(np.uint16)).save(data / "wide.png")
+    Image.fromarray(label).convert("LA").save(data / "alpha.png")
+    refusal = "{}: a label must hold class indices as an 8-bit greyscale or a palette image (this one is {})"
+    cases = {"shared.png": "shared.png: palette entries 0 and 1 share the colour (0, 0, 0) that pixels use",
+             "rgb.png": refusal.format("rgb.png", "an RGB PNG"),
+             "wide.png": refusal.format("wide.png", "a greyscale PNG, 16 bits"),
+             "alpha.png": refusal.format("alpha.png", "a greyscale + alpha PNG")}
+    for name, message in cases.items():
+        (data / "one.txt").write_text(f"img0.png {name}\n")
+        args = [str(folder / "teacher.pt"), str(folder / "student.pt"), str(data / "one.txt"), str(tmp_path / "o.pt")]
+        assert_refused(binary, [*args, "--batch-size", "1"], message, tmp_path, ["data"])
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.skipif(bool(missing_tools()), reason=missing_tools() or "tools present")
+def test_a_list_in_a_list_folder_hints_the_root(program, tmp_path):
+    """tools.synthetic's layout, ROOT/list/train_aug.txt with paths relative to ROOT: the default root (the list's
+    folder) misses the files, and the error says which --root finds them."""
+    binary, folder = program
+    root = tmp_path / "voc"
+    (root / "list").mkdir(parents=True)
+    tiny_set(root)
+    (root / "train.txt").rename(root / "list" / "train_aug.txt")
+    args = [str(folder / "teacher.pt"), str(folder / "student.pt"), str(root / "list" / "train_aug.txt"),
+            str(tmp_path / "o.pt")]
+    line = assert_refused(binary, args, "img0.png: cannot read image", tmp_path, ["voc"])
+    assert line.endswith(f"(--root defaults to the list's folder; the VOC layout's root is its parent: --root {root})")
+    assert_refused(binary, [*args, "--root", str(tmp_path)], f"(it is under the list folder's parent: --root {root})",
+                   tmp_path, ["voc"])

@@ -8,7 +8,8 @@
 // LIST holds "image label" per line (VOC style), paths relative to --root (default: LIST's folder) unless absolute.
 // Step s takes the B entries s*B .. s*B+B-1 of LIST (cyclically, in order: no shuffle, no crop, no resize), so the
 // images of one batch must share a size. Images are RGB (stb_image: PNG, JPEG, BMP, ...; grey and RGBA become RGB),
-// fed as float32 0..255 (both networks normalise inside); labels are 8-bit single-channel class indices.
+// fed as float32 0..255 (both networks normalise inside); labels are class indices: 8-bit greyscale, or a palette PNG
+// whose palette indices are the classes (VOC's SegmentationClass, tools.synthetic's labels: what PIL reads as "P").
 //
 // One step, with s = the student's (main, aux) logits and t = the teacher's logits, all NxKxHxW at the image's size:
 //     loss = ce_weight * CE(s.main) + aux_weight * CE(s.aux) + kd_weight * T^2 * mean_valid KL(softmax(t/T) || softmax(s.main/T))
@@ -16,20 +17,26 @@
 // kd_kl_loss with distill.full_resolution=true), then SGD (momentum, weight decay on every parameter; backbone at
 // --lr, the rest at --lr x --head-lr-mult, as train.py's groups; constant lr). The student's BatchNorm statistics
 // are frozen (exported in eval mode: tools.export --trainable). The teacher runs without grad.
-// Exit status: 0 written; 2 bad input (usage, unreadable or non-trainable model, unreadable list or image, sizes
-// that do not match, OUT exists), one line naming the file, nothing written; 1 a step failed.
+// Exit status: 0 written; 2 bad input (usage, unreadable or non-trainable model, unreadable list or image, a label
+// that is not class indices, sizes that do not match, OUT exists), one line naming the file, nothing written; 1 a step
+// failed.
 #include <torch/optim/sgd.h>
 #include <torch/script.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #define STB_IMAGE_IMPLEMENTATION
@@ -55,7 +62,7 @@ struct Options {
   int64_t steps = 1, batch_size = 2, ignore_label = 255;
   double lr = 0.01, head_lr_mult = 10.0, momentum = 0.9, weight_decay = 1e-4;
   double temperature = 1.0, kd_weight = 1.0, ce_weight = 1.0, aux_weight = 0.4;
-  bool overwrite = false;
+  bool overwrite = false, root_given = false;
 };
 
 const char* const USAGE =
@@ -110,14 +117,100 @@ Options parse(int argc, char** argv) {
   if (positional.size() != 4) throw BadInput(USAGE);
   o.teacher = positional[0], o.student = positional[1], o.list = positional[2], o.out = positional[3];
   if (o.temperature <= 0) throw BadInput("--temperature must be > 0");
-  if (o.root.empty()) o.root = std::filesystem::path(o.list).parent_path().string();
+  o.root_given = !o.root.empty();
+  if (!o.root_given) o.root = std::filesystem::path(o.list).parent_path().string();
   return o;
 }
 
 struct Sample {
   std::string image, label;
   int height = 0, width = 0;
+  std::vector<uint32_t> palette;  // a palette label's entries (RGBA bytes as packed by pack()); empty: 8-bit greyscale
 };
+
+// Four bytes R, G, B, A (a palette entry, or one pixel of stbi_load(..., 4)) as one key, the same on any endianness.
+uint32_t pack(const unsigned char* rgba) {
+  uint32_t key = 0;
+  std::memcpy(&key, rgba, 4);
+  return key;
+}
+
+// What a PNG's chunks before its pixels say: IHDR's colour type and bit depth, PLTE's colours with tRNS's alphas.
+struct PngHeader {
+  int colour_type = -1, bit_depth = 0;
+  std::vector<uint32_t> palette;
+};
+
+uint32_t big_endian(const unsigned char* p) {
+  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
+}
+
+// The header of a PNG file, read chunk by chunk up to the first IDAT (nothing is inflated); nullopt: no PNG signature.
+std::optional<PngHeader> png_header(const std::string& path) {
+  const unsigned char signature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+  unsigned char head[8];
+  std::ifstream in(path, std::ios::binary);
+  if (!in.read(reinterpret_cast<char*>(head), 8) || std::memcmp(head, signature, 8) != 0) return std::nullopt;
+  PngHeader png;
+  std::vector<unsigned char> rgb, alpha;
+  while (in.read(reinterpret_cast<char*>(head), 8)) {
+    const uint32_t length = big_endian(head);
+    const std::string type(reinterpret_cast<char*>(head + 4), 4);
+    if (type == "IDAT" || type == "IEND") break;
+    if ((type != "IHDR" && type != "PLTE" && type != "tRNS") || length > 1024) {
+      in.seekg(length + 4, std::ios::cur);  // the chunk and its CRC
+      continue;
+    }
+    std::vector<unsigned char> data(length);
+    if (!in.read(reinterpret_cast<char*>(data.data()), length)) break;
+    in.seekg(4, std::ios::cur);
+    if (type == "IHDR" && length >= 10) png.bit_depth = data[8], png.colour_type = data[9];
+    if (type == "PLTE") rgb = std::move(data);
+    if (type == "tRNS") alpha = std::move(data);
+  }
+  for (size_t i = 0; i + 3 <= rgb.size() && i / 3 < 256; i += 3) {
+    const unsigned char entry[4] = {rgb[i], rgb[i + 1], rgb[i + 2], i / 3 < alpha.size() ? alpha[i / 3] : uint8_t(255)};
+    png.palette.push_back(pack(entry));
+  }
+  return png;
+}
+
+// A label's palette, empty for a greyscale image (from the header, nothing decoded); anything else is bad input
+// saying what the file is. stb_image turns a palette into colours: load_labels maps them back to the entries.
+std::vector<uint32_t> label_palette(const std::string& path, int channels) {
+  std::string kind;
+  if (std::optional<PngHeader> png = png_header(path)) {
+    if (png->colour_type == 3 && !png->palette.empty()) return png->palette;
+    if (png->colour_type == 0 && png->bit_depth <= 8) return {};
+    const std::map<int, std::string> kinds = {{0, "a greyscale PNG"}, {2, "an RGB PNG"}, {3, "a palette PNG without PLTE"},
+                                              {4, "a greyscale + alpha PNG"}, {6, "an RGBA PNG"}};
+    kind = kinds.count(png->colour_type) ? kinds.at(png->colour_type)
+                                         : "a PNG of colour type " + std::to_string(png->colour_type);
+    if (png->bit_depth != 8) kind += ", " + std::to_string(png->bit_depth) + " bits";
+  } else {
+    const bool wide = stbi_is_16_bit(path.c_str());
+    if (channels == 1 && !wide) return {};
+    const char* kinds[] = {"an image", "a greyscale image", "a greyscale + alpha image", "an RGB image", "an RGBA image"};
+    kind = std::string(kinds[channels >= 1 && channels <= 4 ? channels : 0]) + (wide ? ", 16 bits" : "");
+  }
+  throw BadInput(path + ": a label must hold class indices as an 8-bit greyscale or a palette image (this one is " +
+                 kind + ")");
+}
+
+// A hint for a file of the list not found under --root when the list sits in a folder named `list` and the file is
+// under that folder's parent: this project's layout (tools.synthetic's ROOT/list/train_aug.txt, paths relative to
+// ROOT), and VOC aug's. The default root stays the list's folder; the hint says which --root would have found it.
+std::string root_hint(const Options& o, const std::string& relative) {
+  namespace fs = std::filesystem;
+  const fs::path folder = fs::path(o.list).parent_path();
+  if (folder.filename() != "list" || fs::path(relative).is_absolute()) return "";
+  const fs::path parent = folder.parent_path().empty() ? fs::path(".") : folder.parent_path();
+  std::error_code ec;
+  if (!fs::exists(parent / relative, ec) || fs::exists(fs::path(o.root) / relative, ec)) return "";
+  return (o.root_given ? " (it is under the list folder's parent: --root " : " (--root defaults to the list's folder; "
+                                                                             "the VOC layout's root is its parent: --root ") +
+         parent.string() + ")";
+}
 
 // The list's samples, every image and label header read (size, channels) and checked: nothing is decoded yet.
 std::vector<Sample> read_list(const Options& o) {
@@ -140,15 +233,12 @@ std::vector<Sample> read_list(const Options& o) {
     Sample s{resolve(f[0]), resolve(f[1])};
     int channels = 0, lw = 0, lh = 0, lc = 0;
     if (!stbi_info(s.image.c_str(), &s.width, &s.height, &channels)) {
-      throw BadInput(s.image + ": cannot read image (" + stbi_failure_reason() + ")");
+      throw BadInput(s.image + ": cannot read image (" + stbi_failure_reason() + ")" + root_hint(o, f[0]));
     }
     if (!stbi_info(s.label.c_str(), &lw, &lh, &lc)) {
-      throw BadInput(s.label + ": cannot read label (" + stbi_failure_reason() + ")");
+      throw BadInput(s.label + ": cannot read label (" + stbi_failure_reason() + ")" + root_hint(o, f[1]));
     }
-    if (lc != 1 || stbi_is_16_bit(s.label.c_str())) {
-      throw BadInput(s.label + ": a label must be an 8-bit single-channel image of class indices (this one has " +
-                     std::to_string(lc) + " channels" + (stbi_is_16_bit(s.label.c_str()) ? ", 16 bits" : "") + ")");
-    }
+    s.palette = label_palette(s.label, lc);
     if (lw != s.width || lh != s.height) {
       throw BadInput(s.label + ": " + std::to_string(lh) + "x" + std::to_string(lw) + " label, its image " + s.image +
                      " is " + std::to_string(s.height) + "x" + std::to_string(s.width));
@@ -180,13 +270,59 @@ void check_batches(const std::vector<Sample>& samples, const Options& o) {
   }
 }
 
+using Pixels = std::unique_ptr<unsigned char, void (*)(void*)>;
+
+// stbi_load's H x W x `channels` bytes, freed with the returned pointer.
+Pixels decode(const std::string& path, int channels, const char* what, int& h, int& w) {
+  int c = 0;
+  Pixels pixels(stbi_load(path.c_str(), &w, &h, &c, channels), stbi_image_free);
+  if (!pixels) throw BadInput(path + ": cannot read " + what + " (" + stbi_failure_reason() + ")");
+  return pixels;
+}
+
 // stbi_load's pixels as a tensor of `channels` x H x W (a copy: the buffer is freed here).
 torch::Tensor load_pixels(const std::string& path, int channels, const char* what) {
-  int w = 0, h = 0, c = 0;
-  std::unique_ptr<unsigned char, void (*)(void*)> pixels(stbi_load(path.c_str(), &w, &h, &c, channels),
-                                                         stbi_image_free);
-  if (!pixels) throw BadInput(path + ": cannot read " + what + " (" + stbi_failure_reason() + ")");
+  int w = 0, h = 0;
+  Pixels pixels = decode(path, channels, what, h, w);
   return torch::from_blob(pixels.get(), {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).clone();
+}
+
+std::string colour(uint32_t key) {
+  unsigned char c[4];
+  std::memcpy(c, &key, 4);
+  return "(" + std::to_string(c[0]) + ", " + std::to_string(c[1]) + ", " + std::to_string(c[2]) +
+         (c[3] == 255 ? "" : ", alpha " + std::to_string(c[3])) + ")";
+}
+
+// A palette label's pixels as their palette indices, H x W uint8 (what PIL gives, data/dataset.py's read_label):
+// stb_image decodes each pixel to its entry's colour (RGBA: tRNS alphas count) and each colour maps back to its entry.
+// Entries that share a colour are refused only when a pixel has that colour (palettes padded with one colour are
+// common, and those entries are unused), as is a colour of no entry (an index past PLTE: stb_image's colour is junk).
+torch::Tensor palette_indices(const Sample& s) {
+  std::unordered_map<uint32_t, std::pair<int, int>> entry;  // colour -> (its entry, a second entry with it or -1)
+  for (int i = 0; i < static_cast<int>(s.palette.size()); ++i) {
+    auto [it, fresh] = entry.try_emplace(s.palette[i], i, -1);
+    if (!fresh && it->second.second < 0) it->second.second = i;
+  }
+  int h = 0, w = 0;
+  Pixels pixels = decode(s.label, 4, "label", h, w);
+  torch::Tensor indices = torch::empty({h, w}, torch::kUInt8);
+  uint8_t* out = indices.data_ptr<uint8_t>();
+  for (int64_t p = 0; p < int64_t(h) * w; ++p) {
+    const uint32_t key = pack(pixels.get() + 4 * p);
+    auto it = entry.find(key);
+    if (it == entry.end()) {
+      throw BadInput(s.label + ": a pixel has the colour " + colour(key) + ", no entry of its " +
+                     std::to_string(s.palette.size()) + "-colour palette (an index past PLTE?)");
+    }
+    if (it->second.second >= 0) {
+      throw BadInput(s.label + ": palette entries " + std::to_string(it->second.first) + " and " +
+                     std::to_string(it->second.second) + " share the colour " + colour(key) +
+                     " that pixels use, so their class index is ambiguous (give each entry its own colour)");
+    }
+    out[p] = static_cast<uint8_t>(it->second.first);
+  }
+  return indices;
 }
 
 // Images B x 3 x H x W float32 0..255 of one batch.
@@ -200,7 +336,8 @@ torch::Tensor load_images(const std::vector<const Sample*>& batch) {
 torch::Tensor load_labels(const std::vector<const Sample*>& batch, int64_t classes, int64_t ignore_label) {
   std::vector<torch::Tensor> labels;
   for (const Sample* s : batch) {
-    torch::Tensor label = load_pixels(s->label, 1, "label")[0].to(torch::kInt64);
+    torch::Tensor label =
+        (s->palette.empty() ? load_pixels(s->label, 1, "label")[0] : palette_indices(*s)).to(torch::kInt64);
     torch::Tensor bad = (label >= classes) & (label != ignore_label);
     if (bad.any().item<bool>()) {
       throw BadInput(s->label + ": class index " + std::to_string(label.masked_select(bad)[0].item<int64_t>()) +
