@@ -142,7 +142,12 @@ print(cost_path(this_machine(sys.argv[1])))' "$device") || exit 1
 # PYTHON, RUNS, DATA (absolute), NPROC, the override arrays; then cd to the repo root.
 # Uses PRESET_* when set (the synthetic presets), else plain defaults.
 segkd_setup() {
-    PYTHON=${PYTHON:-python}
+    if [ -z "${PYTHON:-}" ]; then  # an activated environment's python, else the repository's .venv (make venv)
+        PYTHON=python
+        if [ -z "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && [ -x "$SEGKD_ROOT/.venv/bin/python" ]; then
+            PYTHON=$SEGKD_ROOT/.venv/bin/python
+        fi
+    fi
     case "$PYTHON" in */*) PYTHON=$(segkd_abspath "$PYTHON") ;; esac
     RUNS=$(segkd_abspath "${RUNS:-$SEGKD_ROOT/${PRESET_RUNS:-runs}}")
     DATA=$(segkd_abspath "${DATA:-$SEGKD_ROOT/${PRESET_DATA:-$1}}")

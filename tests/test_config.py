@@ -1,5 +1,7 @@
 """Strict config loading: defaults + experiment + dotted overrides, errors that name the key."""
 
+import re
+
 import pytest
 
 from util.config import flat_dict, load_config
@@ -182,3 +184,25 @@ def test_defaults_are_read_once_copied_each_time_and_reread_when_the_file_change
     edited.unlink()
     with pytest.raises(SegKDError, match="defaults.yaml: config file not found"):
         load_config(None)
+
+
+def test_a_loss_weight_below_zero_or_any_float_that_is_not_finite_is_one_line(tmp_path):
+    """Every weight of a loss term (a key ending in ``weight``: distill.kd_weight, train.aux_weight, any method's
+    distill.<name>.weight, a new method's too) is 0 (off) or more, and no float is nan or inf: such a run would
+    train in the wrong direction or stop at its first step with a loss of nan naming neither the key nor the term."""
+    from util.config import is_loss_weight
+
+    weights = sorted(k for k in flat_dict(load_config(None)) if is_loss_weight(k))
+    assert {"distill.kd_weight", "train.aux_weight", "distill.at.weight", "distill.rkd.angle_weight",
+            "mutual.weight"} <= set(weights) and not is_loss_weight("train.weight_decay")
+    for key in weights:
+        with pytest.raises(SegKDError, match=rf"^command line: {re.escape(key)}=-0.5: must be 0 \(the term off\)"):
+            load_config(None, [f"{key}=-0.5"])
+        assert flat_dict(load_config(None, [f"{key}=0"]))[key] == 0.0
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(SegKDError, match=rf"train.base_lr={value}: must be a finite number"):
+            load_config(None, [f"train.base_lr={value}"])
+    path = tmp_path / "c.yaml"
+    path.write_text("distill:\n  fitnet: {weight: .nan}\n")
+    with pytest.raises(SegKDError, match=r"c.yaml: distill.fitnet.weight=nan: must be a finite number"):
+        load_config(str(path))

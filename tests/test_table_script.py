@@ -4,6 +4,7 @@ without losing finished runs, and the next call resumes it; scripts/sweep.sh ove
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -408,3 +409,27 @@ def test_presets_of_committed_tables_keep_float32_batches():
     args = extra("cpu-paired", EXTRA="train.uint8_batches=true")
     assert load_config("config/synthetic_cpu/pspnet18_kd.yaml", args).train.uint8_batches is True
     assert not any("uint8" in a for a in extra("full"))
+
+
+@pytest.mark.slow  # bash subprocesses
+def test_python_defaults_to_the_activated_environment_else_the_repositorys_venv(tmp_path):
+    """After `make venv` the table scripts run without activating it; an activated environment (or PYTHON) wins."""
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(os.path.join(REPO, "scripts", "table.sh"), root / "scripts" / "table.sh")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX")}
+
+    def python(**extra):
+        r = subprocess.run(["bash", "-c", f'source "{root}/scripts/table.sh"; segkd_setup datasets/x; echo "$PYTHON"'],
+                           capture_output=True, text=True, env={**env, **extra})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert python() == "python"  # no .venv
+    venv = root / ".venv" / "bin" / "python"
+    venv.parent.mkdir(parents=True)
+    venv.write_text("#!/bin/sh\n")
+    venv.chmod(0o755)
+    assert python() == str(venv)
+    assert python(VIRTUAL_ENV="/opt/env") == "python" and python(CONDA_PREFIX="/opt/conda") == "python"
+    assert python(PYTHON="/usr/bin/python3") == "/usr/bin/python3"

@@ -93,9 +93,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "distill.dist_beta": (lambda v: v >= 0, "0 or more"),
     "distill.dist_gamma": (lambda v: v >= 0, "0 or more"),
     "mutual.peers": (lambda v: all(d in (18, 34, 50, 101) for d in v), "a list of depths out of 18, 34, 50, 101"),
-    "mutual.weight": (lambda v: v >= 0, "0 or more"),
     "mutual.temperature": (lambda v: v > 0, "positive"),
-    "mutual.feat_weight": (lambda v: v >= 0, "0 or more"),
     "train.iters": _AT_LEAST_1,
     "train.stop_after": _AT_LEAST_1,
     "train.batch_size": _AT_LEAST_1,
@@ -201,7 +199,18 @@ def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
         raise SegKDError(f"{source}: {key}={value!r}: must be {RULES[key][1]}")
     if isinstance(default, float) and isinstance(value, int):
         value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):  # nan or inf: a loss of nan at the first step otherwise
+        raise SegKDError(f"{source}: {key}={value!r}: must be a finite number")
+    if is_loss_weight(key) and value < 0:
+        raise SegKDError(f"{source}: {key}={value!r}: must be 0 (the term off) or more: a loss weight")
     return value
+
+
+def is_loss_weight(key: str) -> bool:
+    """A loss term's weight (``distill.kd_weight``, ``train.aux_weight``, ``distill.<method>.weight``, a new
+    method's too): its name ends in ``weight`` (``train.weight_decay`` does not)."""
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf == "weight" or leaf.endswith("_weight")
 
 
 def _check_items(key: str, items: list[Any], example: Any, source: str) -> list[Any]:
