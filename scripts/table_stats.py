@@ -206,6 +206,16 @@ def describe(sig: tuple[Any, Any, Any, Any]) -> str:
     return f"{mode} {net}, feat_loss {feat}" + (f", distill.terms [{', '.join(terms)}]" if terms else "")
 
 
+def unlabelled_row(key: str, sig: tuple[Any, Any, Any, Any]) -> str:
+    """The label of a row the lists above do not have: a method row named as the shipped ones
+    (``pspnet18_kd_<term>``: logit KD plus that ``distill.terms``, e.g. a new method's config) reads as theirs,
+    ``R18 + logit KD + <term>``; anything else is its row name and what its runs are."""
+    mode, layers, feat, terms = sig
+    if mode == "distill" and feat == "none" and terms and key == f"pspnet{layers}_kd_{'_'.join(terms)}":
+        return f"R{layers} + logit KD + {' + '.join(terms)}"
+    return f"{key} ({describe(sig)})"
+
+
 def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[int]]) -> list[Row]:
     """Rows in table order: the paper's five (when any is present and not grouping by a key), then the rest."""
     rows: dict[str, Row] = {}
@@ -232,7 +242,7 @@ def group_runs(runs: list[Run], group_by: Optional[str], seeds: Optional[list[in
                 raise SegKDError(f"{run.metrics_path}: in row {key} but the run is a {describe(signature(run))} "
                                  f"(expected {describe(expected)})")
             label = rows[key].label if key == TEACHER_ROW and key in rows else (
-                paper[key][0] if key in paper else f"{key} ({describe(signature(run))})")
+                paper[key][0] if key in paper else unlabelled_row(key, signature(run)))
             if name != key and key != TEACHER_ROW:  # e.g. Student DeepLabV3-R18 baseline
                 label = label.replace("PSPNet", ARCH_NAMES.get(run.metrics.get("arch", "pspnet"), "PSPNet"))
                 tag = _STUDENT_NAME.fullmatch(name)

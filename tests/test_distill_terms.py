@@ -2,7 +2,9 @@
 computes, how terms are weighted and logged, the connectors' optimizer group, and the one-line errors."""
 
 import importlib
+import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -19,11 +21,28 @@ KD = "config/synthetic_cpu/pspnet18_kd.yaml"
 K = 5
 
 
+SHIPPED = {"fitnet", "at", "skd", "ifvd", "cirkd", "dkd", "sphere", "rkd", "afd"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def table_stats():
+    """scripts/table_stats.py, as scripts/make_table.py imports it (from its own folder)."""
+    if "table_stats" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("make_table", os.path.join(REPO, "scripts", "make_table.py"))
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    return sys.modules["table_stats"]
+
+
 def test_every_registered_method_has_its_file_its_paper_and_its_defaults_block():
     with open(DEFAULTS_PATH) as f:
         distill = yaml.safe_load(f)["distill"]
     sections = {k for k, v in distill.items() if isinstance(v, dict)}
-    assert sections == set(METHODS) == {"fitnet", "at", "skd", "ifvd", "cirkd", "dkd", "sphere", "rkd", "afd"}
+    gone = SHIPPED - set(METHODS)
+    assert not gone, f"no longer registered (the imports of model/methods/__init__.py): {sorted(gone)}"
+    assert sections == set(METHODS), (
+        f"registered without a distill.<name> block in config/defaults.yaml: {sorted(set(METHODS) - sections)}; "
+        f"a block without a registered method (its file, imported in model/methods/__init__.py): "
+        f"{sorted(sections - set(METHODS))}")
     for name, cls in METHODS.items():
         assert cls.__module__ == f"model.methods.{name}"  # one file per method
         assert cls.paper and cls.paper.split()[0] in importlib.import_module(cls.__module__).__doc__
@@ -162,8 +181,7 @@ def test_connectors_train_in_their_own_group_and_get_gradients(nets):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["distill.terms=[nope]"],
-     "distill.terms: unknown method 'nope'; known: afd, at, cirkd, dkd, fitnet, ifvd, rkd, skd, sphere"),
+    (["distill.terms=[nope]"], f"distill.terms: unknown method 'nope'; known: {', '.join(sorted(METHODS))}"),
     (["distill.terms=[at,at]"], "distill.terms names at more than once"),
     (["distill.terms=[at]", "distill.at.tensor=layer9"], "distill.at.tensor='layer9': must be one of layer1"),
     (["distill.terms=[dkd]", "distill.dkd.tensor=layer4"], "distill.dkd.tensor='layer4': dkd compares class logits"),
@@ -204,3 +222,42 @@ def test_bad_terms_fail_before_the_run_directory_exists(tiny_data, tmp_path):
     assert r.stderr.strip().splitlines() == [
         "error: distill.dkd.tensor='out_feat': dkd compares class logits, use out or aux"]
     assert not os.path.exists(run_dir)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_method_row_has_its_reference_test_config_label_and_section(name):
+    """What a registered method needs to be a row of the instrument's tables, as the shipped methods are: each
+    missing piece named, so a new method's author reads here what to add (docs/ARCHITECTURE.md, Where to add)."""
+    repo, row = REPO, f"pspnet18_kd_{name}"
+    with open(os.path.join(repo, "docs", "METHODS.md"), encoding="utf-8") as f:
+        methods_md = f.read()
+    missing = [what for what, ok in (
+        (f"tests/test_method_{name}.py (its NumPy reference)", os.path.isfile(os.path.join(repo, "tests",
+                                                                                          f"test_method_{name}.py"))),
+        (f"config/synthetic_cpu/{row}.yaml", os.path.isfile(os.path.join(repo, "config", "synthetic_cpu",
+                                                                         f"{row}.yaml"))),
+        (f"a row label for {row} in scripts/table_stats.py (EXTRA_ROWS)",
+         row in {r for r, _, _ in table_stats().EXTRA_ROWS}),
+        (f"`{name}` in docs/METHODS.md", f"`{name}`" in methods_md or f"[{name}]" in methods_md),
+    ) if not ok]
+    assert missing == [], f"method {name!r} lacks: " + "; ".join(missing)
+    config = load_config(os.path.join(repo, "config", "synthetic_cpu", f"{row}.yaml"))
+    assert list(config.distill.terms) == [name]
+
+
+def test_a_row_named_after_a_new_method_is_labelled_as_the_shipped_ones():
+    unlabelled_row = table_stats().unlabelled_row
+    assert unlabelled_row("pspnet18_kd_mse", ("distill", 18, "none", ("mse",))) == "R18 + logit KD + mse"
+    assert unlabelled_row("my_row", ("distill", 18, "none", ("mse",))) == "my_row (distill R18, feat_loss none, " \
+        "distill.terms [mse])"
+    assert unlabelled_row("pspnet18_kd_mse", ("distill", 18, "kl", ("mse",))).startswith("pspnet18_kd_mse (")
+
+
+
+def test_a_registered_method_without_its_defaults_block_is_named_as_such(monkeypatch):
+    """A new method's file and import without its block in config/defaults.yaml: the error says what is missing,
+    not that the method is unknown."""
+    monkeypatch.setitem(METHODS, "mse_new", METHODS["at"])
+    with pytest.raises(SegKDError, match=r"pspnet18_kd.yaml: distill.terms: method .mse_new. is registered "
+                                         r"\(model/methods/\) but config/defaults.yaml has no distill.mse_new block"):
+        load_config(KD, ["distill.terms=[mse_new]"])

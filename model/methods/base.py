@@ -10,7 +10,7 @@
 
 A method declares what it compares (``default_tensor``, overridden by ``distill.<name>.tensor``: one of
 :data:`TENSORS`), its parameters (``params``: config keys ``distill.<name>.<key>`` with their defaults and
-checks; ``config/defaults.yaml`` lists the same defaults, tests/test_methods_registry.py keeps them equal)
+checks; ``config/defaults.yaml`` lists the same defaults, tests/test_distill_terms.py keeps them equal)
 and any trainable module it needs, built in ``__init__`` (e.g. FitNets' connector): those parameters train
 with the student at the new-layer learning rate (``train.base_lr * train.head_lr_mult``), are saved in
 ``last.pth`` under ``distill_modules`` and restored on resume, and are never part of the student's
