@@ -254,10 +254,16 @@ def test_a_row_named_after_a_new_method_is_labelled_as_the_shipped_ones():
 
 
 
-def test_a_registered_method_without_its_defaults_block_is_named_as_such(monkeypatch):
-    """A new method's file and import without its block in config/defaults.yaml: the error says what is missing,
-    not that the method is unknown."""
-    monkeypatch.setitem(METHODS, "mse_new", METHODS["at"])
-    with pytest.raises(SegKDError, match=r"pspnet18_kd.yaml: distill.terms: method .mse_new. is registered "
-                                         r"\(model/methods/\) but config/defaults.yaml has no distill.mse_new block"):
-        load_config(KD, ["distill.terms=[mse_new]"])
+def test_a_method_file_without_its_defaults_block_is_named_as_such(monkeypatch, tmp_path):
+    """A new method's file without its block in config/defaults.yaml: the error says what is missing, not that the
+    method is unknown (util.config looks for the file: the config floor imports no model code)."""
+    import util.config
+
+    (tmp_path / "model" / "methods").mkdir(parents=True)
+    (tmp_path / "model" / "methods" / "mse_new.py").write_text('"""A new method."""\n')
+    monkeypatch.setattr(util.config, "REPO_ROOT", str(tmp_path))
+    with pytest.raises(SegKDError, match=r"pspnet18_kd.yaml: distill.terms: model/methods/mse_new.py exists but "
+                                         r"config/defaults.yaml has no distill.mse_new block"):
+        load_config(os.path.join(REPO, KD), ["distill.terms=[mse_new]"])
+    with pytest.raises(SegKDError, match=r"unknown method 'mse_other'; known: "):
+        load_config(os.path.join(REPO, KD), ["distill.terms=[mse_other]"])

@@ -279,11 +279,10 @@ def _check_terms(flat: dict[str, Any], defaults: dict[str, Any], source: str) ->
     known = sorted({k.split(".")[1] for k in defaults if k.startswith("distill.") and k.endswith(".tensor")})
     for name in flat["distill.terms"]:
         if name not in known:
-            from model.methods import METHODS  # only here: loading a config imports no torch
-
-            if name in METHODS:  # a new method's file and import, without its block of defaults
-                raise SegKDError(f"{source}: distill.terms: method {name!r} is registered (model/methods/) but "
-                                 f"config/defaults.yaml has no distill.{name} block: add it (docs/ARCHITECTURE.md)")
+            # a new method's file without its block of defaults (a file test: this floor imports no model code)
+            if os.path.isfile(os.path.join(REPO_ROOT, "model", "methods", f"{name}.py")):
+                raise SegKDError(f"{source}: distill.terms: model/methods/{name}.py exists but config/defaults.yaml "
+                                 f"has no distill.{name} block: add it (docs/ARCHITECTURE.md, Where to add)")
             raise SegKDError(f"{source}: distill.terms: unknown method {name!r}; known: {', '.join(known)}")
 
 
