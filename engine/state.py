@@ -112,7 +112,8 @@ class Checkpoints:
         saved = state.get("config")
         diff = ""
         if isinstance(saved, dict):
-            diff = experiment_diff(flat_dict(saved), flat_dict(self.cfg), ("output.dir",))
+            new = flat_dict(self.cfg)  # where the run is written and how it is evaluated (test.*) are not training
+            diff = experiment_diff(flat_dict(saved), new, ("output.dir", *(k for k in new if k.startswith("test."))))
         if diff:  # the optimizer state would silently keep the old lr, momentum and weight decay
             raise SegKDError(f"{path}: was trained with another config ({diff}); a resume continues the same "
                              "experiment - change only output.dir or the resumable keys, or start a new run")

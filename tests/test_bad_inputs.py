@@ -469,9 +469,12 @@ def test_bad_checkpoint_role(name, slow_results):
 
 @pytest.mark.slow
 def test_resume_path_into_a_new_folder_with_the_same_config(tiny_data, ckpts, tmp_path):
+    """The same training; how it is evaluated (test.*, as scripts/table.sh's TEST_EXTRA) may differ, as the run
+    folder's own check (engine/rundir.py) allows."""
     run_dir = str(tmp_path / "moved")
     r = run_in_process(["--config", KD, *tiny_overrides(tiny_data, run_dir), "train.iters=2",
-                        f"teacher.checkpoint={ckpts['teacher']}", f"train.resume={ckpts['student']}"])
+                        f"teacher.checkpoint={ckpts['teacher']}", f"train.resume={ckpts['student']}",
+                        "test.batch_size=4", "test.flip=true"])
     assert r.returncode == 0, r.stderr
     assert os.path.isfile(os.path.join(run_dir, "model", "final.pth"))
 

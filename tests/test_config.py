@@ -45,6 +45,11 @@ def test_int_accepted_for_float_and_converted():
     ("train.crop_size=null", "train.crop_size cannot be null"),
     ("nosection.key=1", "unknown config key 'nosection.key'"),
     ("train.epochs", "must look like section.key=value"),
+    ("train.base_lr=-0.1", r"train.base_lr=-0.1: must be positive"),  # torch's own ValueError traceback otherwise
+    ("train.weight_decay=-1", r"train.weight_decay=-1: must be 0 or more"),
+    ("train.momentum=1", r"train.momentum=1: must be in \[0, 1\)"),
+    ("train.head_lr_mult=0", r"train.head_lr_mult=0: must be positive"),
+    ("train.power=-1", r"train.power=-1: must be 0"),
 ])
 def test_bad_overrides_name_the_key(override, culprit):
     with pytest.raises(SegKDError, match=culprit):

@@ -98,6 +98,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.stop_after": _AT_LEAST_1,
     "train.batch_size": _AT_LEAST_1,
     "train.crop_size": (lambda v: v >= 32, "at least 32 (output stride 8)"),
+    "train.base_lr": (lambda v: v > 0, "positive"),
+    "train.head_lr_mult": (lambda v: v > 0, "positive"),
+    "train.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.weight_decay": (lambda v: v >= 0, "0 or more"),
+    "train.power": (lambda v: v >= 0, "0 (a constant lr after the warmup) or more (the poly schedule's exponent)"),
     "train.warmup_iters": (lambda v: v >= 0, "0 (no warmup) or more"),
     "train.workers": (lambda v: v >= 0, "0 (load in the main process) or more"),
     "train.checkpoint_every": _AT_LEAST_1,
@@ -195,12 +200,12 @@ def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
     if isinstance(default, list) and isinstance(value, list) and (default or key in LIST_ITEMS):
         example = default[0] if default else LIST_ITEMS[key]()
         value = _check_items(key, value, example, source)  # before RULES: a rule compares the items
+    if isinstance(value, float) and not math.isfinite(value):  # nan or inf: a loss of nan at the first step otherwise
+        raise SegKDError(f"{source}: {key}={value!r}: must be a finite number")
     if key in RULES and not RULES[key][0](value):
         raise SegKDError(f"{source}: {key}={value!r}: must be {RULES[key][1]}")
     if isinstance(default, float) and isinstance(value, int):
         value = float(value)
-    if isinstance(value, float) and not math.isfinite(value):  # nan or inf: a loss of nan at the first step otherwise
-        raise SegKDError(f"{source}: {key}={value!r}: must be a finite number")
     if is_loss_weight(key) and value < 0:
         raise SegKDError(f"{source}: {key}={value!r}: must be 0 (the term off) or more: a loss weight")
     return value
