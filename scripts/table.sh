@@ -197,13 +197,28 @@ print(protocol_name(cfg), int(cfg.teacher.checkpoint is not None))
 EOF
 }
 
-# SCRIPT ARGS...: plain python on CPU (NPROC=0), else torchrun with NPROC processes.
+# SCRIPT ARGS...: plain python on CPU (NPROC=0), else torchrun with NPROC processes. A SIGTERM or SIGINT sent to
+# this script (`kill PID`, a scheduler's stop) is passed on to it, which writes model/last.pth and exits, and the
+# script waits for that (a foreground child would be left running on its own); SEGKD_STOPPED names the signal.
 segkd_launch() {
+    local child rc=0
+    SEGKD_STOPPED=
     if [ "$NPROC" -gt 0 ]; then
-        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$@"
+        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$@" &
     else
-        "$PYTHON" "$@"
+        "$PYTHON" "$@" &
     fi
+    child=$!
+    trap 'SEGKD_STOPPED=SIGTERM; kill -TERM "$child" 2>/dev/null' TERM
+    # (SIGTERM for a SIGINT too: a child started with `&` ignores SIGINT until train.py installs its handler)
+    trap 'SEGKD_STOPPED=SIGINT; kill -TERM "$child" 2>/dev/null' INT
+    wait "$child" || rc=$?
+    while kill -0 "$child" 2>/dev/null; do  # a trapped signal ends `wait` early: wait for the child itself
+        rc=0
+        wait "$child" || rc=$?
+    done
+    trap - TERM INT
+    return "$rc"
 }
 
 # NAME KIND LOG SCRIPT ARGS...: run one step, its stdout and stderr appended to LOG; stop the script on failure.
@@ -213,6 +228,12 @@ segkd_step() {
     mkdir -p "$(dirname "$log")"
     echo "# $(date '+%F %T') $*" >> "$log"
     segkd_launch "$@" >> "$log" 2>&1 || rc=$?
+    if [ -n "$SEGKD_STOPPED" ]; then
+        echo "stopped by $SEGKD_STOPPED during the $kind of $name (exit $rc); log: $log" >&2
+        echo "finished runs are kept, and an interrupted training its model/last.pth: rerun the same command" \
+            "to resume from $name" >&2
+        exit $((128 + $([ "$SEGKD_STOPPED" = SIGINT ] && echo 2 || echo 15)))
+    fi
     if [ "$rc" -ne 0 ]; then
         echo "error: $kind of $name failed (exit $rc); log: $log" >&2
         tail -n 15 "$log" | sed 's/^/    /' >&2

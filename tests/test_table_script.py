@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -433,3 +434,35 @@ def test_python_defaults_to_the_activated_environment_else_the_repositorys_venv(
     assert python() == str(venv)
     assert python(VIRTUAL_ENV="/opt/env") == "python" and python(CONDA_PREFIX="/opt/conda") == "python"
     assert python(PYTHON="/usr/bin/python3") == "/usr/bin/python3"
+
+
+@pytest.mark.slow  # bash and python subprocesses
+@pytest.mark.parametrize("signum, status", [(15, 143), (2, 130)])
+def test_a_signal_to_the_script_reaches_the_run_which_finishes_its_checkpoint(tmp_path, signum, status):
+    """`kill PID` of a table script (or Ctrl-C): the running step gets SIGTERM, the script waits for it to write
+    what it writes on a stop, then exits with the signal's status and says how to resume; nothing runs after."""
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import pathlib, signal, sys, time\n"
+        f"out = pathlib.Path({str(tmp_path)!r})\n"
+        "def stop(signum, frame):\n"
+        "    time.sleep(0.5)  # a checkpoint being written\n"
+        "    (out / 'last.pth').write_text(str(signum))\n"
+        "    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "(out / 'ready').write_text('')\n"
+        "time.sleep(60)\n")
+    script = (f'source "{REPO}/scripts/table.sh"; NPROC=0; PYTHON="{sys.executable}"; '
+              f'segkd_step run1 training "{tmp_path}/run1.log" "{child}"; touch "{tmp_path}/next"')
+    proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(200):
+        if (tmp_path / "ready").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert (tmp_path / "last.pth").read_text() == "15"  # SIGTERM reached the step, which finished its write
+    assert not (tmp_path / "next").exists()  # nothing after the stopped step
+    assert err.startswith(f"stopped by {'SIGTERM' if signum == 15 else 'SIGINT'} during the training of run1")
+    assert "rerun the same command to resume from run1" in err
