@@ -197,7 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="print the equal-cost rows beside the instrument's (with --figure: their second marker)")
     args = parser.parse_args(argv)
     try:
-        if args.equal_cost and not args.figure:
+        if args.equal_cost and not args.figure and not args.write:  # with --write: every block, this one too
             print(equal_cost()[0], end="")
             return 0
         if args.figure:

@@ -208,3 +208,23 @@ def test_instrument_blocks_puts_equal_cost_rows_beside_the_committed_instrument(
     assert f"| R18 + logit KD | 150 / 150 | 1.00 | 1.00 | {committed} | +1.25 [" in text
     assert kd["e_pairs"] == 2 and kd["verdict_cost"] == "not resolved"
     assert "| above → not resolved |" in text
+
+
+def test_instrument_blocks_write_with_equal_cost_writes_every_block(tmp_path, monkeypatch, capsys):
+    """--write --equal-cost rewrites the blocks (the equal-cost one included) instead of only printing that one."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import instrument_blocks
+
+    for name in instrument_blocks.TARGETS:
+        os.makedirs(os.path.dirname(os.path.join(tmp_path, name)) or str(tmp_path), exist_ok=True)
+        with open(os.path.join(REPO, name), encoding="utf-8") as f:
+            text = f.read()
+        with open(os.path.join(tmp_path, name), "w", encoding="utf-8") as f:
+            f.write(text.replace(instrument_blocks.EQUAL_END, "a stale line\n" + instrument_blocks.EQUAL_END, 1))
+    monkeypatch.setattr(instrument_blocks, "REPO", str(tmp_path))
+    assert instrument_blocks.main(["--write", "--equal-cost"]) == 0
+    assert "wrote the instrument block of" in capsys.readouterr().out
+    for name in instrument_blocks.TARGETS:
+        with open(os.path.join(tmp_path, name), encoding="utf-8") as f, \
+                open(os.path.join(REPO, name), encoding="utf-8") as g:
+            assert f.read() == g.read(), name  # the committed text, the stale line gone
