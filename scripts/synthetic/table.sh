@@ -35,7 +35,7 @@ GEN_ARGS=${GEN_ARGS:-$PRESET_GEN}
 case " $GEN_ARGS " in *" --workers"*) ;; *) GEN_ARGS="$GEN_ARGS --workers $(nproc 2>/dev/null || echo 1)" ;; esac
 
 if [ ! -f "$DATA/list/val.txt" ]; then
-    echo "[data] generating $DATA: python -m tools.synthetic --out $DATA $GEN_ARGS"
+    echo "[data] generating $DATA: $PYTHON -m tools.synthetic --out $DATA $GEN_ARGS"
     # shellcheck disable=SC2086  # GEN_ARGS is a list of flags
     "$PYTHON" -m tools.synthetic --out "$DATA" $GEN_ARGS || segkd_die "generating $DATA failed (see above)"
 else
