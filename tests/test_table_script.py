@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -454,7 +455,10 @@ def test_a_signal_to_the_script_reaches_the_run_which_finishes_its_checkpoint(tm
         "time.sleep(60)\n")
     script = (f'source "{REPO}/scripts/table.sh"; NPROC=0; PYTHON="{sys.executable}"; '
               f'segkd_step run1 training "{tmp_path}/run1.log" "{child}"; touch "{tmp_path}/next"')
-    proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as at a terminal: a shell started in the background (nohup, CI) inherits SIGINT ignored, and bash cannot
+    # trap a signal ignored on entry, so the test gives the script the default disposition a terminal's shell has
+    proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for _ in range(200):
         if (tmp_path / "ready").exists():
             break
