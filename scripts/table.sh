@@ -201,17 +201,20 @@ EOF
 # this script (`kill PID`, a scheduler's stop) is passed on to it, which writes model/last.pth and exits, and the
 # script waits for that (a foreground child would be left running on its own); SEGKD_STOPPED names the signal.
 segkd_launch() {
-    local child rc=0
+    local child= rc=0
     SEGKD_STOPPED=
+    # The traps come first, so a signal before the child starts stops it too. `|| :`: under `set -e` a kill of a
+    # child that has just exited would end the script from inside the trap. (SIGTERM for a SIGINT too: a child
+    # started with `&` ignores SIGINT until train.py installs its handler.)
+    trap 'SEGKD_STOPPED=SIGTERM; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null || :' TERM
+    trap 'SEGKD_STOPPED=SIGINT; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null || :' INT
     if [ "$NPROC" -gt 0 ]; then
         "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$@" &
     else
         "$PYTHON" "$@" &
     fi
     child=$!
-    trap 'SEGKD_STOPPED=SIGTERM; kill -TERM "$child" 2>/dev/null' TERM
-    # (SIGTERM for a SIGINT too: a child started with `&` ignores SIGINT until train.py installs its handler)
-    trap 'SEGKD_STOPPED=SIGINT; kill -TERM "$child" 2>/dev/null' INT
+    if [ -n "$SEGKD_STOPPED" ]; then kill -TERM "$child" 2>/dev/null || :; fi
     wait "$child" || rc=$?
     while kill -0 "$child" 2>/dev/null; do  # a trapped signal ends `wait` early: wait for the child itself
         rc=0

@@ -438,10 +438,12 @@ def test_python_defaults_to_the_activated_environment_else_the_repositorys_venv(
 
 
 @pytest.mark.slow  # bash and python subprocesses
-@pytest.mark.parametrize("signum, status", [(15, 143), (2, 130)])
-def test_a_signal_to_the_script_reaches_the_run_which_finishes_its_checkpoint(tmp_path, signum, status):
-    """`kill PID` of a table script (or Ctrl-C): the running step gets SIGTERM, the script waits for it to write
-    what it writes on a stop, then exits with the signal's status and says how to resume; nothing runs after."""
+@pytest.mark.parametrize("signum, status, group", [(15, 143, False), (2, 130, False), (2, 130, True),
+                                                   (15, 143, True)])
+def test_a_signal_to_the_script_reaches_the_run_which_finishes_its_checkpoint(tmp_path, signum, status, group):
+    """`kill PID` of a table script, or Ctrl-C / a scheduler's stop to its whole process group (``group``): the
+    running step gets SIGTERM, the script (under the drivers' `set -euo pipefail`) waits for it to write what it
+    writes on a stop, then exits with the signal's status and says how to resume; nothing runs after."""
     child = tmp_path / "child.py"
     child.write_text(
         "import pathlib, signal, sys, time\n"
@@ -453,20 +455,45 @@ def test_a_signal_to_the_script_reaches_the_run_which_finishes_its_checkpoint(tm
         "signal.signal(signal.SIGTERM, stop)\n"
         "(out / 'ready').write_text('')\n"
         "time.sleep(60)\n")
-    script = (f'source "{REPO}/scripts/table.sh"; NPROC=0; PYTHON="{sys.executable}"; '
+    script = (f'set -euo pipefail; source "{REPO}/scripts/table.sh"; NPROC=0; PYTHON="{sys.executable}"; '
               f'segkd_step run1 training "{tmp_path}/run1.log" "{child}"; touch "{tmp_path}/next"')
     # SIGINT as at a terminal: a shell started in the background (nohup, CI) inherits SIGINT ignored, and bash cannot
     # trap a signal ignored on entry, so the test gives the script the default disposition a terminal's shell has
     proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), start_new_session=True)
     for _ in range(200):
         if (tmp_path / "ready").exists():
             break
         time.sleep(0.05)
-    proc.send_signal(signum)
+    if group:  # bash and the step both get it, as from a terminal or a scheduler
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == status, err
     assert (tmp_path / "last.pth").read_text() == "15"  # SIGTERM reached the step, which finished its write
     assert not (tmp_path / "next").exists()  # nothing after the stopped step
     assert err.startswith(f"stopped by {'SIGTERM' if signum == 15 else 'SIGINT'} during the training of run1")
     assert "rerun the same command to resume from run1" in err
+
+
+@pytest.mark.slow  # bash and python subprocesses
+def test_a_step_killed_by_the_groups_signal_still_ends_the_script_with_its_line(tmp_path):
+    """A step without a handler dies of the process group's SIGTERM at once, before the script's trap passes the
+    signal on: the trap's kill then finds no process, which under `set -e` must not end the script silently."""
+    child = tmp_path / "child.py"
+    child.write_text(f"import pathlib, time\npathlib.Path({str(tmp_path)!r}, 'ready').write_text('')\ntime.sleep(60)\n")
+    script = (f'set -euo pipefail; source "{REPO}/scripts/table.sh"; NPROC=0; PYTHON="{sys.executable}"; '
+              f'segkd_step run1 training "{tmp_path}/run1.log" "{child}"')
+    for attempt in range(3):  # the race is the trap's against the child's exit: give it a few chances
+        (tmp_path / "ready").unlink(missing_ok=True)
+        proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        for _ in range(200):
+            if (tmp_path / "ready").exists():
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, (attempt, err)
+        assert err.startswith("stopped by SIGTERM during the training of run1"), (attempt, err)
