@@ -45,6 +45,7 @@ class Checkpoints:
         self.saved_at: Optional[int] = None
         self.resumed_from: Optional[str] = None
         self.rng_note: Optional[str] = None  # which random state a resume could not carry over (data/loader.py)
+        self.test_changes: list[str] = []  # the test.* keys a resume changed (validation follows the new ones)
 
     def snapshot(self, student: torch.nn.Module, optimizer, scaler, iteration: int, epoch: int,
                  total_iters: int, methods: Optional[torch.nn.Module] = None) -> dict[str, Any]:
@@ -112,8 +113,11 @@ class Checkpoints:
         saved = state.get("config")
         diff = ""
         if isinstance(saved, dict):
-            new = flat_dict(self.cfg)  # where the run is written and how it is evaluated (test.*) are not training
-            diff = experiment_diff(flat_dict(saved), new, ("output.dir", *(k for k in new if k.startswith("test."))))
+            new, old = flat_dict(self.cfg), flat_dict(saved)  # where it is written and how evaluated: not training
+            tests = [k for k in new if k.startswith("test.")]
+            diff = experiment_diff(old, new, ("output.dir", *tests))
+            self.test_changes = [f"{k}: {old[k]!r} there, {new[k]!r} now" for k in tests
+                                 if k in old and old[k] != new[k]]
         if diff:  # the optimizer state would silently keep the old lr, momentum and weight decay
             raise SegKDError(f"{path}: was trained with another config ({diff}); a resume continues the same "
                              "experiment - change only output.dir or the resumable keys, or start a new run")

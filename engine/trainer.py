@@ -257,6 +257,9 @@ class Trainer:
                           f"{self.iteration}/{self.total_iters}")
             if self.checkpoints.rng_note:
                 self.log.info(f"warning: resume: {self.checkpoints.rng_note}")
+            if self.checkpoints.test_changes:  # validation (train.val_every) and the final scores use the new ones
+                changes = "; ".join(self.checkpoints.test_changes)
+                self.log.info(f"resume: evaluated with other test.* keys than before ({changes})")
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The loader's batches; a bad sample (also in a worker) is one line naming its file."""

@@ -476,6 +476,10 @@ def test_resume_path_into_a_new_folder_with_the_same_config(tiny_data, ckpts, tm
                         f"teacher.checkpoint={ckpts['teacher']}", f"train.resume={ckpts['student']}",
                         "test.batch_size=4", "test.flip=true"])
     assert r.returncode == 0, r.stderr
+    with open(os.path.join(run_dir, "train.log"), encoding="utf-8") as f:
+        log = f.read()
+    line = next(line for line in log.splitlines() if "resume: evaluated with other test.* keys than before (" in line)
+    assert "test.batch_size: 1 there, 4 now" in line and "test.flip: False there, True now" in line
     assert os.path.isfile(os.path.join(run_dir, "model", "final.pth"))
 
 

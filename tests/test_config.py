@@ -207,6 +207,8 @@ def test_a_loss_weight_below_zero_or_any_float_that_is_not_finite_is_one_line(tm
     for value in ("nan", "inf", "-inf"):
         with pytest.raises(SegKDError, match=rf"train.base_lr={value}: must be a finite number"):
             load_config(None, [f"train.base_lr={value}"])
+    with pytest.raises(SegKDError, match=r"test.scales items must be finite numbers, got inf"):
+        load_config(None, ["test.scales=[1.0,.inf]"])
     path = tmp_path / "c.yaml"
     path.write_text("distill:\n  fitnet: {weight: .nan}\n")
     with pytest.raises(SegKDError, match=r"c.yaml: distill.fitnet.weight=nan: must be a finite number"):

@@ -267,3 +267,7 @@ def test_a_method_file_without_its_defaults_block_is_named_as_such(monkeypatch, 
         load_config(os.path.join(REPO, KD), ["distill.terms=[mse_new]"])
     with pytest.raises(SegKDError, match=r"unknown method 'mse_other'; known: "):
         load_config(os.path.join(REPO, KD), ["distill.terms=[mse_other]"])
+    monkeypatch.undo()  # the repository's own model/methods: base.py and __init__.py are not methods
+    for name in ("base", "__init__"):
+        with pytest.raises(SegKDError, match=rf"unknown method '{name}'; known: "):
+            load_config(os.path.join(REPO, KD), [f"distill.terms=[{name}]"])

@@ -206,7 +206,7 @@ def _check(key: str, value: Any, defaults: dict[str, Any], source: str) -> Any:
         raise SegKDError(f"{source}: {key}={value!r}: must be {RULES[key][1]}")
     if isinstance(default, float) and isinstance(value, int):
         value = float(value)
-    if is_loss_weight(key) and value < 0:
+    if is_loss_weight(key) and isinstance(value, (int, float)) and value < 0:
         raise SegKDError(f"{source}: {key}={value!r}: must be 0 (the term off) or more: a loss weight")
     return value
 
@@ -228,6 +228,8 @@ def _check_items(key: str, items: list[Any], example: Any, source: str) -> list[
     for v in items:
         if v is None or not _type_ok(v, item_type):
             raise SegKDError(f"{source}: {key} items must be {item_type[0].__name__}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SegKDError(f"{source}: {key} items must be finite numbers, got {v!r}")
     return [float(v) if item_type == (float,) else v for v in items]
 
 
@@ -285,7 +287,8 @@ def _check_terms(flat: dict[str, Any], defaults: dict[str, Any], source: str) ->
     for name in flat["distill.terms"]:
         if name not in known:
             # a new method's file without its block of defaults (a file test: this floor imports no model code)
-            if os.path.isfile(os.path.join(REPO_ROOT, "model", "methods", f"{name}.py")):
+            if (name.isidentifier() and not name.startswith("_") and name != "base"
+                    and os.path.isfile(os.path.join(REPO_ROOT, "model", "methods", f"{name}.py"))):
                 raise SegKDError(f"{source}: distill.terms: model/methods/{name}.py exists but config/defaults.yaml "
                                  f"has no distill.{name} block: add it (docs/ARCHITECTURE.md, Where to add)")
             raise SegKDError(f"{source}: distill.terms: unknown method {name!r}; known: {', '.join(known)}")
