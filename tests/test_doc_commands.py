@@ -48,10 +48,22 @@ def doc_commands(doc: str) -> list[str]:
 
 
 def tokens_of(command: str) -> list[str]:
+    """The command's words without what runs it: ``VAR=...``, ``nohup``, ``env``, ``time``; a ``torchrun`` or
+    ``python -m torch.distributed.run`` launch becomes ``python SCRIPT ARGS`` (its own flags dropped)."""
     tokens = shlex.split(command, comments=True)
-    while tokens and re.match(r"^[A-Z_]+=", tokens[0]):  # SCALE=... before the command
+    while tokens and (re.match(r"^[A-Z_]+=", tokens[0]) or tokens[0] in ("nohup", "env", "time")):
         tokens.pop(0)
+    launcher = tokens[:1] == ["torchrun"] or tokens[:3] in (["python", "-m", "torch.distributed.run"],
+                                                             ["python3", "-m", "torch.distributed.run"])
+    scripts = [i for i, t in enumerate(tokens) if t.endswith(".py")]
+    if launcher and scripts:
+        tokens = ["python", *tokens[scripts[0]:]]
     return tokens
+
+
+def options_of(help_text: str) -> set[str]:
+    """The option strings an argparse ``--help`` lists (``-h``, ``--config``, ...), as whole words."""
+    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text))
 
 
 def help_text(target: str) -> str:
@@ -100,13 +112,13 @@ def check(command: str) -> list[str]:
             flags = [t.split("=", 1)[0] for t in tokens if t.startswith("--")]
             if target == "tools.launch":  # its own flags end where the script starts
                 flags = [t for t in tokens[:tokens.index("train.py")] if t.startswith("--")]
-            missing = [flag for flag in flags if flag not in listed]
+            missing = [flag for flag in flags if flag not in options_of(listed)]
             assert missing == [], f"{target}: {missing} not in its --help ({command})"
             done.append("help")
-        for entry in ENTRY_POINTS:
-            if entry in tokens and "--config" in tokens:
-                check_entry_point(tokens, command)
-                done.append("config")
+    for entry in ENTRY_POINTS:  # also after tools.launch, torchrun, sbatch...
+        if entry in tokens and "--config" in tokens:
+            check_entry_point(tokens, command)
+            done.append("config")
     return done
 
 
@@ -131,3 +143,9 @@ def test_the_check_reads_every_block_and_fails_on_what_is_wrong():
         check("python -m tools.export --checkpoint x.pth --no-such-flag r18.pt")
     with pytest.raises(AssertionError, match="make nothing"):
         check("make nothing")
+    with pytest.raises(AssertionError, match=r"\['--chec'\]"):  # a prefix of --checkpoint is not an option
+        check("python -m tools.export --chec x.pth r18.pt")
+    for launch in ("torchrun --standalone --nproc_per_node=8", "python -m torch.distributed.run --nproc_per_node 2",
+                   "nohup python", "OMP_NUM_THREADS=1 time python"):
+        with pytest.raises(Exception, match="train.iter"):
+            check(f"{launch} train.py --config config/voc2012/pspnet18_kd.yaml train.iter=4")
