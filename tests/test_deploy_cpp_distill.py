@@ -1,9 +1,10 @@
 """deploy/cpp/segkd_distill and ``tools.export --trainable``: one C++ step of CE + per-pixel KD with SGD equals the
 same step in Python (model/losses.py's cross_entropy and kd_kl_loss at full resolution, torch.optim.SGD with
-train.py's two lr groups) on the loss and on every updated weight within 1e-5; VOC palette labels give exactly the
-step of greyscale ones; bad input (a label that is not class indices, a wrong --root) is one line, exit 2, nothing
-written. Fast tier: the trainable export (outputs, gradients, frozen BatchNorm, the mark). Slow and long tier: one
-build (about 45 s alone on the 2-core VM, more beside other jobs) and a few runs of the program."""
+train.py's two lr groups) on the loss and on every updated weight within 1e-5; palette labels (VOC's, a short PLTE
+with pixels past it, entries sharing a colour) give exactly the step of greyscale ones; bad input (a label that is not
+class indices, a wrong --root) is one line, exit 2, nothing written. Fast tier: the trainable export (outputs,
+gradients, frozen BatchNorm, the mark). Slow and long tier: one build (about 45 s alone on the 2-core VM, more beside
+other jobs) and a few runs of the program."""
 
 import os
 import shutil
@@ -216,22 +217,16 @@ def test_bad_input_is_one_line_and_writes_nothing(program, tmp_path):
         assert "--root" not in line  # the root hint is for a list in a `list` folder only
 
 
-@pytest.mark.slow
-@pytest.mark.long
-@pytest.mark.skipif(bool(missing_tools()), reason=missing_tools() or "tools present")
-def test_voc_palette_labels_give_the_greyscale_step(program, grey_step, tmp_path):
-    """The labels of tiny_set written as VOC palette PNGs (data/palette.py, as VOC and tools.synthetic write them):
-    the printed loss and terms and every output weight are exactly those of the greyscale labels' step."""
-    binary, folder = program
+def assert_the_greyscale_step(program, grey_step, folder) -> None:
+    """One C++ step on ``folder`` (tiny_set's images and list beside its labels rewritten): the printed loss and terms
+    and every output weight are exactly those of the greyscale labels' step."""
+    binary, models = program
     grey, grey_stdout, grey_out = grey_step
     for i in range(2):
-        shutil.copy(grey / f"img{i}.png", tmp_path)
-        save_label_png(str(tmp_path / f"lab{i}.png"), np.array(Image.open(grey / f"lab{i}.png")))
-        with Image.open(tmp_path / f"lab{i}.png") as label:
-            assert label.mode == "P" and label.getpixel((0, 0)) == 255  # stb_image sees (224, 224, 192) there
-    shutil.copy(grey / "train.txt", tmp_path)
-    out = str(tmp_path / "trained.pt")
-    result = run(binary, str(folder / "teacher.pt"), str(folder / "student.pt"), str(tmp_path / "train.txt"), out,
+        shutil.copy(grey / f"img{i}.png", folder)
+    shutil.copy(grey / "train.txt", folder)
+    out = str(folder / "trained.pt")
+    result = run(binary, str(models / "teacher.pt"), str(models / "student.pt"), str(folder / "train.txt"), out,
                  *flags())
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == grey_stdout.splitlines()[0]  # "step 1/1: loss L (ce C, aux A, kd K)"
@@ -243,23 +238,54 @@ def test_voc_palette_labels_give_the_greyscale_step(program, grey_step, tmp_path
 @pytest.mark.slow
 @pytest.mark.long
 @pytest.mark.skipif(bool(missing_tools()), reason=missing_tools() or "tools present")
+def test_voc_palette_labels_give_the_greyscale_step(program, grey_step, tmp_path):
+    """The labels of tiny_set written as VOC palette PNGs (data/palette.py, as VOC and tools.synthetic write them)."""
+    grey = grey_step[0]
+    for i in range(2):
+        save_label_png(str(tmp_path / f"lab{i}.png"), np.array(Image.open(grey / f"lab{i}.png")))
+        with Image.open(tmp_path / f"lab{i}.png") as label:
+            assert label.mode == "P" and label.getpixel((0, 0)) == 255  # stb_image sees (224, 224, 192) there
+    assert_the_greyscale_step(program, grey_step, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.skipif(bool(missing_tools()), reason=missing_tools() or "tools present")
+@pytest.mark.parametrize("palette", ["short", "duplicate"])
+def test_a_palette_label_is_its_indices_whatever_the_palette(program, grey_step, tmp_path, palette):
+    """PIL's indices, as data/dataset.py reads them: a short PLTE (VOC's 21 colours, PIL writes 8 bits from 17 on)
+    with the ignore pixels at 255, past it (stb_image gives those pixels uninitialised colours); entries 0 and 1 both
+    black, pixels of both. The second label carries a tRNS chunk (PIL's transparency=0)."""
+    grey = grey_step[0]
+    colours = voc_palette()
+    if palette == "short":
+        colours = colours[:3 * 21]
+    else:
+        colours[3:6] = colours[0:3]
+    for i in range(2):
+        label = np.array(Image.open(grey / f"lab{i}.png"))
+        colorize(label, colours).save(tmp_path / f"lab{i}.png", **({"transparency": 0} if i else {}))
+        with Image.open(tmp_path / f"lab{i}.png") as saved:
+            assert saved.mode == "P" and np.array_equal(np.array(saved), label)
+            assert len(saved.getpalette()) == len(colours) and ("transparency" in saved.info) == (i == 1)
+        assert {0, 1, 255} <= set(np.unique(label).tolist())  # both black entries' pixels; ignore pixels, past 21
+    assert_the_greyscale_step(program, grey_step, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.skipif(bool(missing_tools()), reason=missing_tools() or "tools present")
 def test_labels_that_are_not_class_indices_are_refused(program, tmp_path):
     binary, folder = program
     data = tmp_path / "data"
     data.mkdir()
     tiny_set(data)
     label = np.array(Image.open(data / "lab0.png"))  # classes 0..3 and 255
-    palette = voc_palette()
-    palette[3:6] = palette[0:3]  # entry 1 black like entry 0, and pixels of both
-    shared = colorize(label)
-    shared.putpalette(palette)
-    shared.save(data / "shared.png")
     Image.fromarray(np.stack([label] * 3, axis=-1)).save(data / "rgb.png")
     Image.fromarray(label.astype(np.uint16)).save(data / "wide.png")
     Image.fromarray(label).convert("LA").save(data / "alpha.png")
     refusal = "{}: a label must hold class indices as an 8-bit greyscale or a palette image (this one is {})"
-    cases = {"shared.png": "shared.png: palette entries 0 and 1 share the colour (0, 0, 0) that pixels use",
-             "rgb.png": refusal.format("rgb.png", "an RGB PNG"),
+    cases = {"rgb.png": refusal.format("rgb.png", "an RGB PNG"),
              "wide.png": refusal.format("wide.png", "a greyscale PNG, 16 bits"),
              "alpha.png": refusal.format("alpha.png", "a greyscale + alpha PNG")}
     for name, message in cases.items():

@@ -30,13 +30,12 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
-#include <unordered_map>
-#include <utility>
 #include <vector>
 
 #define STB_IMAGE_IMPLEMENTATION
@@ -125,20 +124,13 @@ Options parse(int argc, char** argv) {
 struct Sample {
   std::string image, label;
   int height = 0, width = 0;
-  std::vector<uint32_t> palette;  // a palette label's entries (RGBA bytes as packed by pack()); empty: 8-bit greyscale
+  bool palette = false;  // a palette PNG, read as its indices (palette_indices); false: 8-bit greyscale
 };
 
-// Four bytes R, G, B, A (a palette entry, or one pixel of stbi_load(..., 4)) as one key, the same on any endianness.
-uint32_t pack(const unsigned char* rgba) {
-  uint32_t key = 0;
-  std::memcpy(&key, rgba, 4);
-  return key;
-}
-
-// What a PNG's chunks before its pixels say: IHDR's colour type and bit depth, PLTE's colours with tRNS's alphas.
+// What a PNG's chunks before its pixels say: IHDR's colour type and bit depth, whether a PLTE holds entries.
 struct PngHeader {
   int colour_type = -1, bit_depth = 0;
-  std::vector<uint32_t> palette;
+  bool has_palette = false;
 };
 
 uint32_t big_endian(const unsigned char* p) {
@@ -152,12 +144,11 @@ std::optional<PngHeader> png_header(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in.read(reinterpret_cast<char*>(head), 8) || std::memcmp(head, signature, 8) != 0) return std::nullopt;
   PngHeader png;
-  std::vector<unsigned char> rgb, alpha;
   while (in.read(reinterpret_cast<char*>(head), 8)) {
     const uint32_t length = big_endian(head);
     const std::string type(reinterpret_cast<char*>(head + 4), 4);
     if (type == "IDAT" || type == "IEND") break;
-    if ((type != "IHDR" && type != "PLTE" && type != "tRNS") || length > 1024) {
+    if ((type != "IHDR" && type != "PLTE") || length > 1024) {
       in.seekg(length + 4, std::ios::cur);  // the chunk and its CRC
       continue;
     }
@@ -165,23 +156,18 @@ std::optional<PngHeader> png_header(const std::string& path) {
     if (!in.read(reinterpret_cast<char*>(data.data()), length)) break;
     in.seekg(4, std::ios::cur);
     if (type == "IHDR" && length >= 10) png.bit_depth = data[8], png.colour_type = data[9];
-    if (type == "PLTE") rgb = std::move(data);
-    if (type == "tRNS") alpha = std::move(data);
-  }
-  for (size_t i = 0; i + 3 <= rgb.size() && i / 3 < 256; i += 3) {
-    const unsigned char entry[4] = {rgb[i], rgb[i + 1], rgb[i + 2], i / 3 < alpha.size() ? alpha[i / 3] : uint8_t(255)};
-    png.palette.push_back(pack(entry));
+    if (type == "PLTE") png.has_palette = length >= 3;
   }
   return png;
 }
 
-// A label's palette, empty for a greyscale image (from the header, nothing decoded); anything else is bad input
-// saying what the file is. stb_image turns a palette into colours: load_labels maps them back to the entries.
-std::vector<uint32_t> label_palette(const std::string& path, int channels) {
+// Whether a label is a palette PNG (true) or an 8-bit greyscale image (false), from the header, nothing decoded;
+// anything else is bad input saying what the file is.
+bool palette_label(const std::string& path, int channels) {
   std::string kind;
   if (std::optional<PngHeader> png = png_header(path)) {
-    if (png->colour_type == 3 && !png->palette.empty()) return png->palette;
-    if (png->colour_type == 0 && png->bit_depth <= 8) return {};
+    if (png->colour_type == 3 && png->has_palette) return true;
+    if (png->colour_type == 0 && png->bit_depth <= 8) return false;
     const std::map<int, std::string> kinds = {{0, "a greyscale PNG"}, {2, "an RGB PNG"}, {3, "a palette PNG without PLTE"},
                                               {4, "a greyscale + alpha PNG"}, {6, "an RGBA PNG"}};
     kind = kinds.count(png->colour_type) ? kinds.at(png->colour_type)
@@ -189,7 +175,7 @@ std::vector<uint32_t> label_palette(const std::string& path, int channels) {
     if (png->bit_depth != 8) kind += ", " + std::to_string(png->bit_depth) + " bits";
   } else {
     const bool wide = stbi_is_16_bit(path.c_str());
-    if (channels == 1 && !wide) return {};
+    if (channels == 1 && !wide) return false;
     const char* kinds[] = {"an image", "a greyscale image", "a greyscale + alpha image", "an RGB image", "an RGBA image"};
     kind = std::string(kinds[channels >= 1 && channels <= 4 ? channels : 0]) + (wide ? ", 16 bits" : "");
   }
@@ -238,7 +224,7 @@ std::vector<Sample> read_list(const Options& o) {
     if (!stbi_info(s.label.c_str(), &lw, &lh, &lc)) {
       throw BadInput(s.label + ": cannot read label (" + stbi_failure_reason() + ")" + root_hint(o, f[1]));
     }
-    s.palette = label_palette(s.label, lc);
+    s.palette = palette_label(s.label, lc);
     if (lw != s.width || lh != s.height) {
       throw BadInput(s.label + ": " + std::to_string(lh) + "x" + std::to_string(lw) + " label, its image " + s.image +
                      " is " + std::to_string(s.height) + "x" + std::to_string(s.width));
@@ -287,42 +273,58 @@ torch::Tensor load_pixels(const std::string& path, int channels, const char* wha
   return torch::from_blob(pixels.get(), {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).clone();
 }
 
-std::string colour(uint32_t key) {
-  unsigned char c[4];
-  std::memcpy(c, &key, 4);
-  return "(" + std::to_string(c[0]) + ", " + std::to_string(c[1]) + ", " + std::to_string(c[2]) +
-         (c[3] == 255 ? "" : ", alpha " + std::to_string(c[3])) + ")";
+// CRC-32 (ISO-HDLC, as PNG chunks carry it) of `bytes`.
+uint32_t crc32(const std::string& bytes) {
+  uint32_t crc = 0xFFFFFFFFu;
+  for (unsigned char b : bytes) {
+    crc ^= b;
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+  }
+  return ~crc;
 }
 
-// A palette label's pixels as their palette indices, H x W uint8 (what PIL gives, data/dataset.py's read_label):
-// stb_image decodes each pixel to its entry's colour (RGBA: tRNS alphas count) and each colour maps back to its entry.
-// Entries that share a colour are refused only when a pixel has that colour (palettes padded with one colour are
-// common, and those entries are unused), as is a colour of no entry (an index past PLTE: stb_image's colour is junk).
+void append_big_endian(std::string& out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((v >> shift) & 0xFF);
+}
+
+// The PNG `file` with every PLTE replaced by 256 entries, entry i the colour (i, 0, 0), and tRNS dropped: each index
+// decodes to its own colour, the indices past the file's PLTE too (stb_image leaves theirs uninitialised), and
+// entries that shared a colour no longer do. A malformed chunk ends the walk; the rest is copied for stb_image to judge.
+std::string with_index_palette(const std::string& file) {
+  std::string plte = "PLTE";
+  for (int i = 0; i < 256; ++i) plte += {static_cast<char>(i), '\0', '\0'};
+  std::string out = file.substr(0, 8);
+  size_t at = 8;
+  while (at + 12 <= file.size()) {
+    const uint32_t length = big_endian(reinterpret_cast<const unsigned char*>(file.data() + at));
+    if (length > file.size() - at - 12) break;
+    const std::string type = file.substr(at + 4, 4);
+    if (type == "PLTE") {
+      append_big_endian(out, 768);
+      out += plte;
+      append_big_endian(out, crc32(plte));  // stb_image skips CRCs; the rewritten file is a valid PNG all the same
+    } else if (type != "tRNS") {
+      out.append(file, at, 12 + length);
+    }
+    at += 12 + length;
+  }
+  return out.append(file, at, std::string::npos);
+}
+
+// A palette label's pixels as their palette indices, H x W uint8: exactly PIL's "P" (data/dataset.py's read_label),
+// whatever the palette holds (fewer entries than the largest index, entries sharing a colour). stb_image only gives
+// colours, so it decodes the file with its palette rewritten to entry i = (i, 0, 0), and each pixel's red is its index.
 torch::Tensor palette_indices(const Sample& s) {
-  std::unordered_map<uint32_t, std::pair<int, int>> entry;  // colour -> (its entry, a second entry with it or -1)
-  for (int i = 0; i < static_cast<int>(s.palette.size()); ++i) {
-    auto [it, fresh] = entry.try_emplace(s.palette[i], i, -1);
-    if (!fresh && it->second.second < 0) it->second.second = i;
-  }
-  int h = 0, w = 0;
-  Pixels pixels = decode(s.label, 4, "label", h, w);
-  torch::Tensor indices = torch::empty({h, w}, torch::kUInt8);
-  uint8_t* out = indices.data_ptr<uint8_t>();
-  for (int64_t p = 0; p < int64_t(h) * w; ++p) {
-    const uint32_t key = pack(pixels.get() + 4 * p);
-    auto it = entry.find(key);
-    if (it == entry.end()) {
-      throw BadInput(s.label + ": a pixel has the colour " + colour(key) + ", no entry of its " +
-                     std::to_string(s.palette.size()) + "-colour palette (an index past PLTE?)");
-    }
-    if (it->second.second >= 0) {
-      throw BadInput(s.label + ": palette entries " + std::to_string(it->second.first) + " and " +
-                     std::to_string(it->second.second) + " share the colour " + colour(key) +
-                     " that pixels use, so their class index is ambiguous (give each entry its own colour)");
-    }
-    out[p] = static_cast<uint8_t>(it->second.first);
-  }
-  return indices;
+  std::ifstream in(s.label, std::ios::binary);
+  if (!in) throw BadInput(s.label + ": cannot read label");
+  const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string png = with_index_palette(file);
+  int h = 0, w = 0, c = 0;
+  Pixels pixels(stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(png.data()), static_cast<int>(png.size()), &w,
+                                      &h, &c, 3),
+                stbi_image_free);
+  if (!pixels) throw BadInput(s.label + ": cannot read label (" + stbi_failure_reason() + ")");
+  return torch::from_blob(pixels.get(), {h, w, 3}, torch::kUInt8).select(2, 0).clone();
 }
 
 // Images B x 3 x H x W float32 0..255 of one batch.
@@ -337,7 +339,7 @@ torch::Tensor load_labels(const std::vector<const Sample*>& batch, int64_t class
   std::vector<torch::Tensor> labels;
   for (const Sample* s : batch) {
     torch::Tensor label =
-        (s->palette.empty() ? load_pixels(s->label, 1, "label")[0] : palette_indices(*s)).to(torch::kInt64);
+        (s->palette ? palette_indices(*s) : load_pixels(s->label, 1, "label")[0]).to(torch::kInt64);
     torch::Tensor bad = (label >= classes) & (label != ignore_label);
     if (bad.any().item<bool>()) {
       throw BadInput(s->label + ": class index " + std::to_string(label.masked_select(bad)[0].item<int64_t>()) +
