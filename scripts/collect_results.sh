@@ -39,14 +39,9 @@ done
 # older code implied: engine.rundir.experiment_diff), as a teacher retrained on the same kind of machine in a new
 # session is (CPU training is deterministic there). The machine is compared as the table labels
 # it: trained_on's family and model (a newer generation with the same vector units, the same arithmetic) do not count.
-# The interpreter as the table scripts pick it: PYTHON, else an activated environment's python, else the repository's
-# .venv (make venv), else python3.
-repo=$(cd "$(dirname "$0")/.." && pwd)
-python=${PYTHON:-}
-if [ -z "$python" ]; then
-    python=python3
-    if [ -z "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && [ -x "$repo/.venv/bin/python" ]; then python=$repo/.venv/bin/python; fi
-fi
+# The interpreter as the table scripts pick it (scripts/table.sh: segkd_python), else python3.
+source "$(dirname "$0")/table.sh"
+repo=$SEGKD_ROOT python=$(segkd_python python3)
 
 same_scores() {
     "$python" - "$1" "$2" "$repo" <<'EOF'

@@ -42,6 +42,19 @@ segkd_abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/
 
 segkd_die() { echo "error: $*" >&2; exit 1; }
 
+# [FALLBACK]: the interpreter the scripts run: PYTHON, else an activated environment's (VIRTUAL_ENV, CONDA_PREFIX)
+# python, else the repository's .venv (make venv), else FALLBACK (default python). Also for collect_results.sh and
+# voc2012/prepare.sh, which source this file for it.
+segkd_python() {
+    if [ -n "${PYTHON:-}" ]; then
+        printf '%s\n' "$PYTHON"
+    elif [ -z "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && [ -x "$SEGKD_ROOT/.venv/bin/python" ]; then
+        printf '%s\n' "$SEGKD_ROOT/.venv/bin/python"
+    else
+        printf '%s\n' "${1:-python}"
+    fi
+}
+
 # Exit 0 when the CPU has bfloat16 units (the avx512_bf16 or amx_bf16 flag of /proc/cpuinfo, as util/machine.py's
 # cpu_flags reads it for metrics.json, without starting Python), else 1.
 segkd_cpu_bf16() { grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; }
@@ -142,12 +155,7 @@ print(cost_path(this_machine(sys.argv[1])))' "$device") || exit 1
 # PYTHON, RUNS, DATA (absolute), NPROC, the override arrays; then cd to the repo root.
 # Uses PRESET_* when set (the synthetic presets), else plain defaults.
 segkd_setup() {
-    if [ -z "${PYTHON:-}" ]; then  # an activated environment's python, else the repository's .venv (make venv)
-        PYTHON=python
-        if [ -z "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && [ -x "$SEGKD_ROOT/.venv/bin/python" ]; then
-            PYTHON=$SEGKD_ROOT/.venv/bin/python
-        fi
-    fi
+    PYTHON=$(segkd_python)
     case "$PYTHON" in */*) PYTHON=$(segkd_abspath "$PYTHON") ;; esac
     RUNS=$(segkd_abspath "${RUNS:-$SEGKD_ROOT/${PRESET_RUNS:-runs}}")
     DATA=$(segkd_abspath "${DATA:-$SEGKD_ROOT/${PRESET_DATA:-$1}}")

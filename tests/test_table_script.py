@@ -430,11 +430,17 @@ def test_python_defaults_to_the_activated_environment_else_the_repositorys_venv(
     assert python() == "python"  # no .venv
     venv = root / ".venv" / "bin" / "python"
     venv.parent.mkdir(parents=True)
-    venv.write_text("#!/bin/sh\n")
+    venv.write_text('#!/bin/sh\necho "ran $0 $*"\n')
     venv.chmod(0o755)
     assert python() == str(venv)
     assert python(VIRTUAL_ENV="/opt/env") == "python" and python(CONDA_PREFIX="/opt/conda") == "python"
     assert python(PYTHON="/usr/bin/python3") == "/usr/bin/python3"
+    # voc2012/prepare.sh picks it with the same function (scripts/table.sh's segkd_python)
+    (root / "scripts" / "voc2012").mkdir()
+    shutil.copy(os.path.join(REPO, "scripts", "voc2012", "prepare.sh"), root / "scripts" / "voc2012" / "prepare.sh")
+    r = subprocess.run(["bash", str(root / "scripts" / "voc2012" / "prepare.sh"), "--help"], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == f"ran {venv} -m tools.prepare_voc --help", r.stderr
 
 
 @pytest.mark.slow  # bash and python subprocesses
