@@ -244,20 +244,14 @@ def arithmetic_phrase(runs: list[Run]) -> str:
     """The training arithmetic when any run trained under autocast (``train.amp``) or with the optimizer's fused
     step (``train.fused_optimizer``): which, for how many runs; empty when every run trained in float32 with the
     loop (or recorded no config)."""
-    def dtype(run: Run) -> Optional[str]:
-        train = (run.metrics.get("config") or {}).get("train") or {}
-        return train.get("amp_dtype", "bfloat16") if train.get("amp") else None
-
-    def fused(run: Run) -> bool:
-        return bool(((run.metrics.get("config") or {}).get("train") or {}).get("fused_optimizer"))
-
-    low = [d for d in map(dtype, runs) if d]
+    trains = [(run.metrics.get("config") or {}).get("train") or {} for run in runs]
+    low = [train.get("amp_dtype", "bfloat16") for train in trains if train.get("amp")]
     text = ""
     if low:
         kinds = " and ".join(sorted(set(low)))
         which = "every run" if len(low) == len(runs) else f"{len(low)} of the {len(runs)} runs (the others in float32)"
         text = f" Trained under {kinds} autocast (`train.amp`): {which}; evaluated in float32."
-    n_fused = sum(map(fused, runs))
+    n_fused = sum(bool(train.get("fused_optimizer")) for train in trains)
     if n_fused:
         which = "every run" if n_fused == len(runs) else f"{n_fused} of the {len(runs)} runs (the others with the loop)"
         text += f" The optimizer's fused step (`train.fused_optimizer`): {which}."

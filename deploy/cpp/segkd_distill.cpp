@@ -258,18 +258,11 @@ void check_batches(const std::vector<Sample>& samples, const Options& o) {
 
 using Pixels = std::unique_ptr<unsigned char, void (*)(void*)>;
 
-// stbi_load's H x W x `channels` bytes, freed with the returned pointer.
-Pixels decode(const std::string& path, int channels, const char* what, int& h, int& w) {
-  int c = 0;
-  Pixels pixels(stbi_load(path.c_str(), &w, &h, &c, channels), stbi_image_free);
-  if (!pixels) throw BadInput(path + ": cannot read " + what + " (" + stbi_failure_reason() + ")");
-  return pixels;
-}
-
 // stbi_load's pixels as a tensor of `channels` x H x W (a copy: the buffer is freed here).
 torch::Tensor load_pixels(const std::string& path, int channels, const char* what) {
-  int w = 0, h = 0;
-  Pixels pixels = decode(path, channels, what, h, w);
+  int w = 0, h = 0, c = 0;
+  Pixels pixels(stbi_load(path.c_str(), &w, &h, &c, channels), stbi_image_free);
+  if (!pixels) throw BadInput(path + ": cannot read " + what + " (" + stbi_failure_reason() + ")");
   return torch::from_blob(pixels.get(), {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).clone();
 }
 
