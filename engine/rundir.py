@@ -56,7 +56,7 @@ def check_run_dir(cfg: Config) -> None:
         raise SegKDError(f"{run_dir}: output.dir already holds a run; resume it with train.resume=auto "
                          "or choose another output.dir (nothing was overwritten)")
     new = flat_dict(cfg)  # how the run is evaluated (test.*, e.g. test.after_training) does not change its training
-    diff = experiment_diff(flat_dict(load_config(saved)), new, tuple(k for k in new if k.startswith("test.")))
+    diff = experiment_diff(flat_dict(load_config(saved)), new)
     if diff:
         raise SegKDError(f"{run_dir}: holds a different experiment ({diff}); refusing to resume into it")
 
@@ -65,14 +65,20 @@ def check_run_dir(cfg: Config) -> None:
 LEGACY = {"data.opencv_threads": -1}  # OpenCV's default pool, before 2026-12-07
 
 
+# Sections that say where a run is written and how it is evaluated, never what it trains: they may differ between
+# two calls of one experiment (a resume, a table's rerun with other TEST_EXTRA, a folder moved).
+NOT_THE_EXPERIMENT = ("output.", "test.")
+
+
 def experiment_diff(old: dict[str, Any], new: dict[str, Any], also_ignore: tuple[str, ...] = ()) -> str:
     """The keys that make ``new`` another experiment than ``old`` (flat configs), as one phrase for an error
     (``"train.base_lr: 0.01 there, 0.02 now, +1 more key: train.momentum"``), or "" when it is the same one.
-    Resumable keys and ``also_ignore`` may differ; a key that ``old`` lacks (written by an older segkd) counts
-    with its default value, or with what the older code did where that is not the default (:data:`LEGACY`)."""
+    Resumable keys, :data:`NOT_THE_EXPERIMENT` and ``also_ignore`` may differ; a key that ``old`` lacks (written by
+    an older segkd) counts with its default value, or with what the older code did where that is not the default
+    (:data:`LEGACY`)."""
     defaults = {**flat_dict(load_config(None)), **LEGACY}
     diff = sorted(k for k in new if k not in RESUMABLE_KEYS and k not in also_ignore
-                  and old.get(k, defaults.get(k)) != new[k])
+                  and not k.startswith(NOT_THE_EXPERIMENT) and old.get(k, defaults.get(k)) != new[k])
     if not diff:
         return ""
     k = diff[0]

@@ -113,11 +113,10 @@ class Checkpoints:
         saved = state.get("config")
         diff = ""
         if isinstance(saved, dict):
-            new, old = flat_dict(self.cfg), flat_dict(saved)  # where it is written and how evaluated: not training
-            tests = [k for k in new if k.startswith("test.")]
-            diff = experiment_diff(old, new, ("output.dir", *tests))
-            self.test_changes = [f"{k}: {old[k]!r} there, {new[k]!r} now" for k in tests
-                                 if k in old and old[k] != new[k]]
+            new, old = flat_dict(self.cfg), flat_dict(saved)
+            diff = experiment_diff(old, new)  # output.* and test.* may differ: engine/rundir.py
+            self.test_changes = [f"{k}: {old[k]!r} there, {new[k]!r} now" for k in new
+                                 if k.startswith("test.") and k in old and old[k] != new[k]]
         if diff:  # the optimizer state would silently keep the old lr, momentum and weight decay
             raise SegKDError(f"{path}: was trained with another config ({diff}); a resume continues the same "
                              "experiment - change only output.dir or the resumable keys, or start a new run")

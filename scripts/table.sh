@@ -273,7 +273,7 @@ try:
 except SegKDError as e:
     sys.exit(f"error: {e}")
 where = ("data.root", "data.names", "teacher.checkpoint")
-diff = experiment_diff(old, new, tuple(k for k in new if k in where or k.startswith(("test.", "output."))))
+diff = experiment_diff(old, new, where)  # output.* and test.* may differ too (engine/rundir.py)
 if diff:
     hint = "; DEMO_BF16=0 or 1 picks the demo's arithmetic" if "train.amp" in diff else ""
     sys.exit(f"error: {run_dir}: a finished run of another experiment ({diff}); remove it or set RUNS{hint} "

@@ -83,3 +83,15 @@ def test_rank0_decides_and_every_rank_loads_the_same_checkpoint(tmp_path):
     os.makedirs(other)
     ranks = run_two(tmp_path, [shared, other])
     assert ranks == [{"path": path, "iteration": 5}] * 2
+
+
+def test_where_a_run_is_written_and_how_it_is_evaluated_are_not_the_experiment():
+    """engine.rundir.experiment_diff, the one rule of resume, run folder, table rerun and collect: output.* and
+    test.* may differ, anything else is named."""
+    from engine.rundir import experiment_diff
+    from util.config import flat_dict, load_config
+
+    old = flat_dict(load_config(None, ["output.dir=runs/a"]))
+    moved = {**old, "output.dir": "runs/b", "test.flip": True, "test.after_training": True, "test.batch_size": 8}
+    assert experiment_diff(old, moved) == ""
+    assert experiment_diff(old, {**moved, "train.base_lr": 0.02}) == "train.base_lr: 0.01 there, 0.02 now"
