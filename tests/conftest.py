@@ -61,6 +61,9 @@ def run_cli(*args, env=None, timeout=600):
 
 
 # ---------------------------------------------------------------- what `make test-fast` skips
+FONT_PROBES = {"fc-list"}  # what matplotlib.font_manager runs when it has no font cache yet
+
+
 class NotMarkedSlow(Exception):
     """A test outside the slow tier started a process or a training step."""
 
@@ -81,8 +84,19 @@ def forbid_slow_work(test: str):
             raise NotMarkedSlow(f"{test} {what}: mark it @pytest.mark.slow (make test-fast must skip it)")
         return stop
 
+    start_child = subprocess.Popen._execute_child
+    refuse_child = refuse("starts a subprocess")
+
+    def execute_child(popen, args, *rest, **kwargs):
+        # matplotlib's first figure on a machine lists the fonts with fontconfig's fc-list, once, and caches them
+        # (~/.cache/matplotlib): the library's setup, not the test's work
+        first = args[0] if isinstance(args, (list, tuple)) and args else args
+        if os.path.basename(str(first)) in FONT_PROBES:
+            return start_child(popen, args, *rest, **kwargs)
+        return refuse_child(popen, args, *rest, **kwargs)
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(subprocess.Popen, "_execute_child", refuse("starts a subprocess"))
+        mp.setattr(subprocess.Popen, "_execute_child", execute_child)
         mp.setattr(multiprocessing.process.BaseProcess, "start", refuse("starts a multiprocessing process"))
         mp.setattr(os, "fork", refuse("forks"))
         mp.setattr(Trainer, "step", refuse("runs a training step"))

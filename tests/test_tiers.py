@@ -5,6 +5,7 @@ starting anything: each refusal comes before the process or the step exists."""
 import multiprocessing
 import multiprocessing.process
 import os
+import shutil
 import subprocess
 import sys
 
@@ -119,3 +120,17 @@ def test_make_test_and_test_long_split_the_suite_by_the_long_marker():
         text = f.read()
     assert '-m "not long"' in text.split("\ntest:")[1].split("\n\n")[0]
     assert "-m long" in text.split("\ntest-long:")[1].split("\n\n")[0]
+
+
+@pytest.mark.skipif(shutil.which("fc-list") is None, reason="no fontconfig on this machine")
+def test_matplotlib_may_list_the_fonts_when_it_has_no_font_cache():
+    """A fresh machine has no ~/.cache/matplotlib: the first figure runs fc-list to find the fonts. That is the
+    library's setup, so the guard lets it through (the fast tier failed on a new VM without it), and only it."""
+    from matplotlib import font_manager
+
+    font_manager._get_fontconfig_fonts.cache_clear()  # as if no process had asked yet: fc-list runs
+    with forbid_slow_work("t") as tried:
+        fonts = font_manager.findSystemFonts()
+        with pytest.raises(NotMarkedSlow, match="starts a subprocess"):
+            subprocess.run(["sh", "-c", "fc-list"])
+    assert fonts and tried == ["starts a subprocess"]
