@@ -121,45 +121,34 @@ def test_tiny_table_skip_fail_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_drop_last_deletes_only_finished_runs_optimizer_state(tmp_path):
+def test_drop_last_deletes_finished_runs_last_pth_and_a_finished_seeds_teacher_cache(tmp_path):
     """DROP_LAST=1 (cpu-paired's default) removes a finished run's model/last.pth, keeping final.pth and
-    metrics.json; a run stopped early keeps its last.pth (it resumes from it); without it every file stays."""
-    r = run_table(tmp_path, ROWS="pspnet18_baseline")
+    metrics.json, and the teacher's cached logits once every run of a seed is done (no later seed reads them); a
+    run stopped early keeps its last.pth (it resumes from it) and its seed's cache; without it every file stays.
+    (One sequence of three table calls checks both: each call starts several processes.)"""
+    rows = dict(ROWS="pspnet18_baseline pspnet18_kd", TEACHER_CACHE="1")
+    cache = tmp_path / "runs" / "synthetic" / "teacher_cache"
+    r = run_table(tmp_path, **rows)
     assert r.returncode == 0, r.stdout + r.stderr
-    for row in ("pspnet50_teacher", "pspnet18_baseline"):
+    for row in ("pspnet50_teacher", "pspnet18_baseline", "pspnet18_kd"):
         assert (run_dir(tmp_path, row) / "model" / "last.pth").is_file() and "removed" not in r.stdout
-    r = run_table(tmp_path, ROWS="pspnet18_baseline", SEEDS="1 2", DROP_LAST="1", STUDENT_EXTRA="train.stop_after=1")
-    assert r.returncode != 0  # seed 2 stopped early, after the finished runs were skipped (and dropped)
-    for row in ("pspnet50_teacher", "pspnet18_baseline"):
+    assert any(cache.rglob("*.pt"))
+    r = run_table(tmp_path, **rows, SEEDS="1 2", DROP_LAST="1", STUDENT_EXTRA="train.stop_after=1")
+    assert r.returncode != 0  # seed 2's baseline stopped early, after seed 1's finished runs were skipped (and dropped)
+    for row in ("pspnet50_teacher", "pspnet18_baseline", "pspnet18_kd"):
         model = run_dir(tmp_path, row) / "model"
         assert not (model / "last.pth").exists() and (model / "final.pth").is_file()
         assert metrics(tmp_path, row).is_file()
         assert f"removed {model / 'last.pth'} (DROP_LAST=1" in r.stdout
     assert (run_dir(tmp_path, "pspnet18_baseline", 2) / "model" / "last.pth").is_file()
-    r = run_table(tmp_path, ROWS="pspnet18_baseline", SEEDS="1 2", DROP_LAST="1")  # resumes seed 2, then drops it
-    assert r.returncode == 0 and "(resuming)" in r.stdout, r.stdout + r.stderr
-    assert not (run_dir(tmp_path, "pspnet18_baseline", 2) / "model" / "last.pth").exists()
-    assert metrics(tmp_path, "pspnet18_baseline", 2).is_file()
-    assert resolved("cpu-paired", ["$DROP_LAST"]) == ["1"] and resolved("demo", ["$DROP_LAST"]) == ["0"]
-    assert resolved("cpu-paired", ["$DROP_LAST"], DROP_LAST="0") == ["0"]  # the user's value wins
-
-
-@pytest.mark.slow
-def test_drop_last_empties_a_finished_seeds_teacher_cache(tmp_path):
-    """DROP_LAST=1 deletes the teacher's cached logits once every run of a seed is done (no later seed reads
-    them), not while a run of the seed is unfinished; without it the cache stays."""
-    rows = dict(ROWS="pspnet18_baseline pspnet18_kd", TEACHER_CACHE="1")
-    cache = tmp_path / "runs" / "synthetic" / "teacher_cache"
-    r = run_table(tmp_path, **rows)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert any(cache.rglob("*.pt")) and "teacher_cache (DROP_LAST=1" not in r.stdout
-    r = run_table(tmp_path, **rows, SEEDS="1 2", DROP_LAST="1", STUDENT_EXTRA="train.stop_after=1")
-    assert r.returncode != 0  # seed 2's baseline stopped early, after seed 1 (finished) dropped the cache
     assert f"removed {cache} (DROP_LAST=1: every run of seed 1 is finished" in r.stdout and not cache.exists()
     r = run_table(tmp_path, **rows, SEEDS="1 2", DROP_LAST="1")  # seed 2 resumed, distilled (a new cache), dropped
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 0 and "(resuming)" in r.stdout, r.stdout + r.stderr
+    assert not (run_dir(tmp_path, "pspnet18_baseline", 2) / "model" / "last.pth").exists()
     assert f"removed {cache} (DROP_LAST=1: every run of seed 2 is finished" in r.stdout and not cache.exists()
-    assert metrics(tmp_path, "pspnet18_kd", 2).is_file()
+    assert metrics(tmp_path, "pspnet18_baseline", 2).is_file() and metrics(tmp_path, "pspnet18_kd", 2).is_file()
+    assert resolved("cpu-paired", ["$DROP_LAST"]) == ["1"] and resolved("demo", ["$DROP_LAST"]) == ["0"]
+    assert resolved("cpu-paired", ["$DROP_LAST"], DROP_LAST="0") == ["0"]  # the user's value wins
 
 
 @pytest.mark.slow
