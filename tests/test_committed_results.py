@@ -223,7 +223,8 @@ def test_a_file_without_one_marker_pair_is_a_one_line_error():
 
 DEMO = os.path.join(REPO, "docs", "results", "demo-t250s60-2026-12-03-amd-epyc-family25")
 DEMOS = [DEMO, *(os.path.join(REPO, "docs", "results", f"demo-t250s60-2026-12-07-amd-epyc-family26{kind}")
-                 for kind in ("", "-bf16"))]
+                 for kind in ("", "-bf16")),
+         os.path.join(REPO, "docs", "results", "demo-t250s60-2026-12-08-amd-epyc-family25-model1")]
 
 
 @pytest.mark.parametrize("demo", DEMOS, ids=os.path.basename)
