@@ -209,13 +209,14 @@ EOF
 # this script (`kill PID`, a scheduler's stop) is passed on to it, which writes model/last.pth and exits, and the
 # script waits for that (a foreground child would be left running on its own); SEGKD_STOPPED names the signal.
 segkd_launch() {
-    local child= rc=0
+    local child= rc=0 watcher= from=0
     SEGKD_STOPPED=
     # The traps come first, so a signal before the child starts stops it too. `|| :`: under `set -e` a kill of a
     # child that has just exited would end the script from inside the trap. (SIGTERM for a SIGINT too: a child
     # started with `&` ignores SIGINT until train.py installs its handler.)
     trap 'SEGKD_STOPPED=SIGTERM; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null || :' TERM
     trap 'SEGKD_STOPPED=SIGINT; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null || :' INT
+    if [ -n "${SEGKD_WATCH:-}" ]; then from=$(wc -c < "$SEGKD_WATCH"); fi  # what the log held before this step
     if [ "$NPROC" -gt 0 ]; then
         "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$@" &
     else
@@ -223,13 +224,25 @@ segkd_launch() {
     fi
     child=$!
     if [ -n "$SEGKD_STOPPED" ]; then kill -TERM "$child" 2>/dev/null || :; fi
+    if [ -n "${SEGKD_WATCH:-}" ]; then segkd_follow "$child" "$SEGKD_WATCH" "$from" & watcher=$!; fi
     wait "$child" || rc=$?
     while kill -0 "$child" 2>/dev/null; do  # a trapped signal ends `wait` early: wait for the child itself
         rc=0
         wait "$child" || rc=$?
     done
+    if [ -n "$watcher" ]; then wait "$watcher" 2>/dev/null || :; fi  # its last line before the caller's next
     trap - TERM INT
     return "$rc"
+}
+
+# PID LOG FROM: while PID runs, each progress line train.py appends to LOG after byte FROM, shortened, on fd 3 (the
+# console: segkd_step opens it), e.g. "  [00:29:57] iter 50/250 loss 1.7543, 3.5 img/s, eta 00:07:34". GNU tail and
+# sed only (--pid, -u); elsewhere, or with PROGRESS=0, nothing.
+segkd_follow() {
+    [ "${PROGRESS:-1}" != 0 ] && [[ "$(tail --version 2>/dev/null)$(sed --version 2>/dev/null)" == *GNU*GNU* ]] ||
+        return 0
+    tail -c "+$(($3 + 1))" -F -s 0.2 --pid="$1" "$2" 2>/dev/null |
+        sed -u -n -E 's/^(\[[0-9:]+\]) epoch [0-9]+\/[0-9]+ iter ([0-9]+\/[0-9]+) ([a-z_]+ [-0-9.e+]+|[^ ]+ [^ ]+).* ([0-9.]+ img\/s) eta ([0-9:]+)$/  \1 iter \2 \3, \4, eta \5/p' >&3
 }
 
 # NAME KIND LOG SCRIPT ARGS...: run one step, its stdout and stderr appended to LOG; stop the script on failure.
@@ -238,7 +251,7 @@ segkd_step() {
     shift 3
     mkdir -p "$(dirname "$log")"
     echo "# $(date '+%F %T') $*" >> "$log"
-    segkd_launch "$@" >> "$log" 2>&1 || rc=$?
+    SEGKD_WATCH=$log segkd_launch "$@" 3>&1 >> "$log" 2>&1 || rc=$?
     if [ -n "$SEGKD_STOPPED" ]; then
         echo "stopped by $SEGKD_STOPPED during the $kind of $name (exit $rc); log: $log" >&2
         echo "finished runs are kept, and an interrupted training its model/last.pth: rerun the same command" \

@@ -4,6 +4,7 @@ without losing finished runs, and the next call resumes it; scripts/sweep.sh ove
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -133,8 +134,17 @@ def test_drop_last_deletes_finished_runs_last_pth_and_a_finished_seeds_teacher_c
     for row in ("pspnet50_teacher", "pspnet18_baseline", "pspnet18_kd"):
         assert (run_dir(tmp_path, row) / "model" / "last.pth").is_file() and "removed" not in r.stdout
     assert any(cache.rglob("*.pt"))
-    r = run_table(tmp_path, **rows, SEEDS="1 2", DROP_LAST="1", STUDENT_EXTRA="train.stop_after=1")
+    # each run's progress lines reach the console as train.py logs them, between the run's line and its last
+    lines = r.stdout.splitlines()
+    at = lines.index(f"[train] pspnet50_teacher -> {run_dir(tmp_path, 'pspnet50_teacher')}")
+    for k in (1, 2):
+        assert re.fullmatch(rf"  \[\d\d:\d\d:\d\d\] iter {k}/2 loss \d+\.\d{{4}}, [\d.]+ img/s, eta \d\d:\d\d:\d\d",
+                            lines[at + k]), lines[at:at + 4]
+    assert lines[at + 3].startswith("  training and evaluation done in")
+    assert sum(" iter 2/2 loss " in line for line in lines) == 3  # the teacher's and both students'
+    r = run_table(tmp_path, **rows, SEEDS="1 2", DROP_LAST="1", STUDENT_EXTRA="train.stop_after=1", PROGRESS="0")
     assert r.returncode != 0  # seed 2's baseline stopped early, after seed 1's finished runs were skipped (and dropped)
+    assert "[train] pspnet18_baseline seed2" in r.stdout and " iter " not in r.stdout  # PROGRESS=0: no progress lines
     for row in ("pspnet50_teacher", "pspnet18_baseline", "pspnet18_kd"):
         model = run_dir(tmp_path, row) / "model"
         assert not (model / "last.pth").exists() and (model / "final.pth").is_file()
