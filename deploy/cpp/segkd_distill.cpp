@@ -41,125 +41,21 @@
 #define STB_IMAGE_IMPLEMENTATION
 #include <stb_image.h>
 
+#include "distill_options.h"
+#include "png_palette.h"
+
 namespace {
+
+using namespace segkd;  // BadInput, Options, parse, first_line; png_header, with_index_palette
 
 const char* const TRAINABLE_EXTRA = "segkd_trainable.json";  // engine/export.py's mark of a trainable student
 const char* const BACKBONE_PREFIX = "segmentor.backbone.";    // engine/export.py's BACKBONE_PREFIX
-
-// Bad input: one line on stderr, exit status 2.
-struct BadInput : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-std::string first_line(const std::exception& e) {
-  std::string text = e.what();
-  return text.substr(0, text.find('\n'));
-}
-
-struct Options {
-  std::string teacher, student, list, out, root;
-  int64_t steps = 1, batch_size = 2, ignore_label = 255;
-  double lr = 0.01, head_lr_mult = 10.0, momentum = 0.9, weight_decay = 1e-4;
-  double temperature = 1.0, kd_weight = 1.0, ce_weight = 1.0, aux_weight = 0.4;
-  bool overwrite = false, root_given = false;
-};
-
-const char* const USAGE =
-    "usage: segkd_distill TEACHER.pt STUDENT.pt LIST OUT.pt [--steps N] [--batch-size B] [--lr X] "
-    "[--head-lr-mult X] [--momentum X] [--weight-decay X] [--temperature T] [--kd-weight X] [--ce-weight X] "
-    "[--aux-weight X] [--ignore-label I] [--root DIR] [--overwrite]";
-
-double number(const std::string& flag, const std::string& text) {
-  size_t used = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size()) throw BadInput(flag + " " + text + ": not a number");
-  return value;
-}
-
-int64_t integer(const std::string& flag, const std::string& text, int64_t low) {
-  double value = number(flag, text);
-  if (value != static_cast<double>(static_cast<int64_t>(value)) || value < low) {
-    throw BadInput(flag + " " + text + ": must be an integer >= " + std::to_string(low));
-  }
-  return static_cast<int64_t>(value);
-}
-
-Options parse(int argc, char** argv) {
-  Options o;
-  std::vector<std::string> positional;
-  std::map<std::string, double*> reals = {{"--lr", &o.lr}, {"--head-lr-mult", &o.head_lr_mult},
-                                          {"--momentum", &o.momentum}, {"--weight-decay", &o.weight_decay},
-                                          {"--temperature", &o.temperature}, {"--kd-weight", &o.kd_weight},
-                                          {"--ce-weight", &o.ce_weight}, {"--aux-weight", &o.aux_weight}};
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--overwrite") {
-      o.overwrite = true;
-    } else if (a.rfind("--", 0) == 0) {
-      if (i + 1 >= argc) throw BadInput(a + ": needs a value (" + USAGE + ")");
-      std::string v = argv[++i];
-      if (reals.count(a)) *reals[a] = number(a, v);
-      else if (a == "--steps") o.steps = integer(a, v, 1);
-      else if (a == "--batch-size") o.batch_size = integer(a, v, 1);
-      else if (a == "--ignore-label") o.ignore_label = integer(a, v, 0);
-      else if (a == "--root") o.root = v;
-      else throw BadInput(a + ": unknown option (" + USAGE + ")");
-    } else {
-      positional.push_back(a);
-    }
-  }
-  if (positional.size() != 4) throw BadInput(USAGE);
-  o.teacher = positional[0], o.student = positional[1], o.list = positional[2], o.out = positional[3];
-  if (o.temperature <= 0) throw BadInput("--temperature must be > 0");
-  o.root_given = !o.root.empty();
-  if (!o.root_given) o.root = std::filesystem::path(o.list).parent_path().string();
-  return o;
-}
 
 struct Sample {
   std::string image, label;
   int height = 0, width = 0;
   bool palette = false;  // a palette PNG, read as its indices (palette_indices); false: 8-bit greyscale
 };
-
-// What a PNG's chunks before its pixels say: IHDR's colour type and bit depth, whether a PLTE holds entries.
-struct PngHeader {
-  int colour_type = -1, bit_depth = 0;
-  bool has_palette = false;
-};
-
-uint32_t big_endian(const unsigned char* p) {
-  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
-}
-
-// The header of a PNG file, read chunk by chunk up to the first IDAT (nothing is inflated); nullopt: no PNG signature.
-std::optional<PngHeader> png_header(const std::string& path) {
-  const unsigned char signature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
-  unsigned char head[8];
-  std::ifstream in(path, std::ios::binary);
-  if (!in.read(reinterpret_cast<char*>(head), 8) || std::memcmp(head, signature, 8) != 0) return std::nullopt;
-  PngHeader png;
-  while (in.read(reinterpret_cast<char*>(head), 8)) {
-    const uint32_t length = big_endian(head);
-    const std::string type(reinterpret_cast<char*>(head + 4), 4);
-    if (type == "IDAT" || type == "IEND") break;
-    if ((type != "IHDR" && type != "PLTE") || length > 1024) {
-      in.seekg(length + 4, std::ios::cur);  // the chunk and its CRC
-      continue;
-    }
-    std::vector<unsigned char> data(length);
-    if (!in.read(reinterpret_cast<char*>(data.data()), length)) break;
-    in.seekg(4, std::ios::cur);
-    if (type == "IHDR" && length >= 10) png.bit_depth = data[8], png.colour_type = data[9];
-    if (type == "PLTE") png.has_palette = length >= 3;
-  }
-  return png;
-}
 
 // Whether a label is a palette PNG (true) or an 8-bit greyscale image (false), from the header, nothing decoded;
 // anything else is bad input saying what the file is.
@@ -264,44 +160,6 @@ torch::Tensor load_pixels(const std::string& path, int channels, const char* wha
   Pixels pixels(stbi_load(path.c_str(), &w, &h, &c, channels), stbi_image_free);
   if (!pixels) throw BadInput(path + ": cannot read " + what + " (" + stbi_failure_reason() + ")");
   return torch::from_blob(pixels.get(), {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).clone();
-}
-
-// CRC-32 (ISO-HDLC, as PNG chunks carry it) of `bytes`.
-uint32_t crc32(const std::string& bytes) {
-  uint32_t crc = 0xFFFFFFFFu;
-  for (unsigned char b : bytes) {
-    crc ^= b;
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
-  }
-  return ~crc;
-}
-
-void append_big_endian(std::string& out, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((v >> shift) & 0xFF);
-}
-
-// The PNG `file` with every PLTE replaced by 256 entries, entry i the colour (i, 0, 0), and tRNS dropped: each index
-// decodes to its own colour, the indices past the file's PLTE too (stb_image leaves theirs uninitialised), and
-// entries that shared a colour no longer do. A malformed chunk ends the walk; the rest is copied for stb_image to judge.
-std::string with_index_palette(const std::string& file) {
-  std::string plte = "PLTE";
-  for (int i = 0; i < 256; ++i) plte += {static_cast<char>(i), '\0', '\0'};
-  std::string out = file.substr(0, 8);
-  size_t at = 8;
-  while (at + 12 <= file.size()) {
-    const uint32_t length = big_endian(reinterpret_cast<const unsigned char*>(file.data() + at));
-    if (length > file.size() - at - 12) break;
-    const std::string type = file.substr(at + 4, 4);
-    if (type == "PLTE") {
-      append_big_endian(out, 768);
-      out += plte;
-      append_big_endian(out, crc32(plte));  // stb_image skips CRCs; the rewritten file is a valid PNG all the same
-    } else if (type != "tRNS") {
-      out.append(file, at, 12 + length);
-    }
-    at += 12 + length;
-  }
-  return out.append(file, at, std::string::npos);
 }
 
 // A palette label's pixels as their palette indices, H x W uint8: exactly PIL's "P" (data/dataset.py's read_label),
