@@ -218,9 +218,9 @@ segkd_launch() {
     trap 'SEGKD_STOPPED=SIGINT; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null || :' INT
     if [ -n "${SEGKD_WATCH:-}" ]; then from=$(wc -c < "$SEGKD_WATCH"); fi  # what the log held before this step
     if [ "$NPROC" -gt 0 ]; then
-        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$@" &
+        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$@" 3>&- &
     else
-        "$PYTHON" "$@" &
+        "$PYTHON" "$@" 3>&- &  # fd 3, the console of segkd_follow, is not the step's
     fi
     child=$!
     if [ -n "$SEGKD_STOPPED" ]; then kill -TERM "$child" 2>/dev/null || :; fi
