@@ -235,14 +235,15 @@ segkd_launch() {
     return "$rc"
 }
 
-# PID LOG FROM: while PID runs, each progress line train.py appends to LOG after byte FROM, shortened, on fd 3 (the
-# console: segkd_step opens it), e.g. "  [00:29:57] iter 50/250 loss 1.7543, 3.5 img/s, eta 00:07:34". GNU tail and
-# sed only (--pid, -u); elsewhere, or with PROGRESS=0, nothing.
+# PID LOG FROM: while PID runs, each progress line train.py appends to LOG after byte FROM (engine/trainer.py's
+# Trainer.report, whose first term is always the total loss), shortened, on fd 3 (the console: segkd_step opens it),
+# e.g. "  [00:29:57] iter 50/250 loss 1.7543, 3.5 img/s, eta 00:07:34". GNU tail and sed only (--pid, -u); elsewhere,
+# or with PROGRESS=0, nothing.
 segkd_follow() {
     [ "${PROGRESS:-1}" != 0 ] && [[ "$(tail --version 2>/dev/null)$(sed --version 2>/dev/null)" == *GNU*GNU* ]] ||
         return 0
     tail -c "+$(($3 + 1))" -F -s 0.2 --pid="$1" "$2" 2>/dev/null |
-        sed -u -n -E 's/^(\[[0-9:]+\]) epoch [0-9]+\/[0-9]+ iter ([0-9]+\/[0-9]+) ([a-z_]+ [-0-9.e+]+|[^ ]+ [^ ]+).* ([0-9.]+ img\/s) eta ([0-9:]+)$/  \1 iter \2 \3, \4, eta \5/p' >&3
+        sed -u -n -E 's/^(\[[0-9:]+\]) epoch [0-9]+\/[0-9]+ iter ([0-9]+\/[0-9]+) (loss [^ ]+) .* ([0-9.]+ img\/s) eta ([0-9:]+)$/  \1 iter \2 \3, \4, eta \5/p' >&3
 }
 
 # NAME KIND LOG SCRIPT ARGS...: run one step, its stdout and stderr appended to LOG; stop the script on failure.
